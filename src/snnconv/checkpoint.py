@@ -1,0 +1,98 @@
+"""Checkpoints: atomic writes, weights-only loads, and models rebuilt from what a file records.
+
+A model file holds ``{"format", "arch", "dataset", "state_dict", ...metadata}``, where ``arch`` is
+the keyword arguments of ``models.build``. Training checkpoints add optimizer, scheduler, RNG and
+epoch. Every load uses ``torch.load(weights_only=True)``: no code runs from a file.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from . import models
+
+FORMAT = "snnconv-model-1"
+PRETRAINED_DIR = Path(__file__).resolve().parent / "pretrained"
+
+
+class CheckpointError(Exception):
+    """A checkpoint is missing, unreadable or not an snnconv model file; names the file."""
+
+
+def atomic_write(path: str | os.PathLike, write) -> None:
+    """Call ``write(file_object)`` on a temp file beside ``path``, then rename it over ``path``:
+    readers see the old file or the new one, never half of one."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    umask = os.umask(0)
+    os.umask(umask)
+    try:
+        os.chmod(tmp, 0o666 & ~umask)  # as a plain open() would create it
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def save(obj: dict, path: str | os.PathLike) -> None:
+    atomic_write(path, lambda f: torch.save(obj, f))
+
+
+def save_text(text: str, path: str | os.PathLike) -> None:
+    atomic_write(path, lambda f: f.write(text.encode()))
+
+
+def save_json(obj, path: str | os.PathLike) -> None:
+    save_text(json.dumps(obj, indent=2) + "\n", path)
+
+
+def resolve(name_or_path: str | os.PathLike) -> Path:
+    """A shipped model's name (see ``pretrained_names()``) or a file path -> the file."""
+    shipped = PRETRAINED_DIR / f"{name_or_path}.pt"
+    if shipped.is_file():
+        return shipped
+    path = Path(name_or_path).expanduser()
+    if path.is_dir() and (path / "model.pt").is_file():
+        return path / "model.pt"
+    if not path.is_file():
+        raise CheckpointError(f"no checkpoint {str(name_or_path)!r}: not a file, not a training "
+                              f"folder with model.pt, and not a shipped model "
+                              f"({', '.join(pretrained_names()) or 'none shipped'})")
+    return path
+
+
+def load(name_or_path: str | os.PathLike) -> dict:
+    path = resolve(name_or_path)
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise CheckpointError(f"cannot read checkpoint {path}: {err}") from err
+    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT or "arch" not in ckpt:
+        raise CheckpointError(f"{path} is not an snnconv model file (format {FORMAT})")
+    ckpt["path"] = str(path)
+    return ckpt
+
+
+def build_model(ckpt: dict) -> nn.Module:
+    """The model a checkpoint describes, with its weights, in eval mode."""
+    model = models.build(**ckpt["arch"])
+    try:
+        model.load_state_dict(ckpt["state_dict"])
+    except RuntimeError as err:
+        raise CheckpointError(f"{ckpt.get('path', 'checkpoint')}: weights do not fit the recorded "
+                              f"architecture {ckpt['arch']}: {err}") from err
+    return model.eval()
+
+
+def pretrained_names() -> list[str]:
+    return sorted(p.stem for p in PRETRAINED_DIR.glob("*.pt"))

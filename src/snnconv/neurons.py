@@ -1,0 +1,113 @@
+"""Integrate-and-fire neurons with soft reset: the only state in a converted network.
+
+Per step t = 1..T, with input current I[t] and threshold V_th (a scalar or one value per channel):
+
+    v[t] = v[t-1] + I[t] + b          b = V_th/(2T) for shift="bias", else 0
+    s[t] = 1 if v[t] >= V_th else 0   at most one spike per step
+    v[t] = v[t] - s[t] * V_th         soft reset (reset by subtraction), no leak
+    output V_th * s[t]                spikes carry amplitude V_th
+
+and v[0] = V_th/2 for shift="membrane", else 0. For a constant current z this gives, after T steps,
+
+    rate = (V_th/T) * clip(floor(T*z/V_th + 1/2), 0, T)      (shift "bias" or "membrane")
+    rate = (V_th/T) * clip(floor(T*z/V_th), 0, T)            (shift "none")
+
+i.e. rounding with ties (T*z/V_th exactly k + 1/2) rounded up, because a neuron fires at v = V_th.
+With "bias" that holds at the final step T only (b is set for T); with "membrane" it holds at every
+t <= T, so the readout after any t steps is the round-quantised value for t steps.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+SHIFTS = ("bias", "membrane", "none")
+
+
+def check_shift(shift: str) -> str:
+    if shift not in SHIFTS:
+        raise ValueError(f"shift must be one of {SHIFTS}, got {shift!r}")
+    return shift
+
+
+class IFNeurons(nn.Module):
+    """A layer of IF neurons. ``v_th``: float, or a 1-D tensor with one threshold per channel
+    (dimension 1 of the current). Call ``reset(T)`` before each simulation of T steps."""
+
+    def __init__(self, v_th: float | torch.Tensor, shift: str = "bias"):
+        super().__init__()
+        v_th = torch.as_tensor(v_th, dtype=torch.float32).detach().clone()
+        if v_th.dim() > 1 or v_th.numel() == 0:
+            raise ValueError(f"v_th must be a scalar or a 1-D per-channel tensor, got shape "
+                             f"{tuple(v_th.shape)}")
+        if not torch.isfinite(v_th).all() or (v_th <= 0).any():
+            raise ValueError(f"v_th must be finite and > 0, got {v_th.tolist()}")
+        self.register_buffer("v_th", v_th)
+        self.shift = check_shift(shift)
+        self.steps = None          # T of the current simulation
+        self.v = None              # membrane potential, [batch, ...]
+        self.spike_count = None    # spikes per neuron since reset, [batch, ...]
+
+    def extra_repr(self) -> str:
+        v = f"{self.v_th.item():g}" if self.v_th.dim() == 0 else f"per-channel[{self.v_th.numel()}]"
+        return f"v_th={v}, shift={self.shift}"
+
+    def reset(self, steps: int) -> None:
+        if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
+            raise ValueError(f"T must be an integer >= 1, got {steps!r}")
+        self.steps, self.v, self.spike_count = steps, None, None
+
+    def threshold_like(self, current: torch.Tensor) -> torch.Tensor:
+        """V_th shaped to broadcast against a one-step current [batch, channels, ...]."""
+        v_th = self.v_th.to(current.dtype)
+        if v_th.dim() == 1:
+            if current.dim() < 2 or current.shape[1] != v_th.numel():
+                raise ValueError(f"{v_th.numel()} per-channel thresholds do not fit a current of "
+                                 f"shape {tuple(current.shape)} (channels are dimension 1)")
+            v_th = v_th.view(-1, *([1] * (current.dim() - 2)))
+        return v_th
+
+    def bias(self, v_th: torch.Tensor) -> torch.Tensor | float:
+        return v_th / (2 * self.steps) if self.shift == "bias" else 0.0
+
+    def _start(self, like: torch.Tensor, v_th: torch.Tensor) -> None:
+        if self.steps is None:
+            raise RuntimeError("IFNeurons.reset(T) must be called before simulating")
+        if self.v is None:
+            start = v_th / 2 if self.shift == "membrane" else torch.zeros((), dtype=like.dtype)
+            self.v = torch.zeros_like(like).add_(start)
+            self.spike_count = torch.zeros_like(like)
+
+    def step(self, current: torch.Tensor) -> torch.Tensor:
+        """One time step: current [batch, ...] -> spikes (amplitude V_th), same shape."""
+        v_th = self.threshold_like(current)
+        self._start(current, v_th)
+        self.v = self.v + (current + self.bias(v_th))  # same rounding as scan()
+        fired = (self.v >= v_th).to(current.dtype)
+        self.v = torch.addcmul(self.v, fired, v_th, value=-1)  # same rounding as scan()
+        self.spike_count = self.spike_count + fired
+        return fired * v_th
+
+    def scan(self, current: torch.Tensor, steps: int, constant: bool = False) -> torch.Tensor:
+        """``steps`` time steps at once: current [steps, batch, ...] (or [batch, ...] held for
+        every step when ``constant``) -> spikes [steps, batch, ...]."""
+        one = current if constant else current[0]
+        v_th = self.threshold_like(one)
+        self._start(one, v_th)
+        b = self.bias(v_th)
+        drive = current + b if torch.is_tensor(b) else current
+        out = torch.empty((steps,) + tuple(one.shape), dtype=one.dtype, device=one.device)
+        v = self.v
+        for t in range(steps):  # three in-place passes per step; out[t] holds 0/1 first
+            v.add_(drive if constant else drive[t])
+            torch.ge(v, v_th, out=out[t])
+            v.addcmul_(out[t], v_th, value=-1)
+        self.spike_count.add_(out.sum(0))
+        return out.mul_(v_th)
+
+
+def check_finite(name: str, t: torch.Tensor) -> None:
+    if not torch.isfinite(t).all():
+        bad = (~torch.isfinite(t)).sum().item()
+        raise ValueError(f"{name} contains {bad} NaN/inf value(s)")
+

@@ -1,0 +1,183 @@
+"""Run a converted network for T steps and return its readout after every step.
+
+``simulate`` is the fast path. It runs the graph once per chunk of time steps, layer by layer, with
+time folded into the batch (row t*B + b of a [c*B, ...] tensor is sample b at step t of the chunk),
+so each conv runs once over all c*B maps, and each IF layer scans its c steps in a tight loop.
+Values that do not change over time (the analog input and everything computed from it before the
+first IF layer, e.g. the first conv's current) are computed once. Memory grows with the chunk
+length c, not with T: the first step runs alone to measure the bytes one step needs, then c is
+chosen to fit ``max_chunk_bytes``.
+
+``simulate_stepwise`` is the plain loop, one whole-network pass per step; it is the test oracle.
+
+Readout after step t: out[t-1] = (1/t) * sum_{s<=t} y[s], where y[s] is the network output at step
+s (the last linear layer's current with readout="current", V_th-amplitude spikes with "spikes").
+"""
+from __future__ import annotations
+
+import torch
+from torch import fx
+
+from .neurons import IFNeurons
+
+DEFAULT_CHUNK_BYTES = 1 << 29
+
+
+class SimulationError(RuntimeError):
+    """An op failed or broke the time-folded layout during simulation; names the node."""
+
+
+def execute(node: fx.Node, args, kwargs, modules: dict):
+    """Run one fx call node on concrete values."""
+    if node.op == "call_module":
+        return modules[node.target](*args, **kwargs)
+    if node.op == "call_function":
+        return node.target(*args, **kwargs)
+    if node.op == "call_method":
+        return getattr(args[0], node.target)(*args[1:], **kwargs)
+    raise AssertionError(node.op)
+
+
+def _fetch(gm: fx.GraphModule, target: str):
+    obj = gm
+    for part in target.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def _call(node, args, kwargs, modules):
+    try:
+        return execute(node, args, kwargs, modules)
+    except SimulationError:
+        raise
+    except Exception as err:
+        shapes = [tuple(a.shape) for a in args if torch.is_tensor(a)]
+        raise SimulationError(f"node '{node.name}' failed on input shape(s) {shapes}: {err}") from err
+
+
+def neuron_layers(gm: fx.GraphModule) -> dict[str, IFNeurons]:
+    """The IF layers of a converted graph, by node name, in graph order."""
+    modules = dict(gm.named_modules())
+    return {n.name: modules[n.target] for n in gm.graph.nodes
+            if n.op == "call_module" and isinstance(modules[n.target], IFNeurons)}
+
+
+def _readout(outputs: list[torch.Tensor]) -> torch.Tensor:
+    y = torch.cat(outputs)
+    t = torch.arange(1, y.shape[0] + 1, dtype=y.dtype, device=y.device)
+    return y.cumsum(0) / t.view(-1, *([1] * (y.dim() - 1)))
+
+
+def simulate(gm: fx.GraphModule, x: torch.Tensor, steps: int,
+             max_chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> torch.Tensor:
+    """Readout after every step, [steps, batch, ...], for analog input x [batch, ...]."""
+    modules = dict(gm.named_modules())
+    nodes = list(gm.graph.nodes)
+    neurons = {n for n in nodes if n.op == "call_module" and isinstance(modules[n.target], IFNeurons)}
+    for n in neurons:
+        modules[n.target].reset(steps)
+    dynamic = set()  # nodes whose value changes over time: IF layers and everything after them
+    for n in nodes:
+        if n in neurons or any(a in dynamic for a in n.all_input_nodes):
+            dynamic.add(n)
+    last_use = {}
+    for n in nodes:
+        for a in n.all_input_nodes:
+            last_use[a] = n
+    free_after = {}
+    for a, n in last_use.items():
+        if a in dynamic:
+            free_after.setdefault(n, []).append(a)
+
+    batch = x.shape[0]
+    static: dict[fx.Node, object] = {}
+    outputs, done, chunk = [], 0, 1
+    with torch.no_grad():
+        while done < steps:
+            c = min(chunk, steps - done)
+            env: dict[fx.Node, object] = {}
+            step_bytes = 0
+
+            def value(a, widen):
+                """Value of an argument node; a static tensor is repeated over the chunk's steps
+                when it meets time-varying ones (``widen``)."""
+                if a in env:
+                    return env[a]
+                v = static[a]
+                if widen and torch.is_tensor(v) and v.dim() > 0:
+                    v = v.unsqueeze(0).expand(c, *v.shape).reshape(c * v.shape[0], *v.shape[1:])
+                return v
+
+            for node in nodes:
+                if node.op == "output":
+                    out = node.args[0]
+                    y = env[out] if out in env else static[out].unsqueeze(0).expand(
+                        c, *static[out].shape).reshape(c * batch, *static[out].shape[1:])
+                    outputs.append(y.reshape(c, batch, *y.shape[1:]).clone())
+                    break
+                if node in static:
+                    continue
+                is_dyn = node in dynamic
+                if node.op == "placeholder":
+                    static[node] = x
+                    continue
+                if node.op == "get_attr":
+                    static[node] = _fetch(gm, node.target)
+                    continue
+                if node in neurons:
+                    src = node.args[0]
+                    current = value(src, widen=False)
+                    if src in dynamic:
+                        current = current.view(c, batch, *current.shape[1:])
+                        spikes = modules[node.target].scan(current, c)
+                    else:
+                        spikes = modules[node.target].scan(current, c, constant=True)
+                    result = spikes.view(c * batch, *spikes.shape[2:])
+                else:
+                    args = fx.node.map_arg(node.args, lambda a: value(a, is_dyn))
+                    kwargs = fx.node.map_arg(node.kwargs, lambda a: value(a, is_dyn))
+                    result = _call(node, args, kwargs, modules)
+                if not is_dyn:
+                    static[node] = result
+                    continue
+                if torch.is_tensor(result):
+                    if result.dim() == 0 or result.shape[0] != c * batch:
+                        raise SimulationError(
+                            f"node '{node.name}' changed the batch dimension (got shape "
+                            f"{tuple(result.shape)}, expected {c * batch} rows = {c} steps x "
+                            f"{batch} samples); reshape with x.flatten(1) or "
+                            f"x.view(x.size(0), -1), never with a fixed batch size")
+                    step_bytes += result.numel() * result.element_size() // c
+                env[node] = result
+                for a in free_after.get(node, ()):
+                    env.pop(a, None)
+            done += c
+            if chunk == 1:
+                chunk = max(1, max_chunk_bytes // max(step_bytes, 1))
+    return _readout(outputs)
+
+
+def simulate_stepwise(gm: fx.GraphModule, x: torch.Tensor, steps: int) -> torch.Tensor:
+    """The test oracle: every step runs the whole network on [batch, ...] tensors."""
+    modules = dict(gm.named_modules())
+    for m in modules.values():
+        if isinstance(m, IFNeurons):
+            m.reset(steps)
+    outputs = []
+    with torch.no_grad():
+        for _ in range(steps):
+            env = {}
+            for node in gm.graph.nodes:
+                if node.op == "placeholder":
+                    env[node] = x
+                elif node.op == "get_attr":
+                    env[node] = _fetch(gm, node.target)
+                elif node.op == "output":
+                    outputs.append(env[node.args[0]].unsqueeze(0))
+                else:
+                    args = fx.node.map_arg(node.args, env.__getitem__)
+                    kwargs = fx.node.map_arg(node.kwargs, env.__getitem__)
+                    m = modules.get(node.target) if node.op == "call_module" else None
+                    env[node] = (m.step(args[0]) if isinstance(m, IFNeurons)
+                                 else _call(node, args, kwargs, modules))
+    return _readout(outputs)

@@ -1,0 +1,203 @@
+"""Tests for snnconv.models: shapes, fx-traceability, one activation module per site, BN placement, ResNet-20."""
+import operator
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import fx, nn
+
+from snnconv.activations import ThresholdReLU
+from snnconv.models import NAMES, ShortcutA, activation, build, count_parameters
+
+ALLOWED_MODULES = (nn.Conv2d, nn.BatchNorm2d, nn.BatchNorm1d, nn.Linear, nn.AvgPool2d, nn.AdaptiveAvgPool2d,
+                   nn.Flatten, nn.Dropout, nn.ReLU, ThresholdReLU)
+ALLOWED_FUNCTIONS = (operator.add, operator.getitem, F.pad)
+
+# 10 classes, 3x32x32 inputs, default batch_norm; resnet20 is He et al.'s well-known 0.27M.
+PARAMS = {"cnn": 266_162, "cifarnet": 45_003_018, "vgg16": 14_986_698, "vgg16-paper": 35_211_082,
+          "resnet20": 269_722, "resnet20-paper": 11_253_440}
+
+
+class LeafActTracer(fx.Tracer):
+    """Keeps ThresholdReLU as one call_module node (as the converter sees it) instead of tracing into clamp."""
+
+    def is_leaf_module(self, m, qualname):
+        return isinstance(m, ThresholdReLU) or super().is_leaf_module(m, qualname)
+
+
+def leaf_graph(model):
+    graph = LeafActTracer().trace(model)
+    modules = dict(model.named_modules())
+    return graph, modules
+
+
+def test_names():
+    assert NAMES == ("cnn", "cifarnet", "vgg16", "vgg16-paper", "resnet20", "resnet20-paper")
+
+
+@pytest.mark.parametrize("act", ["relu", "threshold"])
+@pytest.mark.parametrize("num_classes", [10, 100])
+@pytest.mark.parametrize("name", NAMES)
+def test_shape_and_fx_trace(name, num_classes, act):
+    torch.manual_seed(0)
+    model = build(name, num_classes=num_classes, act=act).eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        y = model(x)
+        traced = fx.symbolic_trace(model)
+        assert y.shape == (2, num_classes)
+        torch.testing.assert_close(traced(x), y)
+
+
+@pytest.mark.parametrize("name", [n for n in NAMES if n != "vgg16"])
+def test_mnist_size(name):
+    model = build(name, in_channels=1, image_size=28, num_classes=7).eval()
+    with torch.no_grad():
+        assert model(torch.randn(2, 1, 28, 28)).shape == (2, 7)
+
+
+def test_vgg16_rejects_too_small_images():
+    with pytest.raises(ValueError, match="image_size >= 32"):
+        build("vgg16", image_size=28)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_one_threshold_relu_per_site(name):
+    model = build(name, act="threshold", y_th=0.7)
+    acts = [m for _, m in model.named_modules(remove_duplicate=False) if isinstance(m, ThresholdReLU)]
+    assert acts and all(a.y_th == 0.7 for a in acts)
+    assert len({id(a) for a in acts}) == len(acts), "an activation module is shared"
+    assert not any(isinstance(m, (nn.ReLU, nn.MaxPool2d, nn.MaxPool1d)) for m in model.modules())
+
+    graph, modules = leaf_graph(model)
+    sites = [n.target for n in graph.nodes if n.op == "call_module" and isinstance(modules[n.target], ThresholdReLU)]
+    assert len(sites) == len(set(sites)) == len(acts), "each ThresholdReLU must be called exactly once"
+    for n in graph.nodes:
+        if n.op == "call_module":
+            assert isinstance(modules[n.target], ALLOWED_MODULES), n.format_node()
+        elif n.op == "call_function":
+            assert n.target in ALLOWED_FUNCTIONS, n.format_node()
+        else:
+            assert n.op in ("placeholder", "output"), n.format_node()
+
+    plain = fx.symbolic_trace(model).graph  # default tracing too: no relu or max pooling hidden anywhere
+    for n in plain.nodes:
+        assert n.target not in (F.relu, torch.relu, F.max_pool2d, torch.max_pool2d), n.format_node()
+        assert not (n.op == "call_method" and "relu" in n.target), n.format_node()
+
+
+@pytest.mark.parametrize("name", ["cnn", "resnet20"])
+def test_relu_sites_are_distinct_modules(name):
+    model = build(name, act="relu")
+    relus = [m for _, m in model.named_modules(remove_duplicate=False) if isinstance(m, nn.ReLU)]
+    assert relus and len({id(r) for r in relus}) == len(relus)
+    assert not any(isinstance(m, ThresholdReLU) for m in model.modules())
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_batch_norm_follows_conv(name):
+    model = build(name, batch_norm=True)
+    graph, modules = leaf_graph(model)
+    bns = [n for n in graph.nodes if n.op == "call_module" and isinstance(modules[n.target], nn.BatchNorm2d)]
+    convs = [n for n in graph.nodes if n.op == "call_module" and isinstance(modules[n.target], nn.Conv2d)]
+    assert len(bns) == len(convs) > 0
+    for bn in bns:
+        conv = bn.args[0]
+        assert conv.op == "call_module" and isinstance(modules[conv.target], nn.Conv2d)
+        assert list(conv.users) == [bn], "BN must be the conv's only consumer so it folds"
+        assert modules[conv.target].bias is None
+
+
+@pytest.mark.parametrize("name, default", [("cnn", True), ("cifarnet", False), ("vgg16", True),
+                                           ("vgg16-paper", False), ("resnet20", True), ("resnet20-paper", False)])
+def test_batch_norm_default_and_switch(name, default):
+    def has_bn(m):
+        return any(isinstance(x, nn.BatchNorm2d) for x in m.modules())
+    assert has_bn(build(name)) == default
+    assert has_bn(build(name, batch_norm=not default)) == (not default)
+
+
+def test_parameter_counts():
+    for name in NAMES:
+        n = count_parameters(build(name))
+        print(f"{name:15s} {n:>12,d} parameters")
+        assert n == PARAMS[name], name
+    assert count_parameters(build("resnet20", num_classes=10)) == 269_722
+
+
+def test_resnet20_structure():
+    model = build("resnet20")
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+    assert len(convs) == 19 and all(m.kernel_size == (3, 3) and m.bias is None for m in convs)
+    assert [len(model.layer1), len(model.layer2), len(model.layer3)] == [3, 3, 3]
+    shortcuts = [b.shortcut for stage in (model.layer1, model.layer2, model.layer3) for b in stage]
+    assert [type(s).__name__ for s in shortcuts].count("ShortcutA") == 2
+    assert all(count_parameters(s) == 0 for s in shortcuts)
+
+
+def option_a_reference(x, planes):
+    """Brute force: out[n, c + planes // 4, i, j] = x[n, c, 2i, 2j], all other channels zero."""
+    n, c, h, w = x.shape
+    pad = planes // 4
+    out = torch.zeros(n, c + 2 * pad, (h + 1) // 2, (w + 1) // 2)
+    for b in range(n):
+        for ch in range(c):
+            for i in range(out.shape[2]):
+                for j in range(out.shape[3]):
+                    out[b, ch + pad, i, j] = x[b, ch, 2 * i, 2 * j]
+    return out
+
+
+@pytest.mark.parametrize("shape", [(2, 4, 6, 6), (1, 4, 5, 7)])
+def test_option_a_shortcut_matches_reference(shape):
+    x = torch.randn(shape)
+    torch.testing.assert_close(ShortcutA(2 * shape[1])(x), option_a_reference(x, 2 * shape[1]), rtol=0, atol=0)
+
+
+def test_resnet20_downsampling_block_uses_option_a():
+    block = build("resnet20").layer2[0]
+    x = torch.randn(2, 16, 8, 8)
+    torch.testing.assert_close(block.shortcut(x), option_a_reference(x, 32), rtol=0, atol=0)
+    assert block.residual(x).shape == (2, 32, 4, 4)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_same_seed_same_weights(name):
+    torch.manual_seed(123)
+    a = build(name).state_dict()
+    torch.manual_seed(123)
+    b = build(name).state_dict()
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def test_different_seed_different_weights():
+    torch.manual_seed(0)
+    a = build("cnn").state_dict()
+    torch.manual_seed(1)
+    b = build("cnn").state_dict()
+    assert not all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_activation_factory():
+    assert isinstance(activation("relu", 1.0), nn.ReLU)
+    t = activation("threshold", 0.5)
+    assert isinstance(t, ThresholdReLU) and t.y_th == 0.5
+    assert activation("threshold", 0.5) is not t
+    with pytest.raises(ValueError, match=r"unknown activation 'gelu'.*relu.*threshold"):
+        activation("gelu", 1.0)
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match=r"unknown model 'resnet18'.*cnn.*resnet20-paper"):
+        build("resnet18")
+    with pytest.raises(ValueError, match=r"unknown activation 'tanh'.*relu.*threshold"):
+        build("cnn", act="tanh")
+    for bad in (0, -3, 2.5, True, "10"):
+        with pytest.raises(ValueError, match="num_classes must be a positive int"):
+            build("cnn", num_classes=bad)
+    with pytest.raises(ValueError, match="in_channels"):
+        build("cnn", in_channels=0)
+    with pytest.raises(ValueError, match="y_th"):
+        build("cnn", y_th=0.0)
