@@ -322,6 +322,9 @@ def test_augment_flip_only():
     flipped = (out == images.flip(3)).flatten(1).all(1)
     assert (same | flipped).all()
     assert same.any() and flipped.any()  # about half of each
+    assert torch.equal(data.augment(images, torch.Generator().manual_seed(0), pad=0, flip=False),
+                       images)  # digits are never mirrored
+    assert data.AUGMENT["mnist"]["flip"] is False and data.AUGMENT["cifar10"]["flip"] is True
 
 
 def test_augment_crops_padded_window():

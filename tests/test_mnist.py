@@ -3,10 +3,9 @@ test digits."""
 import time
 
 import torch
-import torch.nn.functional as F
 
 import snnconv
-from snnconv import data, models
+from snnconv import data, train
 from conftest import SHARED_DATA
 
 
@@ -14,24 +13,16 @@ def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
     return (logits.argmax(-1) == labels).double().mean().item()
 
 
-def test_mnist_snn_matches_ann_at_short_T():
-    torch.manual_seed(0)
-    train = data.load("mnist", "train", root=SHARED_DATA)
-    test = data.load("mnist", "test", root=SHARED_DATA)
-    model = models.build("cnn", in_channels=1, image_size=28, act="threshold", y_th=1.0)
-    opt = torch.optim.Adam(model.parameters(), lr=2e-3)
-    gen = torch.Generator().manual_seed(0)
+def test_mnist_snn_matches_ann_at_short_T(tmp_path):
     start = time.perf_counter()
-    model.train()
-    for images, labels in data.batches(train, 128, shuffle=True, generator=gen):
-        loss = F.cross_entropy(model(data.normalize(images, "mnist")), labels)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+    cfg = train.TrainConfig(out=str(tmp_path), model="cnn", dataset="mnist", act="threshold",
+                            y_th=1.0, epochs=1, batch_size=128, lr=0.05, warmup_epochs=0.2,
+                            data_root=str(SHARED_DATA), seed=0)
+    model = train.run(cfg, progress=False).eval()
     train_seconds = time.perf_counter() - start
     assert train_seconds <= 60, f"training took {train_seconds:.0f} s"
 
-    model.eval()
+    test = data.load("mnist", "test", root=SHARED_DATA)
     x = data.normalize(test.images, "mnist")
     with torch.no_grad():
         ann = accuracy(torch.cat([model(b) for b in x.split(1000)]), test.labels)

@@ -29,7 +29,7 @@ def batch_input(batch) -> torch.Tensor:
     return x
 
 
-class _Recorder(fx.Interpreter):
+class Recorder(fx.Interpreter):
     """Runs a GraphModule and hands the outputs of chosen nodes to ``sink(name, tensor)``."""
 
     def __init__(self, gm: fx.GraphModule, names: set[str], sink: Callable):
@@ -44,7 +44,7 @@ class _Recorder(fx.Interpreter):
 
 
 def _for_each_activation(gm, names, data, sink) -> None:
-    recorder = _Recorder(gm, set(names), sink)
+    recorder = Recorder(gm, set(names), sink)
     with torch.no_grad():
         for batch in data:
             recorder.run(batch_input(batch))

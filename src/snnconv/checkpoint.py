@@ -85,12 +85,21 @@ def load(name_or_path: str | os.PathLike) -> dict:
 
 def build_model(ckpt: dict) -> nn.Module:
     """The model a checkpoint describes, with its weights, in eval mode."""
-    model = models.build(**ckpt["arch"])
     try:
-        model.load_state_dict(ckpt["state_dict"])
-    except RuntimeError as err:
-        raise CheckpointError(f"{ckpt.get('path', 'checkpoint')}: weights do not fit the recorded "
-                              f"architecture {ckpt['arch']}: {err}") from err
+        model = models.build(**ckpt["arch"])
+    except (TypeError, ValueError) as err:
+        raise CheckpointError(f"{ckpt.get('path', 'checkpoint')}: bad architecture record "
+                              f"{ckpt['arch']}: {err}") from err
+    want = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    got = {k: tuple(v.shape) for k, v in ckpt["state_dict"].items()}
+    if want != got:
+        missing, extra = sorted(want.keys() - got.keys()), sorted(got.keys() - want.keys())
+        wrong = sorted(k for k in want.keys() & got.keys() if want[k] != got[k])
+        raise CheckpointError(
+            f"{ckpt.get('path', 'checkpoint')}: weights do not fit the recorded architecture "
+            f"{ckpt['arch']['name']}: {len(missing)} missing (e.g. {missing[:2]}), {len(extra)} "
+            f"unexpected (e.g. {extra[:2]}), {len(wrong)} of another shape (e.g. {wrong[:2]})")
+    model.load_state_dict(ckpt["state_dict"])
     return model.eval()
 
 

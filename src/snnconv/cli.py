@@ -8,7 +8,10 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import checkpoint, data, models
+from torch import nn
+
+from . import checkpoint, data, evaluate, models, report
+from .convert import convert
 from .data import DataError
 from .graph import ConversionError
 from .simulate import SimulationError
@@ -31,6 +34,121 @@ def cmd_models(args) -> None:
     for name in models.NAMES:
         counts = [models.count_parameters(models.build(name, num_classes=n)) for n in (10, 100)]
         print(f"{name:<16}{counts[0]:>22,}{counts[1]:>22,}")
+
+
+def _ints(text: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}")
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"T values must be integers >= 1, got {text!r}")
+    return sorted(set(values))
+
+
+def _model_for(name: str, dataset: str):
+    """(checkpoint dict, model) checked against the dataset's classes and image shape."""
+    ckpt = checkpoint.load(name)
+    model = checkpoint.build_model(ckpt)
+    arch, classes = ckpt["arch"], data.num_classes(dataset)
+    if arch["num_classes"] != classes:
+        raise ValueError(f"checkpoint {ckpt['path']} has {arch['num_classes']} outputs but "
+                         f"{dataset} has {classes} classes")
+    shape = (1, 28) if dataset == "mnist" else (3, 32)
+    if (arch["in_channels"], arch["image_size"]) != shape:
+        raise ValueError(f"checkpoint {ckpt['path']} takes {arch['in_channels']}x"
+                         f"{arch['image_size']}x{arch['image_size']} images, {dataset} has "
+                         f"{shape[0]}x{shape[1]}x{shape[1]}")
+    return ckpt, model
+
+
+def _split(dataset: str, split: str, root, limit: int | None, download: bool) -> data.Dataset:
+    ds = data.load(dataset, split, root, download=download)
+    if limit is not None:
+        if limit < 1:
+            raise ValueError(f"--limit must be >= 1, got {limit}")
+        ds = data.Dataset(ds.images[:limit], ds.labels[:limit], ds.classes, ds.name, ds.split)
+    return ds
+
+
+def _normalised_batches(ds: data.Dataset, batch_size: int):
+    for images, labels in data.batches(ds, batch_size):
+        yield data.normalize(images, ds.name), labels
+
+
+def _convert_for(model, args, dataset: str):
+    """Convert with the CLI's options; calibration images come from the (unaugmented) training
+    split, only when the threshold mode needs data."""
+    calibration = None
+    if args.threshold != "activation" or args.readout == "spikes" or any(
+            isinstance(m, nn.ReLU) for m in model.modules()):
+        train = _split(dataset, "train", args.data_root, args.calibration_images, False)
+        calibration = [x for x, _ in _normalised_batches(train, 256)]
+    return convert(model, calibration=calibration, threshold=args.threshold,
+                   percentile=args.percentile, shift=args.shift, readout=args.readout)
+
+
+def _run_evaluation(args, name: str, download: bool) -> dict:
+    ckpt, model = _model_for(name, args.dataset)
+    test = _split(args.dataset, "test", args.data_root, args.limit, download)
+    snn = _convert_for(model, args, args.dataset)
+    print(f"{name}: {ckpt['arch']['name']} on {args.dataset} test, {len(test)} images, "
+          f"threshold={args.threshold}, shift={args.shift}, readout={args.readout}")
+    print(evaluate.steps_note(args.shift, args.T), flush=True)
+    results = evaluate.evaluate(snn, _normalised_batches(test, args.batch_size), args.T,
+                                n_batches=-(-len(test) // args.batch_size), e_mac=args.e_mac,
+                                e_ac=args.e_ac, progress=not args.quiet)
+    results = {"dataset": args.dataset, "model": ckpt["arch"]["name"],
+               "checkpoint": str(name), **results}
+    print(evaluate.table(results))
+    return results
+
+
+def cmd_evaluate(args) -> None:
+    report.check_writable(args.out)
+    results = _run_evaluation(args, args.checkpoint, download=False)
+    print(evaluate.layer_table(results, max(args.T)))
+    for path in report.write(results, args.out, plots=args.plots):
+        print(f"wrote {path}")
+
+
+def cmd_demo(args) -> None:
+    import time
+    start = time.perf_counter()
+    _run_evaluation(args, "resnet20-cifar10", download=True)
+    print(f"demo done in {time.perf_counter() - start:.0f} s")
+
+
+def cmd_shift_scan(args) -> None:
+    from . import shiftscan
+    if args.out:
+        report.check_writable(args.out)
+    ckpt, model = _model_for(args.checkpoint, args.dataset)
+    test = _split(args.dataset, "test", args.data_root, args.limit, False)
+    args.shift = "bias"
+    snn = _convert_for(model, args, args.dataset)
+    print(f"{args.checkpoint}: shift scan at T={args.T} on {len(test)} {args.dataset} test images",
+          flush=True)
+    result = shiftscan.shift_scan(snn, list(_normalised_batches(test, args.batch_size)), args.T,
+                                  args.fractions)
+    print(shiftscan.table(result))
+    if args.out:
+        report.check_writable(args.out).mkdir(parents=True, exist_ok=True)
+        checkpoint.save_json({"dataset": args.dataset, "checkpoint": str(args.checkpoint),
+                              **result}, f"{args.out}/shift_scan.json")
+        print(f"wrote {args.out}/shift_scan.json")
+
+
+def add_shift_scan(sub) -> None:
+    p = sub.add_parser("shift-scan", help="per-layer shift that minimises the conversion error")
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--T", type=int, default=16)
+    p.add_argument("--limit", type=int, default=1000, help="test images (default 1000)")
+    p.add_argument("--fractions", type=lambda t: [float(v) for v in t.split(",")],
+                   default=[i / 10 for i in range(11)], help="shifts in units of V_th/T")
+    p.add_argument("--out", default=None)
+    add_conversion_options(p)
+    p.set_defaults(func=cmd_shift_scan, batch_size=128)
 
 
 def cmd_train(args) -> None:
@@ -66,12 +184,51 @@ def add_train(sub) -> None:
     p.set_defaults(func=cmd_train)
 
 
+def add_conversion_options(p, shift: str = "bias") -> None:
+    p.add_argument("--dataset", default="cifar10", choices=data.NAMES)
+    p.add_argument("--data-root", dest="data_root", default=None,
+                   help="dataset folder (default: $SNNCONV_DATA or the per-user cache)")
+    p.add_argument("--threshold", default="activation", choices=("activation", "max", "percentile"))
+    p.add_argument("--percentile", type=float, default=99.99)
+    p.add_argument("--shift", default=shift, choices=("bias", "membrane", "none"))
+    p.add_argument("--readout", default="current", choices=("current", "spikes"))
+    p.add_argument("--calibration-images", dest="calibration_images", type=int, default=2048,
+                   help="training images (unaugmented) used for max/percentile thresholds")
+    p.add_argument("--batch-size", dest="batch_size", type=int, default=250)
+    p.add_argument("--e-mac", dest="e_mac", type=float, default=4.6, help="pJ per MAC")
+    p.add_argument("--e-ac", dest="e_ac", type=float, default=0.9, help="pJ per accumulate")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def add_evaluate(sub) -> None:
+    p = sub.add_parser("evaluate", help="accuracy vs T, layer-wise error, firing rates, cost")
+    p.add_argument("--checkpoint", required=True, help="model file, training folder, or "
+                   "shipped model name (" + ", ".join(checkpoint.pretrained_names()) + ")")
+    p.add_argument("--T", type=_ints, default=[8, 16, 32, 64, 128])
+    p.add_argument("--limit", type=int, default=None, help="first N test images only")
+    p.add_argument("--out", required=True)
+    p.add_argument("--plots", type=_bool, default=True)
+    add_conversion_options(p)
+    p.set_defaults(func=cmd_evaluate)
+
+
+def add_demo(sub) -> None:
+    p = sub.add_parser("demo", help="convert the shipped CIFAR-10 ResNet-20 and evaluate it")
+    p.add_argument("--T", type=_ints, default=[16, 32, 64])
+    p.add_argument("--limit", type=int, default=2000, help="test images (default 2000)")
+    add_conversion_options(p, shift="membrane")
+    p.set_defaults(func=cmd_demo, dataset="cifar10")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="snnconv", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("models", help="list the model zoo with parameter counts").set_defaults(
         func=cmd_models)
     add_train(sub)
+    add_evaluate(sub)
+    add_demo(sub)
+    add_shift_scan(sub)
     args = parser.parse_args(argv)
     try:
         args.func(args)

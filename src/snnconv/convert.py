@@ -70,9 +70,12 @@ class SpikingNetwork(nn.Module):
                              f"[batch, {', '.join(map(str, self.input_shape))}] (from calibration)")
         check_finite("input", x)
 
-    def forward(self, x: torch.Tensor, T: int, max_chunk_bytes: int = DEFAULT_CHUNK_BYTES):
+    def forward(self, x: torch.Tensor, T: int, max_chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+                marks=(), on_mark=None) -> torch.Tensor:
+        """Readout after every step t = 1..T, [T, batch, ...]; ``on_mark(t)`` runs after each
+        step t in ``marks`` (the IF layers' ``spike_count`` then holds the counts up to t)."""
         self.check_input(x, T)
-        return simulate(self.graph, x, T, max_chunk_bytes)
+        return simulate(self.graph, x, T, max_chunk_bytes, marks, on_mark)
 
     def stepwise(self, x: torch.Tensor, T: int) -> torch.Tensor:
         """Same as ``forward`` by a plain loop over time steps (the reference implementation)."""

@@ -118,15 +118,22 @@ def normalize(images: torch.Tensor, name: str) -> torch.Tensor:
     return images.float().div_(255).sub_(mean).div_(std)
 
 
-def augment(images: torch.Tensor, generator: torch.Generator, pad: int = 4) -> torch.Tensor:
-    """Random crop of the ``pad``-zero-padded image back to H x W, then a horizontal flip with p=1/2.
+# training augmentation per dataset: crop padding and horizontal flips (digits must not be mirrored)
+AUGMENT = {"cifar10": dict(pad=4, flip=True), "cifar100": dict(pad=4, flip=True),
+           "mnist": dict(pad=2, flip=False)}
+
+
+def augment(images: torch.Tensor, generator: torch.Generator, pad: int = 4,
+            flip: bool = True) -> torch.Tensor:
+    """Random crop of the ``pad``-zero-padded image back to H x W, then (if ``flip``) a horizontal
+    flip with p=1/2.
 
     Each image of the [N, C, H, W] batch draws its own offsets and flip from ``generator``;
     the same generator state gives the same output.
     """
     n, _, h, w = images.shape
     dy, dx = torch.randint(0, 2 * pad + 1, (2, n, 1), generator=generator, device=generator.device)
-    flip = torch.rand(n, 1, generator=generator, device=generator.device) < 0.5
+    flip = (torch.rand(n, 1, generator=generator, device=generator.device) < 0.5) & flip
     rows = dy + torch.arange(h, device=generator.device)  # [N, H] rows of the padded image
     cols = dx + torch.arange(w, device=generator.device)  # [N, W]
     cols = torch.where(flip, cols.flip(1), cols)

@@ -219,14 +219,22 @@ def _positive_int(value, what: str) -> int:
     return value
 
 
-def _init(model: nn.Module) -> None:
-    """Kaiming-normal (fan_out, as He et al. and the authors' ResNet) convs with zero bias; BN and Linear keep
-    PyTorch defaults. Deterministic given torch.manual_seed."""
+# With threshold activations BN scales start at 0.3 * y_th, so few pre-activations start out
+# clipped (zero gradient). Measured: ResNet-20 on CIFAR-10, 150 SGD steps, loss 1.70 with this
+# and 1.97 with scale 1 (plain ReLU: 1.64).
+THRESHOLD_BN_SCALE = 0.3
+
+
+def _init(model: nn.Module, bn_scale: float) -> None:
+    """Kaiming-normal (fan_out, as He et al. and the authors' ResNet) convs with zero bias, BN scales
+    ``bn_scale``; Linear keeps PyTorch defaults. Deterministic given torch.manual_seed."""
     for m in model.modules():
         if isinstance(m, nn.Conv2d):
             nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
             if m.bias is not None:
                 nn.init.zeros_(m.bias)
+        elif isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):
+            nn.init.constant_(m.weight, bn_scale)
 
 
 def build(name: str, *, num_classes: int = 10, act: str = "threshold", y_th: float = 1.0, in_channels: int = 3,
@@ -243,5 +251,20 @@ def build(name: str, *, num_classes: int = 10, act: str = "threshold", y_th: flo
     model = builder(_positive_int(in_channels, "in_channels"), _positive_int(image_size, "image_size"),
                     _positive_int(num_classes, "num_classes"), partial(activation, act, y_th),
                     default_bn if batch_norm is None else bool(batch_norm))
-    _init(model)
+    _init(model, THRESHOLD_BN_SCALE * y_th if act == "threshold" else 1.0)
     return model
+
+
+def load_pretrained(name: str) -> nn.Module:
+    """A shipped model ("resnet20-cifar10", "cnn-mnist") or checkpoint path, in eval mode."""
+    from . import checkpoint
+    return checkpoint.build_model(checkpoint.load(name))
+
+
+def pretrained_card(name: str) -> str:
+    """The model card (markdown) of a shipped model: command, wall time, seed, test accuracy."""
+    from . import checkpoint
+    path = checkpoint.PRETRAINED_DIR / f"{name}.md"
+    if not path.is_file():
+        raise ValueError(f"no shipped model {name!r}; shipped: {checkpoint.pretrained_names()}")
+    return path.read_text()

@@ -2,7 +2,7 @@
 
 Per step t = 1..T, with input current I[t] and threshold V_th (a scalar or one value per channel):
 
-    v[t] = v[t-1] + I[t] + b          b = V_th/(2T) for shift="bias", else 0
+    v[t] = v[t-1] + I[t] + b          b = V_th/(2T) for shift="bias" (bias_fraction 1/2), else 0
     s[t] = 1 if v[t] >= V_th else 0   at most one spike per step
     v[t] = v[t] - s[t] * V_th         soft reset (reset by subtraction), no leak
     output V_th * s[t]                spikes carry amplitude V_th
@@ -34,7 +34,7 @@ class IFNeurons(nn.Module):
     """A layer of IF neurons. ``v_th``: float, or a 1-D tensor with one threshold per channel
     (dimension 1 of the current). Call ``reset(T)`` before each simulation of T steps."""
 
-    def __init__(self, v_th: float | torch.Tensor, shift: str = "bias"):
+    def __init__(self, v_th: float | torch.Tensor, shift: str = "bias", bias_fraction: float = 0.5):
         super().__init__()
         v_th = torch.as_tensor(v_th, dtype=torch.float32).detach().clone()
         if v_th.dim() > 1 or v_th.numel() == 0:
@@ -44,8 +44,12 @@ class IFNeurons(nn.Module):
             raise ValueError(f"v_th must be finite and > 0, got {v_th.tolist()}")
         self.register_buffer("v_th", v_th)
         self.shift = check_shift(shift)
+        self.bias_fraction = float(bias_fraction)  # b = bias_fraction * V_th / T ("bias" shift)
+        self.record = False        # when True, input currents are kept in `recorded`
+        self.recorded: list[torch.Tensor] = []
         self.steps = None          # T of the current simulation
-        self.v = None              # membrane potential, [batch, ...]
+        self.t = 0                 # steps done since reset
+        self.v = None              # membrane potential minus t*b, [batch, ...] (see membrane)
         self.spike_count = None    # spikes per neuron since reset, [batch, ...]
 
     def extra_repr(self) -> str:
@@ -55,7 +59,7 @@ class IFNeurons(nn.Module):
     def reset(self, steps: int) -> None:
         if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
             raise ValueError(f"T must be an integer >= 1, got {steps!r}")
-        self.steps, self.v, self.spike_count = steps, None, None
+        self.steps, self.v, self.spike_count, self.recorded, self.t = steps, None, None, [], 0
 
     def threshold_like(self, current: torch.Tensor) -> torch.Tensor:
         """V_th shaped to broadcast against a one-step current [batch, channels, ...]."""
@@ -67,8 +71,14 @@ class IFNeurons(nn.Module):
             v_th = v_th.view(-1, *([1] * (current.dim() - 2)))
         return v_th
 
+    @property
+    def membrane(self) -> torch.Tensor | None:
+        """The membrane potential v[t]. The shift b is never added to the current; ``self.v``
+        holds v[t] - t*b and the neuron fires at V_th - t*b, which is the same condition."""
+        return None if self.v is None else self.v + self.t * self.bias(self.threshold_like(self.v))
+
     def bias(self, v_th: torch.Tensor) -> torch.Tensor | float:
-        return v_th / (2 * self.steps) if self.shift == "bias" else 0.0
+        return v_th * (self.bias_fraction / self.steps) if self.shift == "bias" else 0.0
 
     def _start(self, like: torch.Tensor, v_th: torch.Tensor) -> None:
         if self.steps is None:
@@ -82,8 +92,11 @@ class IFNeurons(nn.Module):
         """One time step: current [batch, ...] -> spikes (amplitude V_th), same shape."""
         v_th = self.threshold_like(current)
         self._start(current, v_th)
-        self.v = self.v + (current + self.bias(v_th))  # same rounding as scan()
-        fired = (self.v >= v_th).to(current.dtype)
+        if self.record:
+            self.recorded.append(current.unsqueeze(0).clone())
+        self.t += 1
+        self.v = self.v + current
+        fired = (self.v >= v_th - self.t * self.bias(v_th)).to(current.dtype)
         self.v = torch.addcmul(self.v, fired, v_th, value=-1)  # same rounding as scan()
         self.spike_count = self.spike_count + fired
         return fired * v_th
@@ -94,14 +107,17 @@ class IFNeurons(nn.Module):
         one = current if constant else current[0]
         v_th = self.threshold_like(one)
         self._start(one, v_th)
+        if self.record:
+            self.recorded.append(current.expand(steps, *one.shape).clone() if constant
+                                 else current.clone())
         b = self.bias(v_th)
-        drive = current + b if torch.is_tensor(b) else current
         out = torch.empty((steps,) + tuple(one.shape), dtype=one.dtype, device=one.device)
         v = self.v
-        for t in range(steps):  # three in-place passes per step; out[t] holds 0/1 first
-            v.add_(drive if constant else drive[t])
-            torch.ge(v, v_th, out=out[t])
-            v.addcmul_(out[t], v_th, value=-1)
+        for k in range(steps):  # three in-place passes per step; out[k] holds 0/1 spikes first
+            v.add_(current if constant else current[k])
+            torch.ge(v, v_th - (self.t + k + 1) * b, out=out[k])
+            v.addcmul_(out[k], v_th, value=-1)
+        self.t += steps
         self.spike_count.add_(out.sum(0))
         return out.mul_(v_th)
 

@@ -69,8 +69,11 @@ def _readout(outputs: list[torch.Tensor]) -> torch.Tensor:
 
 
 def simulate(gm: fx.GraphModule, x: torch.Tensor, steps: int,
-             max_chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> torch.Tensor:
-    """Readout after every step, [steps, batch, ...], for analog input x [batch, ...]."""
+             max_chunk_bytes: int = DEFAULT_CHUNK_BYTES, marks=(), on_mark=None) -> torch.Tensor:
+    """Readout after every step, [steps, batch, ...], for analog input x [batch, ...].
+    ``on_mark(t)`` is called right after step t for each t in ``marks`` (e.g. to read the IF
+    layers' spike counts at several T in one run)."""
+    marks = sorted({t for t in marks if 0 < t <= steps})
     modules = dict(gm.named_modules())
     nodes = list(gm.graph.nodes)
     neurons = {n for n in nodes if n.op == "call_module" and isinstance(modules[n.target], IFNeurons)}
@@ -94,7 +97,7 @@ def simulate(gm: fx.GraphModule, x: torch.Tensor, steps: int,
     outputs, done, chunk = [], 0, 1
     with torch.no_grad():
         while done < steps:
-            c = min(chunk, steps - done)
+            c = min([chunk, steps - done] + [t - done for t in marks if t > done])
             env: dict[fx.Node, object] = {}
             step_bytes = 0
 
@@ -152,6 +155,8 @@ def simulate(gm: fx.GraphModule, x: torch.Tensor, steps: int,
                 for a in free_after.get(node, ()):
                     env.pop(a, None)
             done += c
+            if on_mark is not None and done in marks:
+                on_mark(done)
             if chunk == 1:
                 chunk = max(1, max_chunk_bytes // max(step_bytes, 1))
     return _readout(outputs)

@@ -1,5 +1,5 @@
 """Train the source ANN the paper's way: threshold ReLU, SGD with momentum, a warm-up then a cosine
-(or step) schedule, random-crop + flip augmentation, model selection on a validation split carved
+(or step) schedule, random-crop (+ flip for CIFAR) augmentation, model selection on a validation split carved
 from the training data (the test split is never read here).
 
 Resumable: every epoch ends with an atomic checkpoint of model, optimizer, scheduler, RNG and
@@ -199,7 +199,7 @@ def run(cfg: TrainConfig, progress: bool = True) -> nn.Module:
         t0, seen, loss_sum, correct = time.perf_counter(), 0, 0.0, 0
         for step in range(steps_per_epoch):
             idx = order[step * cfg.batch_size:(step + 1) * cfg.batch_size][rank::world]
-            images = data.augment(train.images[idx], aug_gen)
+            images = data.augment(train.images[idx], aug_gen, **data.AUGMENT[train.name])
             x = data.normalize(images.to(device, non_blocking=True), train.name)
             x = x.contiguous(memory_format=memory_format)
             y = train.labels[idx].to(device, non_blocking=True)

@@ -1,0 +1,126 @@
+"""Training: schedule, parameter groups, bitwise resume after SIGKILL, two-rank DDP on CPU."""
+import os
+import signal
+import socket
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from snnconv import checkpoint, models, train
+from conftest import SHARED_DATA
+
+SMALL = ["--model", "cnn", "--dataset", "mnist", "--limit-train", "3072", "--val-size", "500",
+         "--batch-size", "64", "--lr", "0.05", "--threads", "1", "--data-root", str(SHARED_DATA)]
+
+
+def test_lr_factor_warmup_cosine_and_step():
+    f = [train.lr_factor(s, 100, 10, "cosine") for s in range(100)]
+    assert f[0] == pytest.approx(0.1) and f[9] == pytest.approx(1.0)
+    assert all(a >= b for a, b in zip(f[9:], f[10:]))  # non-increasing after warm-up
+    assert f[-1] < 0.001
+    g = [train.lr_factor(s, 100, 0, "step") for s in range(100)]
+    assert g[49] == 1.0 and g[50] == pytest.approx(0.1) and g[75] == pytest.approx(0.01)
+
+
+def test_no_weight_decay_on_batchnorm_and_biases():
+    model = models.build("resnet20")
+    decay, rest = train.parameter_groups(model, 5e-4)
+    assert all(p.ndim > 1 for p in decay["params"]) and decay["weight_decay"] == 5e-4
+    bn = {id(p) for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)
+          for p in m.parameters()}
+    assert bn <= {id(p) for p in rest["params"]} and rest["weight_decay"] == 0.0
+
+
+def run_cli(args, **kw):
+    return subprocess.run([sys.executable, "-m", "snnconv", *args], capture_output=True,
+                          text=True, timeout=600, **kw)
+
+
+def test_resume_after_sigkill_is_bitwise_identical(tmp_path):
+    full, cut = tmp_path / "full", tmp_path / "cut"
+    done = run_cli(["train", *SMALL, "--epochs", "3", "--out", str(full)])
+    assert done.returncode == 0, done.stderr
+
+    proc = subprocess.Popen([sys.executable, "-m", "snnconv", "train", *SMALL, "--epochs", "3",
+                             "--out", str(cut)], stderr=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                            text=True)
+    for line in proc.stderr:  # progress lines; kill as soon as epoch 2 is under way
+        if line.startswith("epoch 2/3"):
+            os.kill(proc.pid, signal.SIGKILL)
+            break
+    proc.wait(timeout=60)
+    assert proc.returncode == -signal.SIGKILL
+    interrupted = torch.load(cut / "last.pt", weights_only=True)
+    assert interrupted["epoch"] == 0, "killed in the middle of epoch 2: last checkpoint is epoch 1"
+    assert not list(cut.glob("*.tmp")) or all(p.name.startswith(".") for p in cut.glob("*.tmp"))
+
+    resumed = run_cli(["train", *SMALL, "--epochs", "3", "--out", str(cut)])
+    assert resumed.returncode == 0, resumed.stderr
+    a = torch.load(full / "last.pt", weights_only=True)
+    b = torch.load(cut / "last.pt", weights_only=True)
+    assert a["epoch"] == b["epoch"] == 2
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
+    assert torch.equal(a["rng"], b["rng"])
+    log = (cut / "log.jsonl").read_text().splitlines()
+    assert [eval(l)["epoch"] for l in log] == [1, 2, 3]  # epoch 2 logged once, after the resume
+
+
+def test_resume_with_other_settings_is_refused(tmp_path):
+    out = tmp_path / "run"
+    assert run_cli(["train", *SMALL, "--epochs", "1", "--out", str(out)]).returncode == 0
+    again = run_cli(["train", *SMALL, "--epochs", "1", "--lr", "0.2", "--out", str(out)])
+    assert again.returncode == 2 and "different settings" in again.stderr and "lr" in again.stderr
+
+
+def _rank(rank, world, port, out, result):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    torch.set_num_threads(1)
+    cfg = train.TrainConfig(out=str(out), model="cnn", dataset="mnist", epochs=1, batch_size=64,
+                            lr=0.05, limit_train=1024, val_size=500, data_root=str(SHARED_DATA))
+    model = train.run(cfg, progress=False)
+    torch.save(model.state_dict(), result / f"rank{rank}.pt")
+    dist.destroy_process_group()
+
+
+def test_two_ranks_with_gloo_end_with_equal_weights(tmp_path):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_rank, args=(2, port, tmp_path / "run", tmp_path), nprocs=2, join=True)
+    a = torch.load(tmp_path / "rank0.pt", weights_only=True)
+    b = torch.load(tmp_path / "rank1.pt", weights_only=True)
+    for k in a:
+        assert torch.equal(a[k], b[k]), k  # parameters via DDP all-reduce, BN stats averaged
+    torch.manual_seed(0)
+    init = models.build("cnn", in_channels=1, image_size=28).state_dict()
+    assert not torch.equal(init["0.weight"], a["0.weight"]), "training changed the weights"
+    ckpt = checkpoint.load(tmp_path / "run" / "model.pt")  # rank 0 wrote the model file
+    assert ckpt["arch"]["name"] == "cnn"
+
+
+def test_train_cli_errors_are_one_line_and_exit_2(tmp_path):
+    r = run_cli(["train", *SMALL[:-1], str(tmp_path / "nowhere"), "--epochs", "1",
+                 "--out", str(tmp_path / "x")])
+    assert r.returncode == 2 and "snnconv: error: no local copy of mnist train" in r.stderr
+    r = run_cli(["train", "--model", "alexnet", "--out", str(tmp_path / "y")])
+    assert r.returncode == 2 and "invalid choice" in r.stderr
+
+
+def test_checkpoints_load_weights_only(tmp_path):
+    class Evil:
+        def __reduce__(self):
+            return (os.system, (f"touch {tmp_path}/pwned",))
+
+    bad = tmp_path / "evil.pt"
+    torch.save({"format": checkpoint.FORMAT, "arch": {}, "x": Evil()}, bad)
+    with pytest.raises(checkpoint.CheckpointError, match="cannot read checkpoint"):
+        checkpoint.load(bad)
+    assert not (tmp_path / "pwned").exists()
+    with pytest.raises(checkpoint.CheckpointError, match="no checkpoint"):
+        checkpoint.load(tmp_path / "missing.pt")
