@@ -201,3 +201,28 @@ def test_bad_arguments():
         build("cnn", in_channels=0)
     with pytest.raises(ValueError, match="y_th"):
         build("cnn", y_th=0.0)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_every_zoo_model_converts_and_simulates(name):
+    """Random weights; threshold activations need no data. The SNN runs and, at T=1 with the
+    membrane shift, every IF layer fires at most once per neuron."""
+    import snnconv
+    torch.manual_seed(0)
+    model = build(name, num_classes=7).eval()
+    snn = snnconv.convert(model, shift="membrane")
+    n_act = sum(isinstance(m, ThresholdReLU) for m in model.modules())
+    assert len(snn.layers) == n_act
+    out = snn(torch.randn(1, 3, 32, 32), 2)
+    assert out.shape == (2, 1, 7) and torch.isfinite(out).all()
+    assert all(m.spike_count.max() <= 2 for m in snn.layers.values())
+
+
+def test_load_pretrained_and_card():
+    from snnconv import checkpoint, models
+    model = models.load_pretrained("cnn-mnist")
+    assert not model.training
+    assert "test accuracy" in models.pretrained_card("cnn-mnist")
+    assert "cnn-mnist" in checkpoint.pretrained_names()
+    with pytest.raises(ValueError, match="no shipped model"):
+        models.pretrained_card("alexnet-imagenet")

@@ -106,6 +106,8 @@ def _run_evaluation(args, name: str, download: bool) -> dict:
 
 def cmd_evaluate(args) -> None:
     report.check_writable(args.out)
+    if args.plots:
+        report.check_plotting()
     results = _run_evaluation(args, args.checkpoint, download=False)
     print(evaluate.layer_table(results, max(args.T)))
     for path in report.write(results, args.out, plots=args.plots):

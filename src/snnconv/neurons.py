@@ -21,6 +21,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from . import fused
+
 SHIFTS = ("bias", "membrane", "none")
 
 
@@ -101,9 +103,11 @@ class IFNeurons(nn.Module):
         self.spike_count = self.spike_count + fired
         return fired * v_th
 
-    def scan(self, current: torch.Tensor, steps: int, constant: bool = False) -> torch.Tensor:
+    def scan(self, current: torch.Tensor, steps: int, constant: bool = False,
+             out: torch.Tensor | None = None) -> torch.Tensor:
         """``steps`` time steps at once: current [steps, batch, ...] (or [batch, ...] held for
-        every step when ``constant``) -> spikes [steps, batch, ...]."""
+        every step when ``constant``) -> spikes [steps, batch, ...], written into ``out`` if
+        given (a reused buffer saves the page faults of fresh memory)."""
         one = current if constant else current[0]
         v_th = self.threshold_like(one)
         self._start(one, v_th)
@@ -111,8 +115,15 @@ class IFNeurons(nn.Module):
             self.recorded.append(current.expand(steps, *one.shape).clone() if constant
                                  else current.clone())
         b = self.bias(v_th)
-        out = torch.empty((steps,) + tuple(one.shape), dtype=one.dtype, device=one.device)
+        if out is None or out.shape != (steps,) + one.shape or out.stride()[1:] != one.stride():
+            out = _empty_steps(one, steps)
         v = self.v
+        if fused.usable(current, constant, v, out, v_th) and fused.kernel() is not None:
+            theta = torch.stack([v_th - (self.t + k + 1) * b for k in range(steps)])
+            fused.kernel().if_scan(current, constant, v, theta, v_th.item(), out,
+                                   self.spike_count)
+            self.t += steps
+            return out
         for k in range(steps):  # three in-place passes per step; out[k] holds 0/1 spikes first
             v.add_(current if constant else current[k])
             torch.ge(v, v_th - (self.t + k + 1) * b, out=out[k])
@@ -120,6 +131,16 @@ class IFNeurons(nn.Module):
         self.t += steps
         self.spike_count.add_(out.sum(0))
         return out.mul_(v_th)
+
+
+def _empty_steps(one: torch.Tensor, steps: int) -> torch.Tensor:
+    """Uninitialised [steps, *one.shape], in ``one``'s memory format (channels_last stays so)."""
+    if one.dim() == 4 and not one.is_contiguous() and one.is_contiguous(
+            memory_format=torch.channels_last):
+        flat = torch.empty((steps * one.shape[0],) + tuple(one.shape[1:]), dtype=one.dtype,
+                           device=one.device, memory_format=torch.channels_last)
+        return flat.view(steps, *one.shape)
+    return torch.empty((steps,) + tuple(one.shape), dtype=one.dtype, device=one.device)
 
 
 def check_finite(name: str, t: torch.Tensor) -> None:

@@ -23,7 +23,17 @@ def check_writable(out: str | os.PathLike) -> Path:
     return out
 
 
+def check_plotting() -> None:
+    """Raise now, before any work, if plots are asked for and matplotlib is missing."""
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        raise ValueError("plots need matplotlib: pip install 'snnconv[plot]', or pass "
+                         "--plots false") from None
+
+
 def _figures(results: dict) -> dict[str, bytes]:
+    check_plotting()
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

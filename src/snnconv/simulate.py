@@ -55,13 +55,6 @@ def _call(node, args, kwargs, modules):
         raise SimulationError(f"node '{node.name}' failed on input shape(s) {shapes}: {err}") from err
 
 
-def neuron_layers(gm: fx.GraphModule) -> dict[str, IFNeurons]:
-    """The IF layers of a converted graph, by node name, in graph order."""
-    modules = dict(gm.named_modules())
-    return {n.name: modules[n.target] for n in gm.graph.nodes
-            if n.op == "call_module" and isinstance(modules[n.target], IFNeurons)}
-
-
 def _readout(outputs: list[torch.Tensor]) -> torch.Tensor:
     y = torch.cat(outputs)
     t = torch.arange(1, y.shape[0] + 1, dtype=y.dtype, device=y.device)
@@ -94,7 +87,8 @@ def simulate(gm: fx.GraphModule, x: torch.Tensor, steps: int,
 
     batch = x.shape[0]
     static: dict[fx.Node, object] = {}
-    outputs, done, chunk = [], 0, 1
+    buffers: dict[fx.Node, torch.Tensor] = {}  # spike outputs, reused chunk after chunk
+    outputs, done, chunk, measured = [], 0, 1, False
     with torch.no_grad():
         while done < steps:
             c = min([chunk, steps - done] + [t - done for t in marks if t > done])
@@ -130,11 +124,15 @@ def simulate(gm: fx.GraphModule, x: torch.Tensor, steps: int,
                 if node in neurons:
                     src = node.args[0]
                     current = value(src, widen=False)
+                    buf = buffers.get(node)
+                    buf = buf[:c] if buf is not None and len(buf) >= c else None
                     if src in dynamic:
                         current = current.view(c, batch, *current.shape[1:])
-                        spikes = modules[node.target].scan(current, c)
+                        spikes = modules[node.target].scan(current, c, out=buf)
                     else:
-                        spikes = modules[node.target].scan(current, c, constant=True)
+                        spikes = modules[node.target].scan(current, c, constant=True, out=buf)
+                    if buf is None or spikes.data_ptr() != buf.data_ptr():
+                        buffers[node] = spikes
                     result = spikes.view(c * batch, *spikes.shape[2:])
                 else:
                     args = fx.node.map_arg(node.args, lambda a: value(a, is_dyn))
@@ -157,8 +155,8 @@ def simulate(gm: fx.GraphModule, x: torch.Tensor, steps: int,
             done += c
             if on_mark is not None and done in marks:
                 on_mark(done)
-            if chunk == 1:
-                chunk = max(1, max_chunk_bytes // max(step_bytes, 1))
+            if not measured:  # the first chunk is one step: size the others from it
+                chunk, measured = max(1, max_chunk_bytes // max(step_bytes, 1)), True
     return _readout(outputs)
 
 
