@@ -122,16 +122,12 @@ def _average_buffers(model: nn.Module, world: int) -> None:
             b.div_(world)
 
 
-def _log(path: Path, record: dict) -> None:
-    with open(path, "a") as f:
-        f.write(json.dumps(record) + "\n")
-
-
 def run(cfg: TrainConfig, progress: bool = True) -> nn.Module:
     """Train per ``cfg``; resumes from ``cfg.out/last.pt`` if it exists. Returns the final model.
 
-    Writes into ``cfg.out``: config.json, log.jsonl (one line per epoch), last.pt (training
-    state, every epoch) and model.pt (the weights of the best validation epoch)."""
+    Writes into ``cfg.out`` (each file atomically): config.json, log.jsonl (one line per epoch),
+    last.pt (training state, every epoch) and model.pt (the weights of the best validation
+    epoch)."""
     if cfg.schedule not in ("cosine", "step"):
         raise ValueError(f"schedule must be 'cosine' or 'step', got {cfg.schedule!r}")
     if cfg.epochs < 1 or cfg.batch_size < 1:
@@ -169,7 +165,7 @@ def run(cfg: TrainConfig, progress: bool = True) -> nn.Module:
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: lr_factor(s, total, warmup, cfg.schedule))
 
-    start_epoch, best = 0, {"val_accuracy": -1.0, "epoch": -1}
+    start_epoch, best, history = 0, {"val_accuracy": -1.0, "epoch": -1}, []
     last = out / "last.pt"
     if last.exists():
         state = torch.load(last, map_location="cpu", weights_only=True)
@@ -181,7 +177,7 @@ def run(cfg: TrainConfig, progress: bool = True) -> nn.Module:
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
         torch.set_rng_state(state["rng"])
-        start_epoch, best = state["epoch"] + 1, state["best"]
+        start_epoch, best, history = state["epoch"] + 1, state["best"], state.get("history", [])
     elif rank == 0:
         checkpoint.save_json(asdict(cfg), out / "config.json")
 
@@ -196,7 +192,7 @@ def run(cfg: TrainConfig, progress: bool = True) -> nn.Module:
         net.train()
         bar = Progress(steps_per_epoch, f"epoch {epoch + 1}/{cfg.epochs}",
                        enabled=progress and rank == 0)
-        t0, seen, loss_sum, correct = time.perf_counter(), 0, 0.0, 0
+        t0, seen = time.perf_counter(), 0
         for step in range(steps_per_epoch):
             idx = order[step * cfg.batch_size:(step + 1) * cfg.batch_size][rank::world]
             images = data.augment(train.images[idx], aug_gen, **data.AUGMENT[train.name])
@@ -211,13 +207,11 @@ def run(cfg: TrainConfig, progress: bool = True) -> nn.Module:
             opt.step()
             sched.step()
             seen += per_rank
-            if step % 10 == 0 or step == steps_per_epoch - 1:
-                loss_sum_v, correct_v = loss.item(), (logits.argmax(1) == y).sum().item()
-                loss_sum += loss_sum_v * per_rank
-                correct += correct_v
+            if step % 10 == 0 or step == steps_per_epoch - 1:  # .item() syncs: not every step
+                batch_acc = (logits.argmax(1) == y).float().mean().item()
                 rate = seen * world / (time.perf_counter() - t0)
-                bar.update(min(10, steps_per_epoch - bar.done), loss=f"{loss_sum_v:.3f}",
-                           acc=f"{100 * correct_v / per_rank:.1f}%", **{"img/s": f"{rate:.0f}"})
+                bar.update(step + 1 - bar.done, loss=f"{loss.item():.3f}",
+                           acc=f"{100 * batch_acc:.1f}%", **{"img/s": f"{rate:.0f}"})
         if world > 1:
             _average_buffers(model, world)
         seconds = time.perf_counter() - t0
@@ -225,14 +219,17 @@ def run(cfg: TrainConfig, progress: bool = True) -> nn.Module:
         record = {"epoch": epoch + 1, "lr": opt.param_groups[0]["lr"], "train_loss": loss.item(),
                   "val_accuracy": val_acc, "seconds": round(seconds, 2),
                   "images_per_second": round(seen * world / seconds, 1)}
+        history.append(record)
         if rank == 0:
             if val_acc > best["val_accuracy"]:
                 best = {"val_accuracy": val_acc, "epoch": epoch + 1}
                 checkpoint.save(model_file(model, arch, cfg, best), out / "model.pt")
             checkpoint.save({"model": model.state_dict(), "optimizer": opt.state_dict(),
                              "scheduler": sched.state_dict(), "rng": torch.get_rng_state(),
-                             "epoch": epoch, "best": best, "config": asdict(cfg)}, last)
-            _log(out / "log.jsonl", record)
+                             "epoch": epoch, "best": best, "history": history,
+                             "config": asdict(cfg)}, last)
+            checkpoint.save_text("".join(json.dumps(r) + "\n" for r in history),
+                                 out / "log.jsonl")  # rewritten whole: never a torn line
             print(json.dumps(record), flush=True)
     return model
 
