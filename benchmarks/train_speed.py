@@ -3,9 +3,10 @@
     python benchmarks/train_speed.py [--batch 64] [--repeats 5]
 
 CIFAR-shaped input (3x32x32, 10 classes), threshold activations. Training = forward, backward and
-an SGD step, channels_last (what `snnconv train` uses on CPU); inference = eval-mode forward,
-reported for both memory formats. Median of --repeats timed steps after 2 warm-up steps; the
-spread is min-max. Prints a markdown table and, last, one JSON line.
+an SGD step; inference = eval-mode forward; both in both memory formats (contiguous NCHW and
+channels_last; `snnconv train` uses channels_last on CPU by default). Median of --repeats timed
+steps after 2 warm-up steps, the formats interleaved; the spread is min-max. Prints a markdown
+table and, last, one JSON line.
 """
 import argparse
 import json
@@ -20,15 +21,18 @@ import torch.nn.functional as F
 from snnconv import models, train
 
 
-def timed(fn, repeats):
-    for _ in range(2):
+def timed_pair(fns: dict, repeats: int) -> dict:
+    """(median, min, max) seconds per call of each function, calls interleaved."""
+    for fn in fns.values():
         fn()
-    times = []
+        fn()
+    times = {k: [] for k in fns}
     for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times), min(times), max(times)
+        for k, fn in fns.items():
+            t = time.perf_counter()
+            fn()
+            times[k].append(time.perf_counter() - t)
+    return {k: (statistics.median(v), min(v), max(v)) for k, v in times.items()}
 
 
 def main():
@@ -40,36 +44,41 @@ def main():
     rows = []
     print(f"CPU: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
           f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {args.batch}")
-    print("| model | params | train img/s (min-max) | infer img/s contiguous | infer img/s channels_last |")
-    print("|---|---|---|---|---|")
+    print("| model | params | train img/s NCHW | train img/s channels_last | infer img/s NCHW "
+          "| infer img/s channels_last |")
+    print("|---|---|---|---|---|---|")
     for name in models.NAMES:
-        model = models.build(name)
         x = torch.randn(args.batch, 3, 32, 32)
         y = torch.randint(0, 10, (args.batch,))
-        cl = model.to(memory_format=torch.channels_last)
-        xcl = x.contiguous(memory_format=torch.channels_last)
-        opt = torch.optim.SGD(train.parameter_groups(cl, 5e-4), lr=0.01, momentum=0.9)
+        nets, inputs, opts = {}, {}, {}
+        for fmt, mf in (("nchw", torch.contiguous_format), ("cl", torch.channels_last)):
+            torch.manual_seed(0)
+            nets[fmt] = models.build(name).to(memory_format=mf)
+            inputs[fmt] = x.contiguous(memory_format=mf)
+            opts[fmt] = torch.optim.SGD(train.parameter_groups(nets[fmt], 5e-4), lr=0.01,
+                                        momentum=0.9)
 
-        def step():
-            loss = F.cross_entropy(cl(xcl), y)
-            opt.zero_grad(set_to_none=True)
+        def step(fmt):
+            loss = F.cross_entropy(nets[fmt](inputs[fmt]), y)
+            opts[fmt].zero_grad(set_to_none=True)
             loss.backward()
-            opt.step()
+            opts[fmt].step()
 
-        tr = timed(step, args.repeats)
-        cl.eval()
+        tr = timed_pair({f: (lambda f=f: step(f)) for f in nets}, args.repeats)
+        for net in nets.values():
+            net.eval()
         with torch.no_grad():
-            inf_cl = timed(lambda: cl(xcl), args.repeats)
-            plain = cl.to(memory_format=torch.contiguous_format)
-            inf = timed(lambda: plain(x), args.repeats)
+            inf = timed_pair({f: (lambda f=f: nets[f](inputs[f])) for f in nets}, args.repeats)
         rate = lambda t: args.batch / t
-        row = {"model": name, "params": models.count_parameters(model),
-               "train": rate(tr[0]), "train_range": [rate(tr[2]), rate(tr[1])],
-               "infer_contiguous": rate(inf[0]), "infer_channels_last": rate(inf_cl[0])}
+        row = {"model": name, "params": models.count_parameters(nets["nchw"]),
+               **{f"train_{f}": rate(tr[f][0]) for f in nets},
+               **{f"train_{f}_range": [rate(tr[f][2]), rate(tr[f][1])] for f in nets},
+               **{f"infer_{f}": rate(inf[f][0]) for f in nets}}
         rows.append(row)
-        print(f"| {name} | {row['params']:,} | {row['train']:.0f} ({row['train_range'][0]:.0f}-"
-              f"{row['train_range'][1]:.0f}) | {row['infer_contiguous']:.0f} | "
-              f"{row['infer_channels_last']:.0f} |", flush=True)
+        cell = lambda f: (f"{row[f'train_{f}']:.0f} ({row[f'train_{f}_range'][0]:.0f}-"
+                          f"{row[f'train_{f}_range'][1]:.0f})")
+        print(f"| {name} | {row['params']:,} | {cell('nchw')} | {cell('cl')} | "
+              f"{row['infer_nchw']:.0f} | {row['infer_cl']:.0f} |", flush=True)
     print(json.dumps({"batch": args.batch, "threads": torch.get_num_threads(), "rows": rows}))
 
 
