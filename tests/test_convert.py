@@ -246,3 +246,33 @@ def test_threshold_modes_use_calibration_data():
     got_p = snnconv.convert(model, calibration=batches, threshold="percentile",
                             percentile=90).thresholds["_1"]
     assert got_p == pytest.approx(nearest_rank(acts, 90.0))
+
+
+def test_functional_and_adaptive_max_pooling_on_request():
+    forms = {
+        "F.max_pool2d": (lambda x: F.max_pool2d(x, 2), lambda x: F.avg_pool2d(x, 2)),
+        "F.max_pool2d(3, 2, 1)": (lambda x: F.max_pool2d(x, 3, 2, 1),
+                                  lambda x: F.avg_pool2d(x, 3, 2, 1, count_include_pad=False)),
+        "nn.AdaptiveMaxPool2d": (nn.AdaptiveMaxPool2d(2), nn.AdaptiveAvgPool2d(2)),
+    }
+    for name, (pool, avg) in forms.items():
+        class P(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.conv, self.act = nn.Conv2d(1, 2, 3, padding=1), ThresholdReLU(1.0)
+                self.pool = pool if isinstance(pool, nn.Module) else None
+
+            def forward(self, x):
+                x = self.act(self.conv(x))
+                return (self.pool(x) if self.pool is not None else pool(x)).flatten(1)
+
+        model = P().eval()
+        with pytest.raises(ConversionError, match="maxpool='avg'"):
+            snnconv.convert(model)
+        snn = snnconv.convert(model, maxpool="avg")
+        x = torch.rand(2, 1, 6, 6)
+        want = avg(model.act(model.conv(x))).flatten(1)
+        assert torch.allclose(snn.ann(x), want, atol=1e-6), name
+    dilated = nn.Sequential(nn.Conv2d(1, 2, 3), ThresholdReLU(), nn.MaxPool2d(2, dilation=2))
+    with pytest.raises(ConversionError, match="dilation"):
+        snnconv.convert(dilated, maxpool="avg")

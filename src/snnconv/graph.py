@@ -208,118 +208,118 @@ def _getitem_keeps_batch(index) -> bool:
     return first is Ellipsis or (isinstance(first, slice) and first == slice(None))
 
 
+def _unsupported(why: str, fix: str) -> Role:
+    return Role("unsupported", f"{why}; {fix}")
+
+
+def _max_pool_role(what: str, maxpool: str, plain: bool) -> Role:
+    """Max pooling: replaced by average pooling when asked and the windows allow it."""
+    if maxpool == "avg" and plain:
+        return Role("approximated", f"{what} replaced by average pooling")
+    return _unsupported(f"{what}: max pooling of spike trains does not preserve rates"
+                        + ("" if plain else " (and dilation/return_indices have no average"
+                           " pooling twin)"), FIX_MAXPOOL)
+
+
+def _module_role(node: fx.Node, gm: fx.GraphModule, modules: dict, maxpool: str) -> Role:
+    m, what = modules[node.target], describe(node, modules)
+    if isinstance(m, REMOVED_MODULES):
+        return Role("removed", f"{what} is the identity at inference")
+    if type(m) in FOLDABLE:
+        src = node.args[0] if node.args and isinstance(node.args[0], fx.Node) else None
+        foldable = (src is not None and src.op == "call_module"
+                    and isinstance(modules[src.target], FOLDABLE[type(m)])
+                    and len(src.users) == 1
+                    and sum(n.op == "call_module" and n.target == src.target
+                            for n in gm.graph.nodes) == 1
+                    and m.track_running_stats and m.running_mean is not None)
+        return (Role("folded", f"{what} folded into '{src.name}'") if foldable
+                else Role("linear", f"{what} kept as a per-channel affine map"))
+    if type(m) in MAX_POOLS:
+        plain = (getattr(m, "dilation", 1) in (1, (1,), (1, 1))
+                 and not getattr(m, "return_indices", False))
+        return _max_pool_role(what, maxpool, plain)
+    if isinstance(m, nn.Flatten) and m.start_dim == 0:
+        return _unsupported(f"{what}(start_dim=0)", FIX_BATCH)
+    if isinstance(m, LINEAR_MODULES):
+        return Role("linear", f"{what}, linear on spikes")
+    return _unsupported(f"{what} has no spiking equivalent in snnconv",
+                        "replace it by a supported layer (see snnconv.inspect)")
+
+
+def _call_role(node: fx.Node, modules: dict, meta: set, maxpool: str) -> Role:
+    """Role of a call_function / call_method node that is not an activation. Adds the node to
+    ``meta`` if it computes shapes/ints rather than activations."""
+    t, what = node.target, describe(node, modules)
+    fn, method = node.op == "call_function", node.op == "call_method"
+    args = [a for a in node.args if isinstance(a, fx.Node)]
+    if ((fn and t is getattr and node.args[1] in ("shape", "ndim"))
+            or (method and t in META_METHODS) or (args and all(a in meta for a in args))):
+        meta.add(node)
+        return Role("meta", f"{what} (shapes)")
+    if fn and t is operator.getitem:
+        return (Role("linear", "indexing, linear on spikes") if _getitem_keeps_batch(node.args[1])
+                else _unsupported("indexing along dimension 0", FIX_BATCH))
+    if fn and t in DROPOUT_FUNCTIONS:
+        return Role("removed", f"{what} is the identity at inference")
+    if fn and t in MAX_POOL_FUNCTIONS:
+        adaptive = t in (F.adaptive_max_pool1d, F.adaptive_max_pool2d)
+        plain = not arg(node, 2 if adaptive else 6, "return_indices", False) and (
+            adaptive or arg(node, 4, "dilation", 1) in (1, (1,), (1, 1)))
+        return _max_pool_role(what, maxpool, plain)
+    if (fn and t in ADD_FUNCTIONS) or (method and t in ("add", "add_", "sub", "sub_", "neg")):
+        return Role("linear", f"{what}, linear on spikes")
+    if (fn and t in SCALE_FUNCTIONS) or (method and t in ("mul", "mul_", "div", "div_")):
+        tensors = [x for x in node.args if isinstance(x, fx.Node) and x not in meta]
+        constants = [x for x in node.args if _number(x) or x in meta]
+        divides = t in (operator.truediv, operator.itruediv, torch.div, "div", "div_")
+        if len(tensors) == 1 and len(constants) == 1 and (not divides
+                                                           or node.args[0] is tensors[0]):
+            return Role("linear", f"{what} by a constant, linear on spikes")
+        return _unsupported(f"{what} of two activations is not linear",
+                            "only scaling by a constant number is supported")
+    if fn and t is F.pad:
+        mode, value = arg(node, 2, "mode", "constant"), arg(node, 3, "value", None)
+        if mode == "constant" and (value is None or value == 0):
+            return Role("linear", "zero padding, linear on spikes")
+        return _unsupported(f"F.pad(mode={mode!r}, value={value!r})", "only zero padding is linear")
+    if (fn and t in LINEAR_FUNCTIONS) or (method and t in LINEAR_METHODS):
+        return Role("linear", f"{what}, linear on spikes")
+    if (fn and t in DIM_FUNCTIONS) or (method and t in DIM_METHODS):
+        return (_unsupported(f"{what} along dimension 0", FIX_BATCH) if touches_batch(node)
+                else Role("linear", f"{what}, linear on spikes"))
+    return _unsupported(f"{what} has no spiking equivalent in snnconv",
+                        "use only ReLU-like activations and linear ops (conv, linear, average "
+                        "pooling, add, cat, reshape) between them")
+
+
 def classify(gm: fx.GraphModule, maxpool: str = "error") -> dict[fx.Node, Role]:
     """Role of every node of a traced (not yet folded) model, in graph order."""
     modules = dict(gm.named_modules())
     roles: dict[fx.Node, Role] = {}
-    meta: set[fx.Node] = set()  # nodes holding shapes/ints rather than activations
-    users_of = {n: list(n.users) for n in gm.graph.nodes}
-
-    def unsupported(why: str, fix: str) -> Role:
-        return Role("unsupported", f"{why}; {fix}")
-
+    meta: set[fx.Node] = set()
     for node in gm.graph.nodes:
-        what = describe(node, modules)
         if node.op == "placeholder":
             roles[node] = Role("input", "analog input, fed as current every step")
-            continue
-        if node.op == "get_attr":
+        elif node.op == "get_attr":
             roles[node] = Role("constant", "constant tensor")
-            continue
-        if node.op == "output":
-            out = node.args[0]
-            roles[node] = (Role("output", "readout") if isinstance(out, fx.Node) else unsupported(
-                "the model returns a tuple/dict", "return a single tensor of logits"))
-            continue
-        ok, bound, why = activation_bound(node, modules)
-        if ok:
-            v = f"V_th = {bound:g}" if bound is not None else "V_th from calibration data"
-            roles[node] = Role("neuron", f"IF neurons ({what}), {v}", bound)
-            continue
-        if why or looks_like_activation(node, modules):
-            roles[node] = unsupported(f"{what} is not ReLU-like ({why or 'bounds are not 0..a'})",
-                                      FIX_ACTIVATION)
-            continue
-        args = [a for a in node.args if isinstance(a, fx.Node)]
-        if node.op == "call_module":
-            m = modules[node.target]
-            if isinstance(m, REMOVED_MODULES):
-                roles[node] = Role("removed", f"{what} is the identity at inference")
-            elif type(m) in FOLDABLE:
-                src = args[0] if args else None
-                foldable = (src is not None and src.op == "call_module"
-                            and isinstance(modules[src.target], FOLDABLE[type(m)])
-                            and len(users_of[src]) == 1
-                            and sum(1 for n in gm.graph.nodes if n.op == "call_module"
-                                    and n.target == src.target) == 1
-                            and m.track_running_stats and m.running_mean is not None)
-                roles[node] = (Role("folded", f"{what} folded into '{src.name}'") if foldable
-                               else Role("linear", f"{what} kept as a per-channel affine map"))
-            elif type(m) in MAX_POOLS:
-                roles[node] = (Role("approximated", f"{what} replaced by average pooling")
-                               if maxpool == "avg" and getattr(m, "dilation", 1) in (1, (1, 1))
-                               else unsupported(f"{what}: max pooling of spike trains does not "
-                                                "preserve rates", FIX_MAXPOOL))
-            elif isinstance(m, LINEAR_MODULES):
-                if isinstance(m, nn.Flatten) and m.start_dim == 0:
-                    roles[node] = unsupported(f"{what}(start_dim=0)", FIX_BATCH)
-                else:
-                    roles[node] = Role("linear", f"{what}, linear on spikes")
-            else:
-                roles[node] = unsupported(f"{what} has no spiking equivalent in snnconv",
-                                          "replace it by a supported layer (see snnconv.inspect)")
-            continue
-        t = node.target
-        if node.op == "call_function" and t is getattr and node.args[1] in ("shape", "ndim"):
-            meta.add(node)
-            roles[node] = Role("meta", f"tensor.{node.args[1]}")
-        elif node.op == "call_method" and t in META_METHODS:
-            meta.add(node)
-            roles[node] = Role("meta", what)
-        elif any(a in meta for a in args) and all(a in meta for a in args):
-            meta.add(node)
-            roles[node] = Role("meta", f"{what} on shapes")
-        elif node.op == "call_function" and t is operator.getitem:
-            roles[node] = (Role("linear", "indexing, linear on spikes")
-                           if _getitem_keeps_batch(node.args[1])
-                           else unsupported("indexing along dimension 0", FIX_BATCH))
-        elif (node.op == "call_function" and t in DROPOUT_FUNCTIONS):
-            roles[node] = Role("removed", f"{what} is the identity at inference")
-        elif node.op == "call_function" and t in MAX_POOL_FUNCTIONS:
-            roles[node] = (Role("approximated", f"{what} replaced by average pooling")
-                           if maxpool == "avg" else unsupported(
-                               f"{what}: max pooling of spike trains does not preserve rates",
-                               FIX_MAXPOOL))
-        elif (node.op == "call_function" and t in ADD_FUNCTIONS) or (
-                node.op == "call_method" and t in ("add", "add_", "sub", "sub_", "neg")):
-            roles[node] = Role("linear", f"{what}, linear on spikes")
-        elif (node.op == "call_function" and t in SCALE_FUNCTIONS) or (
-                node.op == "call_method" and t in ("mul", "mul_", "div", "div_")):
-            tensors = [x for x in node.args if isinstance(x, fx.Node) and x not in meta]
-            constants = [x for x in node.args if _number(x) or x in meta]
-            divides = t in (operator.truediv, operator.itruediv, torch.div, "div", "div_")
-            ok = (len(tensors) == 1 and len(constants) == 1
-                  and (not divides or node.args[0] is tensors[0]))
-            roles[node] = (Role("linear", f"{what} by a constant, linear on spikes") if ok
-                           else unsupported(f"{what} of two activations is not linear",
-                                            "only scaling by a constant number is supported"))
-        elif node.op == "call_function" and t is F.pad:
-            mode, value = arg(node, 2, "mode", "constant"), arg(node, 3, "value", None)
-            ok = mode == "constant" and (value is None or value == 0)
-            roles[node] = (Role("linear", "zero padding, linear on spikes") if ok
-                           else unsupported(f"F.pad(mode={mode!r}, value={value!r})",
-                                            "only zero padding is linear"))
-        elif (node.op == "call_function" and t in LINEAR_FUNCTIONS) or (
-                node.op == "call_method" and t in LINEAR_METHODS):
-            roles[node] = Role("linear", f"{what}, linear on spikes")
-        elif (node.op == "call_function" and t in DIM_FUNCTIONS) or (
-                node.op == "call_method" and t in DIM_METHODS):
-            roles[node] = (unsupported(f"{what} along dimension 0", FIX_BATCH) if touches_batch(node)
-                           else Role("linear", f"{what}, linear on spikes"))
+        elif node.op == "output":
+            roles[node] = (Role("output", "readout") if isinstance(node.args[0], fx.Node)
+                           else _unsupported("the model returns a tuple/dict",
+                                             "return a single tensor of logits"))
         else:
-            roles[node] = unsupported(f"{what} has no spiking equivalent in snnconv",
-                                      "use only ReLU-like activations and linear ops (conv, linear, "
-                                      "average pooling, add, cat, reshape) between them")
+            ok, bound, why = activation_bound(node, modules)
+            what = describe(node, modules)
+            if ok:
+                v = f"V_th = {bound:g}" if bound is not None else "V_th from calibration data"
+                roles[node] = Role("neuron", f"IF neurons ({what}), {v}", bound)
+            elif why or looks_like_activation(node, modules):
+                roles[node] = _unsupported(
+                    f"{what} is not ReLU-like ({why or 'bounds are not 0..a'})", FIX_ACTIVATION)
+            elif node.op == "call_module":
+                roles[node] = _module_role(node, gm, modules, maxpool)
+            else:
+                roles[node] = _call_role(node, modules, meta, maxpool)
     return roles
 
 
