@@ -48,14 +48,17 @@ def test_sop_count_equals_brute_force():
     assert fans["a2"][:, 2, :].sum() == 0 and fans["a2"][:, :, :].sum() > 0  # dropped by pooling
     assert res["cost"]["first_layer_macs"] == fans["input"].sum().item()
     assert res["cost"]["ann_macs"] == sum(f.sum().item() for f in fans.values())
+    rows = {r["name"]: r for r in res["cost"]["layers"]}
+    assert rows["input"]["snn_macs"] == fans["input"].sum().item()
     for t in (8, 13):
         snn(x, t)
-        for row in res["layers"]:
-            count = snn.layers[row["name"]].spike_count
-            want = (count * fans[row["name"]]).sum().item() / len(x)
-            assert row["sops"][str(t)] == want, (row["name"], t)
+        for name in ("a1", "a2"):
+            count = snn.layers[name].spike_count
+            want = (count * fans[name]).sum().item() / len(x)
+            assert rows[name]["sops"][str(t)] == want, (name, t)
+            assert rows[name]["ann_macs"] == fans[name].sum().item()
         assert res["cost"]["per_T"][str(t)]["sops"] == pytest.approx(
-            sum(r["sops"][str(t)] for r in res["layers"]), rel=1e-12)
+            sum(r["sops"][str(t)] for r in rows.values()), rel=1e-12)
 
 
 def test_error_parts_add_up_and_behave():

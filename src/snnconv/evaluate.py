@@ -43,7 +43,9 @@ def evaluate(snn: SpikingNetwork, batches: Iterable, steps: list[int], n_batches
              e_mac: float = cost.E_MAC_PJ, e_ac: float = cost.E_AC_PJ,
              progress: bool = True) -> dict:
     """Run ``snn`` on (inputs, labels) ``batches`` for every T in ``steps``; return the results
-    dict (accuracies as fractions; costs per image)."""
+    dict (accuracies as fractions; costs per image). ``layers``: per IF layer, activations,
+    firing rate and error split per T; ``cost``: totals per T and, under ``cost.layers``, MACs,
+    SOPs and energy per source layer (the input, then each IF layer)."""
     steps = sorted(set(steps))
     if not steps or steps[0] < 1:
         raise ValueError(f"T values must be integers >= 1, got {steps}")
@@ -81,16 +83,21 @@ def evaluate(snn: SpikingNetwork, batches: Iterable, steps: list[int], n_batches
     if n_images == 0:
         raise ValueError("no images to evaluate")
     ann_macs = {n: f.sum().item() for n, f in fan.items()}
-    layer_rows = []
+    layer_rows = [{
+        "name": n, "v_th": layers[n].v_th.tolist(),
+        "max_activation": act_max[n], "mean_activation": act_sum[n] / n_elem[n],
+        "firing_rate": {str(t): totals[t].spikes[n] / (n_elem[n] * t) for t in steps},
+        "error": {str(t): errors.split(totals[t].err[n], n_elem[n]) for t in steps},
+    } for n in names]
+    cost_rows = [{"name": cost.INPUT, "ann_macs": ann_macs[cost.INPUT],
+                  "snn_macs": ann_macs[cost.INPUT], "sops": {str(t): 0.0 for t in steps}}]
     for n in names:
-        layer_rows.append({
-            "name": n, "v_th": layers[n].v_th.tolist(),
-            "max_activation": act_max[n], "mean_activation": act_sum[n] / n_elem[n],
-            "firing_rate": {str(t): totals[t].spikes[n] / (n_elem[n] * t) for t in steps},
-            "error": {str(t): errors.split(totals[t].err[n], n_elem[n]) for t in steps},
-            "ann_macs": ann_macs[n],
-            "sops": {str(t): (totals[t].per_position[n] * fan[n]).sum().item() / n_images
-                     for t in steps}})
+        cost_rows.append({"name": n, "ann_macs": ann_macs[n], "snn_macs": 0.0, "sops": {
+            str(t): (totals[t].per_position[n] * fan[n]).sum().item() / n_images for t in steps}})
+    for row in cost_rows:
+        row["energy_snn_pj"] = {t: cost.energy_pj(row["snn_macs"], s, e_mac, e_ac)
+                                for t, s in row["sops"].items()}
+        row["energy_ann_pj"] = cost.energy_pj(row["ann_macs"], 0, e_mac, e_ac)
     growth = {}
     for t in steps:
         totals_t = [r["error"][str(t)]["total"] for r in layer_rows]
@@ -100,7 +107,7 @@ def evaluate(snn: SpikingNetwork, batches: Iterable, steps: list[int], n_batches
     first_macs, total_macs = ann_macs[cost.INPUT], sum(ann_macs.values())
     per_t = {}
     for t in steps:
-        sops = sum(r["sops"][str(t)] for r in layer_rows)
+        sops = sum(r["sops"][str(t)] for r in cost_rows)
         e_snn = cost.energy_pj(first_macs, sops, e_mac, e_ac)
         e_ann = cost.energy_pj(total_macs, 0, e_mac, e_ac)
         per_t[str(t)] = {"sops": sops, "first_layer_macs": first_macs, "energy_snn_pj": e_snn,
@@ -112,7 +119,7 @@ def evaluate(snn: SpikingNetwork, batches: Iterable, steps: list[int], n_batches
         "seconds": time.perf_counter() - start, "one_run": one_run,
         "layers": layer_rows, "largest_error_growth": growth,
         "cost": {"e_mac_pj": e_mac, "e_ac_pj": e_ac, "ann_macs": total_macs,
-                 "first_layer_macs": first_macs, "per_T": per_t},
+                 "first_layer_macs": first_macs, "per_T": per_t, "layers": cost_rows},
     }
 
 
@@ -149,4 +156,15 @@ def layer_table(results: dict, steps: int) -> str:
                      f"{e['quantisation']:9.4f}{e['unevenness']:9.4f}")
     if results["largest_error_growth"].get(t):
         lines.append(f"error grows most at layer {results['largest_error_growth'][t]}")
+    return "\n".join(lines)
+
+
+def cost_table(results: dict, steps: int) -> str:
+    t = str(steps)
+    lines = [f"cost per image at T={t}: ANN MACs vs SNN MACs (analog input) + SOPs",
+             f"{'layer':<22}{'ANN MACs':>12}{'SNN MACs':>12}{'SOPs':>12}{'energy SNN/ANN':>16}"]
+    for r in results["cost"]["layers"]:
+        ratio = r["energy_snn_pj"][t] / r["energy_ann_pj"] if r["energy_ann_pj"] else 0.0
+        lines.append(f"{r['name'][:21]:<22}{r['ann_macs']:12.4g}{r['snn_macs']:12.4g}"
+                     f"{r['sops'][t]:12.4g}{ratio:16.3f}")
     return "\n".join(lines)

@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 
 from . import checkpoint
-from .evaluate import layer_table, table
+from .evaluate import cost_table, layer_table, table
 
 PLOTS = ("accuracy_vs_T.png", "layer_error.png", "firing_rate.png", "max_activation.png")
 
@@ -103,6 +103,7 @@ def markdown(results: dict) -> str:
         "```", layer_table(results, last), "```", "",
         f"![layer-wise error]({PLOTS[1]})", "", f"![firing rate]({PLOTS[2]})", "",
         f"![max activation]({PLOTS[3]})", "",
+        "```", cost_table(results, last), "```", "",
         "Energy: MACs x %.2g pJ + SOPs x %.2g pJ (first layer as MACs, once)."
         % (results["cost"]["e_mac_pj"], results["cost"]["e_ac_pj"]), ""])
 
