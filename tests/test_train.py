@@ -124,3 +124,17 @@ def test_checkpoints_load_weights_only(tmp_path):
     assert not (tmp_path / "pwned").exists()
     with pytest.raises(checkpoint.CheckpointError, match="no checkpoint"):
         checkpoint.load(tmp_path / "missing.pt")
+
+
+def test_init_from_a_model_file(tmp_path):
+    """--init starts from given weights; a model of another architecture is refused."""
+    r = run_cli(["train", *SMALL, "--epochs", "1", "--lr", "0.0", "--warmup-epochs", "0",
+                 "--init", "cnn-mnist", "--out", str(tmp_path / "a")])
+    assert r.returncode == 0, r.stderr
+    got = torch.load(tmp_path / "a" / "last.pt", weights_only=True)["model"]
+    want = checkpoint.load("cnn-mnist")["state_dict"]
+    # lr 0: weights unchanged; BN running statistics keep moving in train mode, so compare weights
+    assert all(torch.equal(got[k], want[k]) for k in want if k.endswith("weight"))
+    r = run_cli(["train", *SMALL, "--y-th", "0.5", "--epochs", "1", "--init", "cnn-mnist",
+                 "--out", str(tmp_path / "b")])
+    assert r.returncode == 2 and "--init" in r.stderr

@@ -182,6 +182,8 @@ def add_train(sub) -> None:
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     p.add_argument("--channels-last", dest="channels_last", type=_bool, default=True)
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--init", default=None, help="start from these weights (a model file or "
+                   "shipped name of the same architecture)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_train)
 

@@ -50,6 +50,7 @@ class TrainConfig:
     device: str = "auto"         # "auto" | "cpu" | "cuda"
     channels_last: bool = True
     threads: int | None = None
+    init: str | None = None      # start from this model file's weights (fine-tuning)
 
     def arch(self, ds: data.Dataset) -> dict:
         return dict(name=self.model, num_classes=len(ds.classes), act=self.act, y_th=self.y_th,
@@ -151,7 +152,13 @@ def run(cfg: TrainConfig, progress: bool = True) -> nn.Module:
                              train.classes, train.name, train.split)
     arch = cfg.arch(full)
     torch.manual_seed(cfg.seed)
-    model = models.build(**arch).to(device)
+    model = models.build(**arch)
+    if cfg.init:
+        start = checkpoint.load(cfg.init)
+        if start["arch"] != arch:
+            raise ValueError(f"--init {cfg.init} is a {start['arch']} model, not {arch}")
+        model.load_state_dict(checkpoint.build_model(start).state_dict())
+    model = model.to(device)
     memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
     model = model.to(memory_format=memory_format)
     opt = torch.optim.SGD(parameter_groups(model, cfg.weight_decay), lr=cfg.lr,
