@@ -77,6 +77,25 @@ def test_resume_with_other_settings_is_refused(tmp_path):
     assert again.returncode == 2 and "different settings" in again.stderr and "lr" in again.stderr
 
 
+def test_resume_a_checkpoint_from_before_later_options(tmp_path):
+    """A last.pt written before an option (here --init) and the kept history existed resumes when
+    the new option is at its default; the log's earlier epochs are kept."""
+    out = tmp_path / "run"
+    assert run_cli(["train", *SMALL, "--epochs", "1", "--out", str(out)]).returncode == 0
+    state = torch.load(out / "last.pt", weights_only=True)
+    del state["config"]["init"], state["history"]
+    torch.save(state, out / "last.pt")
+    r = run_cli(["train", *SMALL, "--epochs", "2", "--out", str(out)])
+    # --epochs differs, which is a real change of settings; same epochs but a new default option is not
+    assert r.returncode == 2 and "epochs" in r.stderr
+    state["config"]["epochs"] = 2
+    torch.save(state, out / "last.pt")
+    r = run_cli(["train", *SMALL, "--epochs", "2", "--out", str(out)])
+    assert r.returncode == 0, r.stderr
+    log = (out / "log.jsonl").read_text().splitlines()
+    assert [eval(l)["epoch"] for l in log] == [1, 2]
+
+
 def _rank(rank, world, port, out, result):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world)

@@ -58,6 +58,13 @@ class TrainConfig:
                     batch_norm=self.batch_norm)
 
 
+def read_log(path: Path, epochs: int) -> list[dict]:
+    """The first ``epochs`` records of a JSON-lines log (checkpoints from before history was kept)."""
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()][:epochs]
+
+
 def lr_factor(step: int, total: int, warmup: int, schedule: str) -> float:
     """Multiplier of the base LR at optimizer step ``step``: linear warm-up over ``warmup`` steps,
     then cosine decay to 0 at ``total``, or x0.1 at 50 % and again at 75 % for "step"."""
@@ -176,15 +183,17 @@ def run(cfg: TrainConfig, progress: bool = True) -> nn.Module:
     last = out / "last.pt"
     if last.exists():
         state = torch.load(last, map_location="cpu", weights_only=True)
-        if state["config"] != asdict(cfg):
-            changed = {k for k in state["config"] if state["config"][k] != asdict(cfg).get(k)}
+        saved = {f.name: f.default for f in fields(TrainConfig)} | state["config"]  # options added later
+        if saved != asdict(cfg):                                                  # ran at their default
+            changed = {k for k in saved.keys() | asdict(cfg).keys() if saved.get(k) != asdict(cfg).get(k)}
             raise ValueError(f"{last} was written with different settings ({sorted(changed)}); "
                              "resume with the same options or use a new --out")
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
         torch.set_rng_state(state["rng"])
-        start_epoch, best, history = state["epoch"] + 1, state["best"], state.get("history", [])
+        start_epoch, best = state["epoch"] + 1, state["best"]
+        history = state["history"] if "history" in state else read_log(out / "log.jsonl", start_epoch)
     elif rank == 0:
         checkpoint.save_json(asdict(cfg), out / "config.json")
 
