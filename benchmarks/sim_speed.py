@@ -2,6 +2,7 @@
 
     python benchmarks/sim_speed.py [--models resnet20,vgg16-paper] [--T 16,32] [--batch 128]
                                    [--repeats 5] [--device cpu|cuda] [--memory-T 32,256]
+                                   [--memory-models resnet20]
 
 For each model (CIFAR-10-shaped input, trained weights for resnet20 when shipped, else random):
   a  ANN forward in its fastest honest form: BN folded into the convs (snn.ann), the faster of
@@ -90,6 +91,8 @@ def main():
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--device", default="cpu")
     p.add_argument("--memory-T", dest="memory_T", default="32,256")
+    p.add_argument("--memory-models", dest="memory_models", default="resnet20",
+                   help="models whose peak memory is probed (a T=256 probe of vgg16-paper takes minutes)")
     p.add_argument("--probe", nargs=2, help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.probe:
@@ -117,7 +120,7 @@ def main():
                       f"{b:6.2f} s [{t['b_snnconv']['min']:.2f}-{t['b_snnconv']['max']:.2f}]  "
                       f"naive {c:6.2f} s  ratio_dense {row['ratio_dense']:.2f}  "
                       f"speedup_naive {row['speedup_naive']:.2f}", flush=True)
-        for steps in [int(t) for t in args.memory_T.split(",")]:
+        for steps in [int(t) for t in args.memory_T.split(",")] * (name in args.memory_models.split(",")):
             out = subprocess.run([sys.executable, __file__, "--probe", name, str(steps),
                                   "--batch", str(args.batch), "--device", args.device],
                                  capture_output=True, text=True, check=True)

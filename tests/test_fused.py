@@ -23,7 +23,7 @@ def scan_both(monkeypatch, shift, current, steps, constant, chunks, v_th=0.7):
 
 
 def test_kernel_builds():
-    assert fused.kernel() is not None, "needs a C++ compiler and ninja (pip install ninja)"
+    assert fused.kernel() is not None, "needs a C++ compiler (c++, g++ or $CXX)"
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])

@@ -27,25 +27,27 @@ class _Totals:
     """Running sums over batches for one T: correct answers, error sums, spike totals."""
 
     def __init__(self):
-        self.correct, self.err, self.spikes, self.per_position = 0, {}, {}, {}
+        self.correct, self.err, self.spikes, self.per_position, self.n = 0, {}, {}, {}, {}
 
     def add(self, out_t, labels, acts, counts, thresholds, steps, shift):
         self.correct += (out_t.argmax(-1) == labels).sum().item()
-        for name, a in acts.items():
-            c = counts[name]
-            sums = errors.error_sums(a, c, thresholds[name](a), steps, shift)
-            self.err[name] = self.err.get(name, 0) + sums
+        for name, c in counts.items():
             self.spikes[name] = self.spikes.get(name, 0) + c.sum().item()
             self.per_position[name] = self.per_position.get(name, 0) + c.sum(0).double()
+            self.n[name] = self.n.get(name, 0) + c.numel()
+            if name in acts:
+                sums = errors.error_sums(acts[name], c, thresholds[name](acts[name]), steps, shift)
+                self.err[name] = self.err.get(name, 0) + sums
 
 
 def evaluate(snn: SpikingNetwork, batches: Iterable, steps: list[int], n_batches: int | None = None,
              e_mac: float = cost.E_MAC_PJ, e_ac: float = cost.E_AC_PJ,
-             progress: bool = True) -> dict:
+             progress: bool = True, layer_errors: bool = True) -> dict:
     """Run ``snn`` on (inputs, labels) ``batches`` for every T in ``steps``; return the results
     dict (accuracies as fractions; costs per image). ``layers``: per IF layer, activations,
     firing rate and error split per T; ``cost``: totals per T and, under ``cost.layers``, MACs,
-    SOPs and energy per source layer (the input, then each IF layer)."""
+    SOPs and energy per source layer (the input, then each IF layer). ``layer_errors=False``
+    skips recording the ANN's activations: layer rows then hold V_th and firing rates only."""
     steps = sorted(set(steps))
     if not steps or steps[0] < 1:
         raise ValueError(f"T values must be integers >= 1, got {steps}")
@@ -54,12 +56,12 @@ def evaluate(snn: SpikingNetwork, batches: Iterable, steps: list[int], n_batches
     thresholds = {n: layers[n].threshold_like for n in names}
     one_run = snn.shift in ("membrane", "none")
     totals = {t: _Totals() for t in steps}
-    ann_correct, n_images, act_max, act_sum, n_elem, fan = 0, 0, {}, {}, {}, None
+    ann_correct, n_images, act_max, act_sum, fan = 0, 0, {}, {}, None
     bar = Progress(n_batches or 0, "evaluate", enabled=progress and n_batches is not None)
     start = time.perf_counter()
     for x, labels in batches:
         with torch.no_grad():
-            ann_out, acts = ann_pass(snn, names, x)
+            ann_out, acts = ann_pass(snn, names, x) if layer_errors else (snn.ann(x), {})
         if fan is None:
             fan = cost.fan_out(snn.ann, names, x[:1])
         ann_correct += (ann_out.argmax(-1) == labels).sum().item()
@@ -67,7 +69,6 @@ def evaluate(snn: SpikingNetwork, batches: Iterable, steps: list[int], n_batches
         for n, a in acts.items():
             act_max[n] = max(act_max.get(n, float("-inf")), a.max().item())
             act_sum[n] = act_sum.get(n, 0.0) + a.double().sum().item()
-            n_elem[n] = n_elem.get(n, 0) + a.numel()
         if one_run:
             snapshots = {}
             out = snn(x, steps[-1], marks=steps, on_mark=lambda t: snapshots.__setitem__(
@@ -83,12 +84,15 @@ def evaluate(snn: SpikingNetwork, batches: Iterable, steps: list[int], n_batches
     if n_images == 0:
         raise ValueError("no images to evaluate")
     ann_macs = {n: f.sum().item() for n, f in fan.items()}
+    n_elem = totals[steps[0]].n
     layer_rows = [{
         "name": n, "v_th": layers[n].v_th.tolist(),
-        "max_activation": act_max[n], "mean_activation": act_sum[n] / n_elem[n],
         "firing_rate": {str(t): totals[t].spikes[n] / (n_elem[n] * t) for t in steps},
-        "error": {str(t): errors.split(totals[t].err[n], n_elem[n]) for t in steps},
     } for n in names]
+    for row in layer_rows if layer_errors else ():
+        n = row["name"]
+        row.update({"max_activation": act_max[n], "mean_activation": act_sum[n] / n_elem[n],
+                    "error": {str(t): errors.split(totals[t].err[n], n_elem[n]) for t in steps}})
     cost_rows = [{"name": cost.INPUT, "ann_macs": ann_macs[cost.INPUT],
                   "snn_macs": ann_macs[cost.INPUT], "sops": {str(t): 0.0 for t in steps}}]
     for n in names:
@@ -99,7 +103,7 @@ def evaluate(snn: SpikingNetwork, batches: Iterable, steps: list[int], n_batches
                                 for t, s in row["sops"].items()}
         row["energy_ann_pj"] = cost.energy_pj(row["ann_macs"], 0, e_mac, e_ac)
     growth = {}
-    for t in steps:
+    for t in steps if layer_errors else ():
         totals_t = [r["error"][str(t)]["total"] for r in layer_rows]
         if totals_t:
             rises = [b - a for a, b in zip([0.0] + totals_t[:-1], totals_t)]

@@ -121,8 +121,7 @@ class IFNeurons(nn.Module):
         if fused.usable(current, constant, v, out, v_th) and fused.kernel() is not None:
             theta = torch.stack([v_th - (self.t + k + 1) * b for k in range(steps)])
             with torch.profiler.record_function("snnconv::if_scan (fused)"):
-                fused.kernel().if_scan(current, constant, v, theta, v_th.item(), out,
-                                       self.spike_count)
+                fused.if_scan(current, constant, v, theta, v_th.item(), out, self.spike_count)
             self.t += steps
             return out
         for k in range(steps):  # three in-place passes per step; out[k] holds 0/1 spikes first
