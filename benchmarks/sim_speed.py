@@ -16,6 +16,7 @@ simulation is measured in a fresh process per T (peak RSS, or peak CUDA memory o
 The last line of output is one JSON object with every figure.
 """
 import argparse
+import copy
 import json
 import os
 import platform
@@ -61,7 +62,7 @@ def timed_round_robin(fns: dict, repeats: int, device) -> dict:
 def dense_forward(ann, x):
     """The faster of contiguous and channels_last for the folded ANN, as a closure."""
     cl = x.contiguous(memory_format=torch.channels_last)
-    ann_cl = __import__("copy").deepcopy(ann).to(memory_format=torch.channels_last)
+    ann_cl = copy.deepcopy(ann).to(memory_format=torch.channels_last)
     forms = {"contiguous": lambda: ann(x), "channels_last": lambda: ann_cl(cl)}
     best = timed_round_robin(forms, 3, x.device)
     name = min(best, key=lambda k: best[k]["median"])
@@ -72,7 +73,7 @@ def snn_forms(snn, x, steps):
     """The faster of contiguous and channels_last for the SNN (one short run of each), as
     (name, snn, x): the same choice the dense baseline gets."""
     forms = {"contiguous": (snn, x),
-             "channels_last": (__import__("copy").deepcopy(snn).to(memory_format=torch.channels_last),
+             "channels_last": (copy.deepcopy(snn).to(memory_format=torch.channels_last),
                                x.contiguous(memory_format=torch.channels_last))}
     best = timed_round_robin({k: (lambda m=m, i=i: m(i, steps)) for k, (m, i) in forms.items()},
                              1, x.device)

@@ -87,14 +87,15 @@ def _convert_for(model, args, dataset: str):
             isinstance(m, nn.ReLU) for m in model.modules()):
         train = _split(dataset, "train", args.data_root, args.calibration_images, False)
         calibration = [x for x, _ in _normalised_batches(train, 256)]
-    return convert(model, calibration=calibration, threshold=args.threshold,
-                   percentile=args.percentile, shift=args.shift, readout=args.readout)
+    snn = convert(model, calibration=calibration, threshold=args.threshold,
+                  percentile=args.percentile, shift=args.shift, readout=args.readout)
+    return snn.to(memory_format=torch.channels_last)  # matches _normalised_batches
 
 
 def _run_evaluation(args, name: str, download: bool, layer_errors: bool = True) -> dict:
     ckpt, model = _model_for(name, args.dataset)
     test = _split(args.dataset, "test", args.data_root, args.limit, download)
-    snn = _convert_for(model, args, args.dataset).to(memory_format=torch.channels_last)
+    snn = _convert_for(model, args, args.dataset)
     print(f"{name}: {ckpt['arch']['name']} on {args.dataset} test, {len(test)} images, "
           f"threshold={args.threshold}, shift={args.shift}, readout={args.readout}")
     print(evaluate.steps_note(args.shift, args.T), flush=True)

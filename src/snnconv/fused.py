@@ -126,8 +126,9 @@ def kernel():
 def if_scan(current: torch.Tensor, constant: bool, v: torch.Tensor, theta: torch.Tensor,
             v_th: float, out: torch.Tensor, count: torch.Tensor) -> None:
     """Run the kernel in place on v, out and count (see SOURCE for the arithmetic)."""
-    fn = kernel().if_scan_f32 if v.dtype == torch.float32 else kernel().if_scan_f64
-    theta = theta.to(v.dtype).contiguous()
+    lib = kernel()
+    fn = lib.if_scan_f32 if v.dtype == torch.float32 else lib.if_scan_f64
+    theta = theta.contiguous()
     fn(current.data_ptr(), int(constant), v.data_ptr(), theta.data_ptr(), v_th, out.data_ptr(),
        count.data_ptr(), theta.numel(), v.numel(), torch.get_num_threads())
 
