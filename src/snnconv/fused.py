@@ -25,8 +25,6 @@ import torch
 SOURCE = r"""
 #include <algorithm>
 #include <cstdint>
-#include <thread>
-#include <vector>
 
 // current: [steps, n] or [n] (constant), v/count: [n], theta: [steps] firing thresholds,
 // out: [steps, n]. Per step k: v += I; s = v >= theta[k]; v -= s * vth; out = s * vth;
@@ -48,20 +46,14 @@ static void scan(const T* cur, int constant, T* v, const T* theta, T vth, T* out
                  int64_t steps, int64_t n, int threads) {
   const int64_t B = 4096;  // neurons whose membranes stay in L1/L2 across the chunk's steps
   const int64_t blocks = (n + B - 1) / B;
-  auto work = [&](int64_t b0, int64_t b1) {
-    for (int64_t b = b0; b < b1; ++b) {
-      const int64_t lo = b * B, len = std::min(n, lo + B) - lo;
-      for (int64_t k = 0; k < steps; ++k)
-        block<T>(cur + (constant ? 0 : k * n) + lo, v + lo, out + k * n + lo, count + lo,
-                 theta[k], vth, len);
-    }
-  };
-  const int64_t nt = std::max<int64_t>(1, std::min<int64_t>(threads, blocks));
-  std::vector<std::thread> pool;
-  for (int64_t t = 1; t < nt; ++t)
-    pool.emplace_back(work, blocks * t / nt, blocks * (t + 1) / nt);
-  work(0, blocks / nt);
-  for (auto& th : pool) th.join();
+  // OpenMP shares PyTorch's thread team (the same libgomp), so no second pool competes with it
+#pragma omp parallel for schedule(static) num_threads(threads) if (blocks > 1)
+  for (int64_t b = 0; b < blocks; ++b) {
+    const int64_t lo = b * B, len = std::min(n, lo + B) - lo;
+    for (int64_t k = 0; k < steps; ++k)
+      block<T>(cur + (constant ? 0 : k * n) + lo, v + lo, out + k * n + lo, count + lo,
+               theta[k], vth, len);
+  }
 }
 
 extern "C" {
@@ -76,7 +68,7 @@ void if_scan_f64(const double* cur, int constant, double* v, const double* theta
 }
 """
 FLAGS = ["-O3", "-march=native", "-fno-trapping-math", "-ffp-contract=off", "-std=c++17",
-         "-shared", "-fPIC", "-pthread"]
+         "-shared", "-fPIC", "-fopenmp"]
 
 _lib = None
 _failed = False
