@@ -6,9 +6,11 @@
         [--calibration-images 1024] [--calibration-batch 128] [--threads N]
 
 What is compared
-- snnconv: ``snnconv.convert(model, threshold="activation", shift="bias")``; V_th of each IF layer
+- snnconv: ``snnconv.convert(model, threshold="activation", shift=...)``; V_th of each IF layer
   is the ThresholdReLU's y_th, no data needed. ``snn(x, T)`` returns the readout after every step;
-  the prediction is the argmax of ``out[-1]`` (the mean output current over T steps).
+  the prediction is the argmax of ``out[-1]`` (the mean output current over T steps). Accuracy is
+  reported for the paper's shift="bias" and for shift="membrane" (snnconv's CLI default); the two
+  cost the same, and the timed net is the membrane one.
 - SpikingJelly: ``ann2snn.Converter(ann2snn.RateCodingRecipe(dataloader, mode=...))`` (the 2.0.0 API,
   spikingjelly/activation_based/ann2snn/converter.py and recipes/rate_coding.py; the pre-2.0
   ``Converter(dataloader, mode=...)`` form is gone). The recipe fuses conv+BN, puts a VoltageHook
@@ -37,10 +39,12 @@ What is compared
   (prefix sums); snnconv's bias shift V_th/(2T) depends on T, so it is run once per T.
 
 Timing: one batch of --batch test images; per T, snnconv / SJ single-step / SJ multi-step (the "max"
-net; the "99.9%" net has the same structure), plus the dense BN-folded ANN forward (``snn.ann``,
-contiguous and channels_last, the faster counts), all under ``torch.no_grad()``, 1 warm-up + --repeats
-timed runs, round-robin over every method in each repeat in this one process. Median and min-max.
-Ratios: SJ fastest / snnconv, and snnconv / (T x dense).
+net; the "99.9%" net has the same structure), plus the dense BN-folded ANN forward (``snn.ann``).
+snnconv, SJ single-step and the dense ANN each run contiguous and channels_last and the faster of
+the two counts for each (SJ multi-step folds time into 5-D tensors, for which channels_last does
+not exist). All under ``torch.no_grad()``, 1 warm-up + --repeats timed runs, round-robin over every
+method in each repeat in this one process. Median and min-max. Ratios: SJ fastest / snnconv, and
+snnconv / (T x dense).
 
 Environment: run with .venv-sj's python (see spikingjelly_setup.sh). SpikingJelly 2.0.0 declares
 torchvision and torchaudio as requirements, but neither is installed (torchvision does not import
@@ -236,7 +240,8 @@ def main(argv=None) -> int:
 
     # --- conversions ------------------------------------------------------------------------
     with torch.no_grad():
-        snn = snnconv.convert(model, threshold="activation", shift="bias")
+        snn = snnconv.convert(model, threshold="activation", shift="membrane")
+        snn_bias = snnconv.convert(model, threshold="activation", shift="bias")
         sj_ann, notes = relu_copy(model)
         sj_nets, sj_multi_nets, multi_errors, sj_th = {}, {}, {}, {}
         for mode in SJ_MODES:
@@ -270,11 +275,15 @@ def main(argv=None) -> int:
     dense_cont = snn.ann
     dense_cl = copy.deepcopy(snn.ann).to(memory_format=torch.channels_last)
     x_cl = x_batch.contiguous(memory_format=torch.channels_last)
+    snn_cl = copy.deepcopy(snn).to(memory_format=torch.channels_last)
+    sj_cl = copy.deepcopy(sj_nets["max"]).to(memory_format=torch.channels_last)
     methods = {("dense", "contiguous"): lambda: dense_cont(x_batch),
                ("dense", "channels_last"): lambda: dense_cl(x_cl)}
     for T in Ts:
-        methods[(T, "snnconv")] = lambda T=T: snn(x_batch, T)
-        methods[(T, "sj_single")] = lambda T=T: sj_single_sum(sj_nets["max"], x_batch, T)
+        methods[(T, "snnconv", "contiguous")] = lambda T=T: snn(x_batch, T)
+        methods[(T, "snnconv", "channels_last")] = lambda T=T: snn_cl(x_cl, T)
+        methods[(T, "sj_single", "contiguous")] = lambda T=T: sj_single_sum(sj_nets["max"], x_batch, T)
+        methods[(T, "sj_single", "channels_last")] = lambda T=T: sj_single_sum(sj_cl, x_cl, T)
         if multi_ok:
             methods[(T, "sj_multi")] = lambda T=T: sj_multi_sum(sj_multi_nets["max"], x_batch, T)
     times = {k: [] for k in methods}
@@ -289,17 +298,23 @@ def main(argv=None) -> int:
     stat = {k: (statistics.median(v), min(v), max(v)) for k, v in times.items()}
     dense_fmt = min(("contiguous", "channels_last"), key=lambda f: stat[("dense", f)][0])
     dense = stat[("dense", dense_fmt)][0]
+    layout = {}  # the faster layout of snnconv and of SJ single-step, per T
+    for T in Ts:
+        for name in ("snnconv", "sj_single"):
+            fmt = min(("contiguous", "channels_last"), key=lambda f: stat[(T, name, f)][0])
+            stat[(T, name)], layout[(T, name)] = stat[(T, name, fmt)], fmt
 
     # --- accuracy (SpikingJelly in whichever mode was faster at T_max) -------------------------
     use_multi = multi_ok and all(sj_multi_nets[m] is not None for m in SJ_MODES) and stat[(Ts[-1], "sj_multi")][0] < stat[(Ts[-1], "sj_single")][0]
     with torch.no_grad():
         correct = {"ann": 0, "ann_relu_copy": 0}
-        correct.update({(T, m): 0 for T in Ts for m in ("snnconv", *SJ_MODES)})
+        correct.update({(T, m): 0 for T in Ts for m in ("snnconv", "snnconv_bias", *SJ_MODES)})
         for x, y in batches:
             correct["ann"] += int((model(x).argmax(1) == y).sum())
             correct["ann_relu_copy"] += int((sj_ann(x).argmax(1) == y).sum())
             for T in Ts:
                 correct[(T, "snnconv")] += int((snn(x, T)[-1].argmax(1) == y).sum())
+                correct[(T, "snnconv_bias")] += int((snn_bias(x, T)[-1].argmax(1) == y).sum())
             for mode in SJ_MODES:
                 out = (sj_multi(sj_multi_nets[mode], x, Ts[-1]) if use_multi
                        else sj_single(sj_nets[mode], x, Ts[-1]))
@@ -328,8 +343,9 @@ def main(argv=None) -> int:
     print()
     W = 27  # width of a time column
     head = ["T", "snnconv ms (min-max)", "SJ single-step ms", "SJ multi-step ms", "SJ fastest / snnconv",
-            "snnconv / (T x dense)", "acc snnconv", "acc SJ max", "acc SJ 99.9%"]
-    widths = [3, W, W, W, 20, 21, 11, 10, 12]
+            "snnconv / (T x dense)", "acc snnconv membrane", "acc snnconv bias", "acc SJ max",
+            "acc SJ 99.9%"]
+    widths = [3, W, W, W, 20, 21, 20, 16, 10, 12]
     print("| " + " | ".join(h.ljust(w) for h, w in zip(head, widths)) + " |")
     print("|" + "|".join("-" * (w + 1) + ":" for w in widths) + "|")
     rows = []
@@ -347,23 +363,31 @@ def main(argv=None) -> int:
                "sj_fastest": fastest_name, "sj_fastest_s": fastest[0],
                "sj_fastest_over_snnconv": fastest[0] / s[0],
                "snnconv_over_T_dense": s[0] / (T * dense),
-               "acc_snnconv": acc[(T, "snnconv")], "acc_sj_max": acc[(T, "max")],
+               "snnconv_layout": layout[(T, "snnconv")],
+               "sj_single_layout": layout[(T, "sj_single")],
+               "acc_snnconv": acc[(T, "snnconv")], "acc_snnconv_bias": acc[(T, "snnconv_bias")],
+               "acc_sj_max": acc[(T, "max")],
                "acc_sj_99.9%": acc[(T, "99.9%")]}
         rows.append(row)
         cells = [str(T), fmt_ms(s), fmt_ms(single), fmt_ms(multi) if multi else "n/a",
                  f"{row['sj_fastest_over_snnconv']:.2f} ({fastest_name})",
                  f"{row['snnconv_over_T_dense']:.2f}", f"{row['acc_snnconv']:.2%}",
+                 f"{row['acc_snnconv_bias']:.2%}",
                  f"{row['acc_sj_max']:.2%}", f"{row['acc_sj_99.9%']:.2%}"]
         print("| " + " | ".join(c.rjust(w) for c, w in zip(cells, widths)) + " |")
     print(f"Times are per batch of {len(x_batch)}; dense ANN = {dense * 1e3:.1f} ms ({dense_fmt}). "
-          "SJ fastest = the faster of its single-step and multi-step modes.")
+          "SJ fastest = the faster of its single-step and multi-step modes. Layouts (faster of "
+          "contiguous / channels_last): " + ", ".join(
+              f"T={T} snnconv {layout[(T, 'snnconv')]}, SJ single {layout[(T, 'sj_single')]}"
+              for T in Ts))
 
     result = {
         "benchmark": "spikingjelly_compare", "versions": info, "torch_threads": threads,
         "checkpoint": str(args.checkpoint), "images": n, "batch": len(x_batch), "T": Ts,
         "repeats": args.repeats, "calibration_images": args.calibration_images,
         "calibration_batch": args.calibration_batch,
-        "snnconv": {"threshold": "activation", "shift": "bias"},
+        "snnconv": {"threshold": "activation", "timed_shift": "membrane",
+                    "accuracy_shifts": ["membrane", "bias"]},
         "spikingjelly": {"api": "ann2snn.Converter(ann2snn.RateCodingRecipe(dataloader, mode))",
                          "modes": list(SJ_MODES), "timed_mode": "max",
                          "multi_step_available": multi_ok,

@@ -48,7 +48,7 @@ def test_channels_last_and_per_channel_fall_back_correctly(monkeypatch):
         fast, slow = scan_both(monkeypatch, "bias", cur, 12, False, [12])
         assert all(torch.equal(a, b) for a, b in zip(fast, slow))
     v_th = torch.linspace(0.5, 1.5, 6)
-    assert not fused.usable(current, False, torch.zeros(4, 6, 5, 5), torch.empty(12, 4, 6, 5, 5),
+    assert not fused.usable(current, False, None, torch.zeros(4, 6, 5, 5), torch.empty(12, 4, 6, 5, 5),
                             v_th)  # per-channel thresholds use the PyTorch loop
 
 
@@ -59,3 +59,49 @@ def test_whole_network_same_with_and_without_kernel(monkeypatch):
     fast = snn(x, 12)
     monkeypatch.setattr(fused, "kernel", lambda: None)
     assert torch.equal(fast, snn(x, 12))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("shift", ["bias", "membrane"])
+def test_addend_is_added_exactly_like_a_separate_add(monkeypatch, shift, dtype):
+    """scan(a, addend=b) in the kernel and in the PyTorch loop equals scan(a + b), bit for bit:
+    the kernel rounds a + b first, as the separate add would."""
+    torch.manual_seed(1)
+    a, b = torch.randn(2, 12, 4, 6, 5, 5, dtype=dtype).unbind(0)
+    results = []
+    for use_kernel, with_addend in [(True, True), (False, True), (True, False)]:
+        if not use_kernel:
+            monkeypatch.setattr(fused, "kernel", lambda: None)
+        layer = IFNeurons(0.7, shift)
+        layer.reset(12)
+        spikes = torch.cat([layer.scan(a[:5], 5, addend=b[:5]) if with_addend
+                            else layer.scan(a[:5] + b[:5], 5)] +
+                           [layer.scan(a[5:], 7, addend=b[5:]) if with_addend
+                            else layer.scan(a[5:] + b[5:], 7)])
+        results.append((spikes, layer.v, layer.spike_count))
+        monkeypatch.undo()
+    assert results[0][1].abs().sum() > 0 and results[0][0].sum() > 0
+    for other in results[1:]:
+        assert all(torch.equal(x, y) for x, y in zip(results[0], other))
+
+
+def test_residual_add_goes_into_the_scan_and_matches_the_oracle():
+    """ResNet blocks end in IF(conv(...) + shortcut): the simulator hands the two terms to the
+    IF scan; the result still equals the per-step oracle (float64, so the comparison is tight)."""
+    torch.manual_seed(0)
+    snn = snnconv.convert(models.build("resnet20").eval().double())
+    x = torch.randn(3, 3, 32, 32, dtype=torch.float64)
+    calls = []
+    real = IFNeurons.scan
+
+    def spy(self, current, steps, constant=False, out=None, addend=None):
+        calls.append(addend is not None)
+        return real(self, current, steps, constant, out, addend)
+
+    IFNeurons.scan = spy
+    try:
+        fast = snn(x, 10)
+    finally:
+        IFNeurons.scan = real
+    assert sum(calls) >= 9 * 1, "the 9 residual adds went into the scan"
+    torch.testing.assert_close(fast, snn.stepwise(x, 10), rtol=1e-9, atol=1e-9)

@@ -104,10 +104,14 @@ class IFNeurons(nn.Module):
         return fired * v_th
 
     def scan(self, current: torch.Tensor, steps: int, constant: bool = False,
-             out: torch.Tensor | None = None) -> torch.Tensor:
+             out: torch.Tensor | None = None, addend: torch.Tensor | None = None) -> torch.Tensor:
         """``steps`` time steps at once: current [steps, batch, ...] (or [batch, ...] held for
         every step when ``constant``) -> spikes [steps, batch, ...], written into ``out`` if
-        given (a reused buffer saves the page faults of fresh memory)."""
+        given (a reused buffer saves the page faults of fresh memory). With ``addend`` (same
+        shape as a time-varying current) the input is current + addend, rounded exactly as a
+        separate add would be, but added inside the fused kernel (one pass over memory less)."""
+        if addend is not None and (constant or self.record):
+            current, addend = current + addend, None
         one = current if constant else current[0]
         v_th = self.threshold_like(one)
         self._start(one, v_th)
@@ -118,14 +122,16 @@ class IFNeurons(nn.Module):
         if out is None or out.shape != (steps,) + one.shape or out.stride()[1:] != one.stride():
             out = _empty_steps(one, steps)
         v = self.v
-        if fused.usable(current, constant, v, out, v_th) and fused.kernel() is not None:
+        if fused.usable(current, constant, addend, v, out, v_th) and fused.kernel() is not None:
             theta = torch.stack([v_th - (self.t + k + 1) * b for k in range(steps)])
             with torch.profiler.record_function("snnconv::if_scan (fused)"):
-                fused.if_scan(current, constant, v, theta, v_th.item(), out, self.spike_count)
+                fused.if_scan(current, constant, addend, v, theta, v_th.item(), out,
+                              self.spike_count)
             self.t += steps
             return out
         for k in range(steps):  # three in-place passes per step; out[k] holds 0/1 spikes first
-            v.add_(current if constant else current[k])
+            v.add_(current if constant else current[k] if addend is None
+                   else current[k] + addend[k])
             torch.ge(v, v_th - (self.t + k + 1) * b, out=out[k])
             v.addcmul_(out[k], v_th, value=-1)
         self.t += steps

@@ -15,12 +15,18 @@ s (the last linear layer's current with readout="current", V_th-amplitude spikes
 """
 from __future__ import annotations
 
-import torch
-from torch import fx
+import operator
 
+import torch
+from torch import fx, nn
+
+from . import spikeconv
 from .neurons import IFNeurons
 
 DEFAULT_CHUNK_BYTES = 1 << 29
+
+
+ADDS = (operator.add, torch.add)
 
 
 class SimulationError(RuntimeError):
@@ -72,10 +78,17 @@ def simulate(gm: fx.GraphModule, x: torch.Tensor, steps: int,
     neurons = {n for n in nodes if n.op == "call_module" and isinstance(modules[n.target], IFNeurons)}
     for n in neurons:
         modules[n.target].reset(steps)
+    spike_fed = {n: modules[n.args[0].target] for n in nodes  # convs reading an IF layer's spikes
+                 if n.op == "call_module" and isinstance(modules[n.target], nn.Conv2d)
+                 and len(n.args) == 1 and not n.kwargs and n.args[0] in neurons}
     dynamic = set()  # nodes whose value changes over time: IF layers and everything after them
     for n in nodes:
         if n in neurons or any(a in dynamic for a in n.all_input_nodes):
             dynamic.add(n)
+    into_scan = {n for n in nodes  # a + b feeding only an IF layer: added inside its scan
+                 if n.op == "call_function" and n.target in ADDS and not n.kwargs
+                 and len(n.args) == 2 and all(a in dynamic for a in n.args)
+                 and len(n.users) == 1 and next(iter(n.users)) in neurons}
     last_use = {}
     for n in nodes:
         for a in n.all_input_nodes:
@@ -121,12 +134,23 @@ def simulate(gm: fx.GraphModule, x: torch.Tensor, steps: int,
                 if node.op == "get_attr":
                     static[node] = _fetch(gm, node.target)
                     continue
-                if node in neurons:
+                pair = None
+                if node in into_scan:
+                    pair = tuple(value(x, widen=True) for x in node.args)
+                    if not all(torch.is_tensor(t) for t in pair) or pair[0].shape != pair[1].shape \
+                            or pair[0].dtype != pair[1].dtype or pair[0].stride() != pair[1].stride():
+                        pair = None
+                if pair is not None:
+                    result = pair  # a + b, summed by the IF layer that reads it
+                elif node in neurons:
                     src = node.args[0]
                     current = value(src, widen=False)
                     buf = buffers.get(node)
                     buf = buf[:c] if buf is not None and len(buf) >= c else None
-                    if src in dynamic:
+                    if isinstance(current, tuple):
+                        a, b = (t.view(c, batch, *t.shape[1:]) for t in current)
+                        spikes = modules[node.target].scan(a, c, out=buf, addend=b)
+                    elif src in dynamic:
                         current = current.view(c, batch, *current.shape[1:])
                         spikes = modules[node.target].scan(current, c, out=buf)
                     else:
@@ -137,7 +161,12 @@ def simulate(gm: fx.GraphModule, x: torch.Tensor, steps: int,
                 else:
                     args = fx.node.map_arg(node.args, lambda a: value(a, is_dyn))
                     kwargs = fx.node.map_arg(node.kwargs, lambda a: value(a, is_dyn))
-                    result = _call(node, args, kwargs, modules)
+                    result = None
+                    if node in spike_fed:
+                        result = spikeconv.conv2d(modules[node.target], args[0],
+                                                  spike_fed[node].v_th)
+                    if result is None:
+                        result = _call(node, args, kwargs, modules)
                 if not is_dyn:
                     static[node] = result
                     continue

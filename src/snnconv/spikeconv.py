@@ -1,0 +1,113 @@
+"""Convolution of spike maps by table lookup (CPU, float32, channels_last).
+
+An IF layer's output is a spike map: every value is 0 or the channel's amplitude a[c] (its V_th).
+Split the C input channels into G groups of GB bits (GB = 4 or 8). The contribution of one
+input pixel to one tap (kh, kw) depends only on which channels of each group fired, one of 2^GB
+patterns, so it can be read from a table instead of computed:
+
+    table[tap][g][m][o] = sum over bits b set in m of  a[c] * W[o, c, kh, kw],   c = g*GB + b
+    out[n, o, ho, wo]   = bias[o] + sum over taps inside the image, over g,
+                                    of table[tap][g][mask(n, hi, wi, g)][o]
+
+That is KH*KW*G vector adds per output pixel and block of 8 output channels instead of KH*KW*C
+multiply-adds: GB times fewer operations whatever the firing rate. The tables depend only on the
+weights and amplitudes; they are built once per layer and kept while those do not change.
+The result equals F.conv2d up to float rounding (the sums are grouped differently); the kernel
+checks that the input really is a spike map and reports otherwise, and the caller then uses
+F.conv2d (tests/test_spikeconv.py compares the two).
+"""
+from __future__ import annotations
+
+import weakref
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from . import fused
+
+L2_BYTES = 320 * 1024  # table bytes per block of output channels that should stay in L2 cache
+MAX_TABLE_BYTES = 64 << 20  # larger tables (very wide layers): use F.conv2d
+
+_tables: "weakref.WeakKeyDictionary[nn.Conv2d, tuple]" = weakref.WeakKeyDictionary()
+
+
+def plan(c_in: int, c_out: int, taps: int) -> tuple[int, int]:
+    """(GB, NV): bits per group and 8-channel vectors per output block, so that one block's
+    table (taps * G * 2^GB * 8NV floats) fits in L2: 8-bit groups where they fit, else 4."""
+    for gb in (8, 4):
+        g = -(-c_in // gb)
+        nv = min(8, -(-c_out // 8), L2_BYTES // (taps * g * (1 << gb) * 32))
+        if nv >= 1 and (gb == 4 or nv >= min(2, -(-c_out // 8))):
+            return gb, nv
+    return 4, 1
+
+
+def lookup_table(weight: torch.Tensor, amp: torch.Tensor, gb: int, nv: int) -> torch.Tensor:
+    """[ceil(Cout/L)][KH*KW][G][2^GB][L] float32 (L = 8*nv) from weight [Cout, C, KH, KW] and
+    spike amplitudes amp [C]; output channels past Cout are zero."""
+    c_out, c_in, kh, kw = weight.shape
+    g, lanes = -(-c_in // gb), 8 * nv
+    patterns = torch.arange(1 << gb)
+    bits = ((patterns.view(-1, 1) >> torch.arange(gb)) & 1).to(torch.float64)  # [2^GB, GB]
+    w = (weight.double() * amp.double().view(1, -1, 1, 1)).permute(2, 3, 1, 0)
+    w = F.pad(w.reshape(kh * kw, c_in, c_out), (0, 0, 0, g * gb - c_in)).view(kh * kw, g, gb, c_out)
+    table = torch.einsum("mb,tgbo->tgmo", bits, w)  # summed in float64, rounded once
+    blocks = -(-c_out // lanes)
+    table = F.pad(table, (0, blocks * lanes - c_out)).view(kh * kw, g, 1 << gb, blocks, lanes)
+    return table.permute(3, 0, 1, 2, 4).contiguous().float()
+
+
+def _table_for(conv: nn.Conv2d, amp: torch.Tensor):
+    """(table, GB, NV, bias) for ``conv`` fed spikes of amplitudes ``amp``, cached per module
+    while its weight, bias and the amplitudes are unchanged."""
+    bias = conv.bias
+    key = (conv.weight._version, conv.weight.data_ptr(), None if bias is None else bias._version,
+           amp.tolist())
+    hit = _tables.get(conv)
+    if hit is not None and hit[0] == key:
+        return hit[1]
+    c_out, c_in, kh, kw = conv.weight.shape
+    gb, nv = plan(c_in, c_out, kh * kw)
+    table = lookup_table(conv.weight.detach(), amp, gb, nv)
+    b = (bias.detach().float().contiguous() if bias is not None
+         else torch.zeros(c_out, dtype=torch.float32))
+    value = (table, gb, nv, b)
+    _tables[conv] = (key, value)
+    return value
+
+
+def applies(conv: nn.Module, x: torch.Tensor) -> bool:
+    """The kernel handles this call: a plain zero-padded Conv2d (groups 1, dilation 1, float32,
+    CPU) on a 4-D channels_last input, with a table of at most MAX_TABLE_BYTES."""
+    if not (type(conv) is nn.Conv2d and conv.groups == 1 and conv.dilation == (1, 1)
+            and conv.padding_mode == "zeros" and isinstance(conv.padding, tuple)
+            and x.dim() == 4 and x.dtype == torch.float32 == conv.weight.dtype
+            and x.device.type == "cpu" and conv.weight.device.type == "cpu"
+            and x.is_contiguous(memory_format=torch.channels_last) and x.shape[0] > 0):
+        return False
+    c_out, c_in, kh, kw = conv.weight.shape
+    gb, nv = plan(c_in, c_out, kh * kw)
+    size = -(-c_out // (8 * nv)) * kh * kw * -(-c_in // gb) * (1 << gb) * 32 * nv
+    return size <= MAX_TABLE_BYTES and fused.kernel() is not None
+
+
+def conv2d(conv: nn.Conv2d, x: torch.Tensor, amp: torch.Tensor) -> torch.Tensor | None:
+    """conv(x) for a spike map x (values 0 or amp[c]) in channels_last, or None when the kernel
+    does not apply or x turns out not to be a spike map (then use conv(x))."""
+    if not applies(conv, x):
+        return None
+    n, c_in, h, w = x.shape
+    amp = amp.to(torch.float32).expand(c_in).contiguous()
+    table, gb, nv, bias = _table_for(conv, amp)
+    c_out, _, kh, kw = conv.weight.shape
+    (sh, sw), (ph, pw) = conv.stride, conv.padding
+    ho, wo = (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1
+    if ho < 1 or wo < 1:
+        return None
+    out = torch.empty((n, c_out, ho, wo), memory_format=torch.channels_last)
+    with torch.profiler.record_function("snnconv::spike_conv2d (lookup)"):
+        bad = fused.kernel().spike_conv2d_f32(
+            x.data_ptr(), n, c_in, h, w, amp.data_ptr(), table.data_ptr(), nv, gb, c_out, kh, kw,
+            sh, sw, ph, pw, bias.data_ptr(), out.data_ptr(), ho, wo, torch.get_num_threads())
+    return None if bad else out

@@ -1,0 +1,109 @@
+"""The lookup-table convolution of spike maps equals F.conv2d up to float rounding, refuses what
+is not a spike map, and the simulator uses it where it applies."""
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import snnconv
+from snnconv import models, spikeconv
+from snnconv.neurons import IFNeurons
+
+EPS = torch.finfo(torch.float32).eps
+
+
+def spike_map(n, c, h, w, amp, rate=0.3, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    fired = (torch.rand(n, c, h, w, generator=g) < rate).float()
+    return (fired * amp.view(1, -1, 1, 1)).contiguous(memory_format=torch.channels_last)
+
+
+@pytest.mark.parametrize("c_in,c_out,kernel,stride,padding,size", [
+    (16, 16, 3, 1, 1, 12),        # ResNet-20 stage 1 (8-bit groups)
+    (32, 64, 3, 2, 1, 9),         # strided, odd size, 4-bit groups
+    (3, 5, 3, 2, 0, 9),           # fewer channels than a group, Cout not a multiple of 8
+    (20, 100, 1, 1, 0, 7),        # 1x1, several output blocks, partial last block
+    (70, 64, (3, 1), 1, (1, 0), 8),  # non-square kernel, C not a multiple of 8
+    (8, 13, 5, 1, 2, 11),         # 5x5, padding 2
+])
+@pytest.mark.parametrize("bias", [True, False])
+def test_lookup_conv_equals_conv2d(c_in, c_out, kernel, stride, padding, size, bias):
+    torch.manual_seed(0)
+    conv = nn.Conv2d(c_in, c_out, kernel, stride, padding, bias=bias)
+    amp = torch.rand(c_in) + 0.5  # per-channel amplitudes (per-channel thresholds)
+    x = spike_map(4, c_in, size, size, amp)
+    out = spikeconv.conv2d(conv, x, amp)
+    assert out is not None and out.is_contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        ref = conv(x)
+        # Both sides sum the same n = KH*KW*C products (+ bias) in float32 in different orders;
+        # the classic bound is |error| <= n * eps * sum |terms| for each side.
+        n = conv.weight[0].numel() + 1
+        bound = 2 * n * EPS * F.conv2d(x.abs(), conv.weight.abs(), None if not bias else
+                                       conv.bias.abs(), stride, padding)
+    assert out.shape == ref.shape
+    assert ((out - ref).abs() <= bound).all()
+    assert (out - ref).abs().max() < 1e-5  # and in practice much closer than the bound
+
+
+def test_scalar_amplitude_and_cached_table_follows_weights():
+    torch.manual_seed(0)
+    conv = nn.Conv2d(16, 16, 3, padding=1)
+    amp = torch.tensor(0.75)
+    x = spike_map(2, 16, 8, 8, amp.expand(16))
+    first = spikeconv.conv2d(conv, x, amp)
+    with torch.no_grad():
+        conv.weight.mul_(2)  # in-place change: the cached table must be rebuilt
+        torch.testing.assert_close(spikeconv.conv2d(conv, x, amp), conv(x), rtol=0, atol=1e-5)
+    assert not torch.allclose(first, spikeconv.conv2d(conv, x, amp))
+
+
+def test_refuses_what_it_cannot_do():
+    torch.manual_seed(0)
+    amp = torch.ones(8)
+    x = spike_map(2, 8, 6, 6, amp)
+    conv = nn.Conv2d(8, 8, 3, padding=1)
+    not_spikes = x.clone()
+    not_spikes[0, 3, 2, 2] = 0.5  # neither 0 nor the amplitude
+    assert spikeconv.conv2d(conv, not_spikes, amp) is None
+    assert spikeconv.conv2d(conv, x.contiguous(), amp) is None  # needs channels_last
+    assert spikeconv.conv2d(conv.double(), x.double(), amp) is None  # float32 only
+    assert spikeconv.conv2d(nn.Conv2d(8, 8, 3, groups=2), x, amp) is None
+    assert spikeconv.conv2d(nn.Conv2d(8, 8, 3, dilation=2), x, amp) is None
+    assert spikeconv.conv2d(nn.Conv2d(8, 8, 3, padding="same"), x, amp) is None
+    assert spikeconv.conv2d(nn.Conv2d(8, 8, 3, padding=1, padding_mode="circular"), x, amp) is None
+
+
+def test_simulation_uses_lookup_where_it_applies(monkeypatch):
+    """ResNet-20 in channels_last: all 18 convs that read spikes take the lookup path. The
+    result is the dense-conv simulation up to rounding: a current that lands within rounding of
+    a threshold can flip a spike, so readouts are compared with a tolerance of a few spikes'
+    worth (one spike changes a logit's running mean by at most |w|·V_th/t) and by prediction."""
+    torch.manual_seed(0)
+    snn = snnconv.convert(models.build("resnet20").eval()).to(memory_format=torch.channels_last)
+    x = torch.randn(8, 3, 32, 32).contiguous(memory_format=torch.channels_last)
+    calls = []
+    real = spikeconv.conv2d
+    monkeypatch.setattr(spikeconv, "conv2d", lambda *a: calls.append(1) or real(*a))
+    fast = snn(x, 16)
+    assert len(calls) >= 18
+    monkeypatch.setattr(spikeconv, "applies", lambda conv, x: False)
+    dense = snn(x, 16)
+    assert (fast - dense).abs().max() < 0.05 * dense.abs().max()
+    assert (fast[-1].argmax(1) == dense[-1].argmax(1)).float().mean() >= 0.875
+    assert torch.equal(snn.stepwise(x, 3), snn.stepwise(x, 3))  # the oracle never uses it
+
+
+def test_per_channel_thresholds_give_per_channel_amplitudes():
+    """An IF layer with one V_th per channel emits spikes of amplitude V_th[c]; the lookup conv
+    after it must use those amplitudes."""
+    torch.manual_seed(0)
+    conv = nn.Conv2d(16, 8, 3, padding=1)
+    layer = IFNeurons(torch.linspace(0.5, 1.5, 16), "membrane")
+    layer.reset(4)
+    current = torch.randn(4 * 2, 16, 6, 6).contiguous(memory_format=torch.channels_last)
+    spikes = layer.scan(current.view(4, 2, 16, 6, 6), 4).reshape(8, 16, 6, 6)
+    spikes = spikes.contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        torch.testing.assert_close(spikeconv.conv2d(conv, spikes, layer.v_th), conv(spikes),
+                                   rtol=0, atol=1e-5)
