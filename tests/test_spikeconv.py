@@ -25,6 +25,8 @@ def spike_map(n, c, h, w, amp, rate=0.3, seed=0):
     (20, 100, 1, 1, 0, 7),        # 1x1, several output blocks, partial last block
     (70, 64, (3, 1), 1, (1, 0), 8),  # non-square kernel, C not a multiple of 8
     (8, 13, 5, 1, 2, 11),         # 5x5, padding 2
+    (128, 72, 3, 1, 1, 6),        # several input blocks (partial sums), a partial output block
+    (64, 64, 3, 1, 1, 2),         # tiny images: several images share each table block
 ])
 @pytest.mark.parametrize("bias", [True, False])
 def test_lookup_conv_equals_conv2d(c_in, c_out, kernel, stride, padding, size, bias):

@@ -109,81 +109,90 @@ static inline bool spike_masks(const float* x, const float* amp, int C, int GB, 
 
 // out[n,ho,wo,co..co+8NV) = bias + sum over taps (kh,kw) in the image and groups g of
 // table[tap][g][mask(hi,wi,g)][0..8NV), table already offset to the Cout block.
+struct LutGeom {  // one convolution's shape; G = mask groups per pixel, E = 2^GB patterns
+  int G, E, H, W, KH, KW, sh, sw, ph, pw, Ho, Wo, Cout;
+};
+
+// One block of L = 8*NV output channels [co, co+cw) and of input groups [g0, g0+gn), for one
+// image: sum = over the taps (kh,kw) inside the image and groups g of
+// table[kh*KW+kw][g-g0][mask(hi,wi,g)][0..L); out = bias + sum for the first group block, else
+// out += sum. S independent partial sums (over groups) hide the add latency.
 template <int NV, int S>
-static void lut_block(const float* table, const uint8_t* m, int G, int E, int H, int W, int KH, int KW, int sh,
-                  int sw, int ph, int pw, int Ho, int Wo, const float* bias, int cw, int Cout,
-                  float* on) {
+static void lut_block(const float* table, const uint8_t* m, const LutGeom& q, int g0, int gn,
+                      const float* bias, int cw, bool accumulate, float* on) {
   constexpr int L = 8 * NV;
-  for (int ho = 0; ho < Ho; ++ho)
-    for (int wo = 0; wo < Wo; ++wo) {
+  for (int ho = 0; ho < q.Ho; ++ho)
+    for (int wo = 0; wo < q.Wo; ++wo) {
       v8 a[S][NV] = {};
-      const int hi0 = ho * sh - ph, wi0 = wo * sw - pw;
-      for (int kh = std::max(0, -hi0); kh < std::min(KH, H - hi0); ++kh)
-        for (int kw = std::max(0, -wi0); kw < std::min(KW, W - wi0); ++kw) {
-          const uint8_t* mp = m + ((int64_t)(hi0 + kh) * W + wi0 + kw) * G;
-          const float* t = table + (int64_t)(kh * KW + kw) * G * E * L;
+      const int hi0 = ho * q.sh - q.ph, wi0 = wo * q.sw - q.pw;
+      for (int kh = std::max(0, -hi0); kh < std::min(q.KH, q.H - hi0); ++kh)
+        for (int kw = std::max(0, -wi0); kw < std::min(q.KW, q.W - wi0); ++kw) {
+          const uint8_t* mp = m + ((int64_t)(hi0 + kh) * q.W + wi0 + kw) * q.G + g0;
+          const float* t = table + (int64_t)(kh * q.KW + kw) * gn * q.E * L;
           int g = 0;
-          for (; g + S <= G; g += S)
-            for (int q = 0; q < S; ++q) {
-              const float* r = t + ((g + q) * E + mp[g + q]) * L;
-              for (int j = 0; j < NV; ++j) a[q][j] += ld8(r + 8 * j);
+          for (; g + S <= gn; g += S)
+            for (int s = 0; s < S; ++s) {
+              const float* r = t + ((int64_t)(g + s) * q.E + mp[g + s]) * L;
+              for (int j = 0; j < NV; ++j) a[s][j] += ld8(r + 8 * j);
             }
-          for (; g < G; ++g) {
-            const float* r = t + (g * E + mp[g]) * L;
+          for (; g < gn; ++g) {
+            const float* r = t + ((int64_t)g * q.E + mp[g]) * L;
             for (int j = 0; j < NV; ++j) a[0][j] += ld8(r + 8 * j);
           }
         }
-      float* o = on + ((int64_t)ho * Wo + wo) * Cout;
-      for (int q = 1; q < S; ++q)
-        for (int j = 0; j < NV; ++j) a[0][j] += a[q][j];
-      if (cw == L) {
-        for (int j = 0; j < NV; ++j) st8(o + 8 * j, a[0][j] + ld8(bias + 8 * j));
-      } else {
-        alignas(32) float tmp[L];
-        for (int j = 0; j < NV; ++j) st8(tmp + 8 * j, a[0][j]);
+      for (int s = 1; s < S; ++s)
+        for (int j = 0; j < NV; ++j) a[0][j] += a[s][j];
+      float* o = on + ((int64_t)ho * q.Wo + wo) * q.Cout;
+      float tmp[L];
+      for (int j = 0; j < NV; ++j) st8(tmp + 8 * j, a[0][j]);
+      if (accumulate)
+        for (int k = 0; k < cw; ++k) o[k] += tmp[k];
+      else
         for (int k = 0; k < cw; ++k) o[k] = tmp[k] + bias[k];
-      }
     }
 }
 
-typedef void (*lut_fn)(const float*, const uint8_t*, int, int, int, int, int, int, int, int, int,
-                         int, int, int, const float*, int, int, float*);
+typedef void (*lut_fn)(const float*, const uint8_t*, const LutGeom&, int, int, const float*, int,
+                       bool, float*);
 #define LUT_ROW(NV) {lut_block<NV, 1>, lut_block<NV, 2>, lut_block<NV, 4>}
 static const lut_fn lut_blocks[9][3] = {{}, LUT_ROW(1), LUT_ROW(2), LUT_ROW(3), LUT_ROW(4),
                                         LUT_ROW(5), LUT_ROW(6), LUT_ROW(7), LUT_ROW(8)};
 
-// x [N,H,W,C] spike maps (channels_last), amp [C] spike amplitudes, table [Cout blocks][KH*KW]
-// [G][2^GB][L] (L = 8*NV, G = ceil(C/GB); block b covers Cout channels [b*L, min(Cout, (b+1)*L))),
-// bias [Cout], out [N,Ho,Wo,Cout]. Returns 0, or 1 if x holds a value that is neither 0
-// nor its channel's amplitude (out is then incomplete).
+// x [N,H,W,C] spike maps (channels_last), amp [C] spike amplitudes, bias [Cout],
+// out [N,Ho,Wo,Cout], table [ceil(Cout/L)][ceil(G/GR)][KH*KW][GR][2^GB][L] with L = 8*NV and
+// G = ceil(C/GB): output block b covers channels [b*L, min(Cout, (b+1)*L)), input block c the
+// groups [c*GR, min(G, (c+1)*GR)). Returns 0, or 1 if x holds a value that is neither 0 nor its
+// channel's amplitude (out is then incomplete).
 static int spike_conv2d(const float* x, int64_t N, int C, int H, int W, const float* amp,
-                        const float* table, int NV, int GB, int Cout, int KH, int KW, int sh,
-                        int sw, int ph, int pw, const float* bias, float* out, int Ho, int Wo,
-                        int threads) {
-  const int G = (C + GB - 1) / GB, L = 8 * NV, E = 1 << GB;
-  const int64_t tblock = (int64_t)KH * KW * G * E * L;
-  // independent partial sums (over groups) hide the add latency; 8-wide registers: 16
-  const int sets = (G >= 4 && NV <= 3) ? 2 : (G >= 2 && NV <= 6 ? 1 : 0);
+                        const float* table, int NV, int GB, int GR, int Cout, int KH, int KW,
+                        int sh, int sw, int ph, int pw, const float* bias, float* out, int Ho,
+                        int Wo, int threads) {
+  const int G = (C + GB - 1) / GB, L = 8 * NV, E = 1 << GB, cblocks = (G + GR - 1) / GR;
+  const LutGeom q{G, E, H, W, KH, KW, sh, sw, ph, pw, Ho, Wo, Cout};
+  const int64_t tblock = (int64_t)KH * KW * GR * E * L;
+  const int sets = (GR >= 4 && NV <= 3) ? 2 : (GR >= 2 && NV <= 6 ? 1 : 0);  // 16 registers
   const lut_fn fn = lut_blocks[NV][sets];
+  const int64_t pix = (int64_t)H * W;
+  std::vector<uint8_t> m((size_t)(N * pix * G));
   int bad = 0;
-#pragma omp parallel num_threads(threads) if (N > 1) reduction(|| : bad)
-  {
-    std::vector<uint8_t> m((size_t)H * W * G);
-#pragma omp for schedule(static)
-    for (int64_t n = 0; n < N; ++n) {
-      if (bad) continue;
-      const float* xn = x + n * (int64_t)H * W * C;
-      bool ok = true;
-      for (int64_t p = 0; p < (int64_t)H * W; ++p)
-        ok &= spike_masks(xn + p * C, amp, C, GB, m.data() + p * G);
-      if (!ok) { bad = 1; continue; }
-      float* on = out + n * (int64_t)Ho * Wo * Cout;
-      for (int b = 0, co = 0; co < Cout; ++b, co += L)
-        fn(table + b * tblock, m.data(), G, E, H, W, KH, KW, sh, sw, ph, pw, Ho, Wo, bias + co,
-           std::min(L, Cout - co), Cout, on + co);
-    }
-  }
-  return bad;
+#pragma omp parallel for schedule(static) num_threads(threads) reduction(|| : bad)
+  for (int64_t n = 0; n < N; ++n)
+    for (int64_t p = 0; p < pix; ++p)
+      bad |= !spike_masks(x + (n * pix + p) * C, amp, C, GB, m.data() + (n * pix + p) * G);
+  if (bad) return 1;
+  // tiles of images whose outputs share each table block (a small image alone would reload the
+  // whole table from memory for a handful of pixels)
+  const int64_t tile = std::max<int64_t>(1, 512 / ((int64_t)Ho * Wo));
+  const int64_t tiles = (N + tile - 1) / tile;
+#pragma omp parallel for schedule(static) num_threads(threads)
+  for (int64_t t = 0; t < tiles; ++t)
+    for (int b = 0, co = 0; co < Cout; ++b, co += L)
+      for (int c = 0; c < cblocks; ++c)
+        for (int64_t n = t * tile; n < std::min(N, (t + 1) * tile); ++n)
+          fn(table + (int64_t)(b * cblocks + c) * tblock, m.data() + n * pix * G, q, c * GR,
+             std::min(GR, G - c * GR), bias + co, std::min(L, Cout - co), c > 0,
+             out + n * (int64_t)Ho * Wo * Cout + co);
+  return 0;
 }
 
 extern "C" {
@@ -197,10 +206,11 @@ void if_scan_f64(const double* cur, int constant, const double* add, double* v,
   scan<double>(cur, constant, add, v, theta, vth, out, count, steps, n, threads);
 }
 int spike_conv2d_f32(const float* x, int64_t N, int C, int H, int W, const float* amp,
-                     const float* table, int NV, int GB, int Cout, int KH, int KW, int sh, int sw,
-                     int ph, int pw, const float* bias, float* out, int Ho, int Wo, int threads) {
-  return spike_conv2d(x, N, C, H, W, amp, table, NV, GB, Cout, KH, KW, sh, sw, ph, pw, bias, out,
-                      Ho, Wo, threads);
+                     const float* table, int NV, int GB, int GR, int Cout, int KH, int KW, int sh,
+                     int sw, int ph, int pw, const float* bias, float* out, int Ho, int Wo,
+                     int threads) {
+  return spike_conv2d(x, N, C, H, W, amp, table, NV, GB, GR, Cout, KH, KW, sh, sw, ph, pw, bias,
+                      out, Ho, Wo, threads);
 }
 }
 """
@@ -249,7 +259,7 @@ def _build() -> ctypes.CDLL:
         getattr(dll, name).restype = None
     i, p = ctypes.c_int, ctypes.c_void_p
     dll.spike_conv2d_f32.argtypes = [p, ctypes.c_int64, i, i, i, p, p, i, i, i, i, i, i, i, i, i,
-                                     p, p, i, i, i]
+                                     i, p, p, i, i, i]
     dll.spike_conv2d_f32.restype = ctypes.c_int
     return dll
 
