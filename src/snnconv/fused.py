@@ -1,4 +1,4 @@
-"""Compiled CPU kernels (optional; compiled on first use, in about a second, with the system's
+"""Compiled CPU kernels (optional; compiled on first use, in about 4 s, with the system's
 C++ compiler, and cached in ~/.cache/snnconv/kernels): the fused IF scan, and the lookup-table
 convolution of spike maps that spikeconv.py drives.
 

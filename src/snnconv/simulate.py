@@ -3,12 +3,15 @@
 ``simulate`` is the fast path. It runs the graph once per chunk of time steps, layer by layer, with
 time folded into the batch (row t*B + b of a [c*B, ...] tensor is sample b at step t of the chunk),
 so each conv runs once over all c*B maps, and each IF layer scans its c steps in a tight loop.
-Values that do not change over time (the analog input and everything computed from it before the
-first IF layer, e.g. the first conv's current) are computed once. Memory grows with the chunk
-length c, not with T: the first step runs alone to measure the bytes one step needs, then c is
-chosen to fit ``max_chunk_bytes``.
+A conv that reads an IF layer's spikes runs as a table lookup (spikeconv.py) where that applies,
+and a sum a + b read only by an IF layer is added inside that layer's scan. Values that do not
+change over time (the analog input and everything computed from it before the first IF layer,
+e.g. the first conv's current) are computed once. Memory grows with the chunk length c, not with
+T: the first step runs alone to measure the bytes one step needs, then c is chosen to fit
+``max_chunk_bytes``.
 
-``simulate_stepwise`` is the plain loop, one whole-network pass per step; it is the test oracle.
+``simulate_stepwise`` is the plain loop, one whole-network pass per step with PyTorch's own ops
+only; it is the test oracle.
 
 Readout after step t: out[t-1] = (1/t) * sum_{s<=t} y[s], where y[s] is the network output at step
 s (the last linear layer's current with readout="current", V_th-amplitude spikes with "spikes").
