@@ -78,9 +78,10 @@ static void scan(const T* cur, int constant, const T* add, T* v, const T* theta,
 typedef float v8 __attribute__((vector_size(32)));
 static inline v8 ld8(const float* p) { v8 r; std::memcpy(&r, p, sizeof r); return r; }
 static inline void st8(float* p, v8 r) { std::memcpy(p, &r, sizeof r); }
+
 // Masks of one pixel's C channels in groups of GB (4 or 8) bits: bit b of m[g] is set iff
-// x[g*GB + b] != 0. False if a nonzero value is not its channel's
-// amplitude amp[c] (the input is not a spike map).
+// x[g*GB + b] != 0. False if a nonzero value is not its channel's amplitude amp[c] (the input
+// is not a spike map).
 static inline bool spike_masks(const float* x, const float* amp, int C, int GB, uint8_t* m) {
   int c = 0;
   bool ok = true;
@@ -107,8 +108,6 @@ static inline bool spike_masks(const float* x, const float* amp, int C, int GB, 
   return ok;
 }
 
-// out[n,ho,wo,co..co+8NV) = bias + sum over taps (kh,kw) in the image and groups g of
-// table[tap][g][mask(hi,wi,g)][0..8NV), table already offset to the Cout block.
 struct LutGeom {  // one convolution's shape; G = mask groups per pixel, E = 2^GB patterns
   int G, E, H, W, KH, KW, sh, sw, ph, pw, Ho, Wo, Cout;
 };

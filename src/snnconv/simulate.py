@@ -27,9 +27,7 @@ from . import spikeconv
 from .neurons import IFNeurons
 
 DEFAULT_CHUNK_BYTES = 1 << 29
-
-
-ADDS = (operator.add, torch.add)
+ADDS = (operator.add, torch.add)  # a + b nodes the IF scan can take as its two inputs
 
 
 class SimulationError(RuntimeError):
@@ -138,8 +136,8 @@ def simulate(gm: fx.GraphModule, x: torch.Tensor, steps: int,
                     static[node] = _fetch(gm, node.target)
                     continue
                 pair = None
-                if node in into_scan:
-                    pair = tuple(value(x, widen=True) for x in node.args)
+                if node in into_scan:  # a broadcast or mixed add is computed here instead
+                    pair = tuple(value(a, widen=True) for a in node.args)
                     if not all(torch.is_tensor(t) for t in pair) or pair[0].shape != pair[1].shape \
                             or pair[0].dtype != pair[1].dtype or pair[0].stride() != pair[1].stride():
                         pair = None
