@@ -13,6 +13,9 @@ For each model (CIFAR-10-shaped input, trained weights for resnet20 when shipped
 Median of --repeats timed runs after one warm-up, a/b/c interleaved round-robin in one process;
 spread = min-max. ratio_dense = b / (T a), speedup_naive = c / b. Peak memory of a whole
 simulation is measured in a fresh process per T (peak RSS, or peak CUDA memory on --device cuda).
+On --device cuda each simulation also runs once under torch.cuda.set_sync_debug_mode("warn"), and
+host_syncs counts the synchronising CUDA calls it made (a count that grows with T would mean a
+sync per step).
 The last line of output is one JSON object with every figure.
 """
 import argparse
@@ -24,6 +27,7 @@ import statistics
 import subprocess
 import sys
 import time
+import warnings
 
 import torch
 
@@ -56,6 +60,19 @@ def timed_round_robin(fns: dict, repeats: int, device) -> dict:
             times[k].append(time.perf_counter() - t)
     return {k: {"median": statistics.median(v), "min": min(v), "max": max(v)}
             for k, v in times.items()}
+
+
+def host_syncs(fn) -> int:
+    """Synchronising CUDA calls (a copy to the host, .item(), a data-dependent shape) made by fn."""
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("warn")
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            fn()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    return sum("synchroniz" in str(w.message) for w in caught)
 
 
 def dense_forward(ann, x):
@@ -146,11 +163,15 @@ def main():
                 a, b, c = (t[k]["median"] for k in ("a_dense", "b_snnconv", "c_naive"))
                 row = {"model": name, "T": steps, "dense_form": form, "snn_form": snn_form,
                        "times_s": t, "ratio_dense": b / (steps * a), "speedup_naive": c / b}
+                if device.type == "cuda":
+                    row["host_syncs"] = host_syncs(lambda: snn_f(x_f, steps))
                 report["results"].append(row)
                 print(f"{name:<12} T={steps:<3} dense {1e3 * a:7.1f} ms ({form})  snnconv "
-                      f"{b:6.2f} s ({snn_form}) [{t['b_snnconv']['min']:.2f}-{t['b_snnconv']['max']:.2f}]  "
-                      f"naive {c:6.2f} s  ratio_dense {row['ratio_dense']:.2f}  "
-                      f"speedup_naive {row['speedup_naive']:.2f}", flush=True)
+                      f"{b:7.3f} s ({snn_form}) [{t['b_snnconv']['min']:.3f}-{t['b_snnconv']['max']:.3f}]  "
+                      f"naive {c:7.3f} s  ratio_dense {row['ratio_dense']:.2f}  "
+                      f"speedup_naive {row['speedup_naive']:.2f}"
+                      + (f"  host_syncs {row['host_syncs']}" if "host_syncs" in row else ""),
+                      flush=True)
         for steps in [int(t) for t in args.memory_T.split(",")] * (name in args.memory_models.split(",")):
             out = subprocess.run([sys.executable, __file__, "--probe", name, str(steps),
                                   "--batch", str(args.batch), "--device", args.device],

@@ -1,17 +1,25 @@
-"""The fused CPU kernel computes exactly what the PyTorch loop in IFNeurons.scan computes."""
+"""The fused IF scan computes exactly what the PyTorch loop in IFNeurons.scan computes: the C++
+kernel on the CPU, the Triton kernel with SNNCONV_TEST_DEVICE=cuda."""
 import pytest
 import torch
 
 import snnconv
+from conftest import DEVICE
 from snnconv import IFNeurons, fused, models
+
+
+def no_kernels(monkeypatch):
+    """Every compiled path off: the PyTorch loop and module convolutions run."""
+    monkeypatch.setattr(fused, "kernel", lambda: None)
+    monkeypatch.setattr(fused, "scan_available", lambda device: False)
 
 
 def scan_both(monkeypatch, shift, current, steps, constant, chunks, v_th=0.7):
     results = []
     for use_kernel in (True, False):
         if not use_kernel:
-            monkeypatch.setattr(fused, "kernel", lambda: None)
-        layer = IFNeurons(v_th, shift)
+            no_kernels(monkeypatch)
+        layer = IFNeurons(v_th, shift).to(current.device)
         layer.reset(steps)
         outs, i = [], 0
         for c in chunks:
@@ -24,6 +32,7 @@ def scan_both(monkeypatch, shift, current, steps, constant, chunks, v_th=0.7):
 
 def test_kernel_builds():
     assert fused.kernel() is not None, "needs a C++ compiler (c++, g++ or $CXX)"
+    assert fused.scan_available(DEVICE), f"no fused IF scan for {DEVICE} (CUDA needs triton)"
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
@@ -31,10 +40,10 @@ def test_kernel_builds():
 @pytest.mark.parametrize("shift", ["bias", "membrane", "none"])
 def test_fused_equals_pytorch_loop_bitwise(monkeypatch, shift, constant, dtype):
     shape = (5, 6, 7, 3)
-    current = torch.randn(shape if constant else (20, *shape), dtype=dtype)
+    current = torch.randn(shape if constant else (20, *shape), dtype=dtype, device=DEVICE)
     calls = []
-    real = fused.kernel
-    monkeypatch.setattr(fused, "kernel", lambda: calls.append(1) or real())
+    real = fused.scan_available
+    monkeypatch.setattr(fused, "scan_available", lambda d: calls.append(1) or real(d))
     fast, slow = scan_both(monkeypatch, shift, current, 20, constant, [1, 7, 12])
     assert calls, "the kernel path was taken"
     for a, b in zip(fast, slow):
@@ -42,8 +51,9 @@ def test_fused_equals_pytorch_loop_bitwise(monkeypatch, shift, constant, dtype):
 
 
 def test_channels_last_and_per_channel_fall_back_correctly(monkeypatch):
-    current = torch.randn(12, 4, 6, 5, 5).contiguous()
-    cl = torch.randn(48, 6, 5, 5).contiguous(memory_format=torch.channels_last).view(12, 4, 6, 5, 5)
+    current = torch.randn(12, 4, 6, 5, 5, device=DEVICE).contiguous()
+    cl = torch.randn(48, 6, 5, 5, device=DEVICE).contiguous(
+        memory_format=torch.channels_last).view(12, 4, 6, 5, 5)
     for cur in (current, cl):
         fast, slow = scan_both(monkeypatch, "bias", cur, 12, False, [12])
         assert all(torch.equal(a, b) for a, b in zip(fast, slow))
@@ -54,10 +64,10 @@ def test_channels_last_and_per_channel_fall_back_correctly(monkeypatch):
 
 def test_whole_network_same_with_and_without_kernel(monkeypatch):
     torch.manual_seed(0)
-    snn = snnconv.convert(models.build("resnet20").eval())
-    x = torch.randn(4, 3, 32, 32)
+    snn = snnconv.convert(models.build("resnet20").eval()).to(DEVICE)
+    x = torch.randn(4, 3, 32, 32, device=DEVICE)
     fast = snn(x, 12)
-    monkeypatch.setattr(fused, "kernel", lambda: None)
+    no_kernels(monkeypatch)
     assert torch.equal(fast, snn(x, 12))
 
 
@@ -67,12 +77,12 @@ def test_addend_is_added_exactly_like_a_separate_add(monkeypatch, shift, dtype):
     """scan(a, addend=b) in the kernel and in the PyTorch loop equals scan(a + b), bit for bit:
     the kernel rounds a + b first, as the separate add would."""
     torch.manual_seed(1)
-    a, b = torch.randn(2, 12, 4, 6, 5, 5, dtype=dtype).unbind(0)
+    a, b = torch.randn(2, 12, 4, 6, 5, 5, dtype=dtype, device=DEVICE).unbind(0)
     results = []
     for use_kernel, with_addend in [(True, True), (False, True), (True, False)]:
         if not use_kernel:
-            monkeypatch.setattr(fused, "kernel", lambda: None)
-        layer = IFNeurons(0.7, shift)
+            no_kernels(monkeypatch)
+        layer = IFNeurons(0.7, shift).to(DEVICE)
         layer.reset(12)
         spikes = torch.cat([layer.scan(a[:5], 5, addend=b[:5]) if with_addend
                             else layer.scan(a[:5] + b[:5], 5)] +
@@ -89,8 +99,8 @@ def test_residual_add_goes_into_the_scan_and_matches_the_oracle():
     """ResNet blocks end in IF(conv(...) + shortcut): the simulator hands the two terms to the
     IF scan; the result still equals the per-step oracle (float64, so the comparison is tight)."""
     torch.manual_seed(0)
-    snn = snnconv.convert(models.build("resnet20").eval().double())
-    x = torch.randn(3, 3, 32, 32, dtype=torch.float64)
+    snn = snnconv.convert(models.build("resnet20").eval().double()).to(DEVICE)
+    x = torch.randn(3, 3, 32, 32, dtype=torch.float64, device=DEVICE)
     calls = []
     real = IFNeurons.scan
 

@@ -5,6 +5,7 @@ import torch
 from torch import nn
 
 import snnconv
+from conftest import DEVICE
 from nets import random_nets
 
 NETS = random_nets()
@@ -35,8 +36,8 @@ def test_limit_exactness(name, model, shape):
     every layer and every path to the output (the depth), tol = sum_l G_l V_th,l / T, G_l from
     l2_gains. Measured here the error is 3-15 % of tol, and tol is ~1 % of the output scale at
     T = 2048, so a wrong threshold, amplitude, shift or wiring (errors of order V_th) fails."""
-    x = torch.rand(16, *shape) * 2 - 0.5
-    snn = snnconv.convert(model)
+    x = (torch.rand(16, *shape) * 2 - 0.5).to(DEVICE)
+    snn = snnconv.convert(model).to(DEVICE)
     ann = snn.ann(x)
     gain = l2_gains(snn.ann)
     errors = {}
@@ -55,8 +56,8 @@ def test_limit_exactness(name, model, shape):
 def test_multistep_equals_stepwise_oracle(name, model, shape, shift):
     """In float64 both paths compute the same sums up to ~1e-16, so no spike flips; 1e-5 relative
     leaves room only for summation order, not for a different spike train."""
-    x = torch.rand(6, *shape, dtype=torch.float64) * 2 - 0.5
-    snn = snnconv.convert(model, shift=shift).double()
+    x = (torch.rand(6, *shape, dtype=torch.float64) * 2 - 0.5).to(DEVICE)
+    snn = snnconv.convert(model, shift=shift).double().to(DEVICE)
     oracle = snn.stepwise(x, 48)
     scale = oracle.abs().max().item()
     for chunk_bytes in (1, 20_000, 1 << 30):  # chunks of 1 step, a few steps, all steps

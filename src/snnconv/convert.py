@@ -14,7 +14,7 @@ from .calibrate import batch_input, layer_statistic
 from .graph import ConversionError, check_supported, classify, trace
 from .neurons import IFNeurons, check_finite, check_shift
 from .prepare import prepare
-from .simulate import DEFAULT_CHUNK_BYTES, simulate, simulate_stepwise
+from .simulate import simulate, simulate_stepwise
 
 THRESHOLDS = ("activation", "max", "percentile")
 READOUTS = ("current", "spikes")
@@ -70,7 +70,7 @@ class SpikingNetwork(nn.Module):
                              f"[batch, {', '.join(map(str, self.input_shape))}] (from calibration)")
         check_finite("input", x)
 
-    def forward(self, x: torch.Tensor, T: int, max_chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+    def forward(self, x: torch.Tensor, T: int, max_chunk_bytes: int | None = None,
                 marks=(), on_mark=None) -> torch.Tensor:
         """Readout after every step t = 1..T, [T, batch, ...]; ``on_mark(t)`` runs after each
         step t in ``marks`` (the IF layers' ``spike_count`` then holds the counts up to t)."""

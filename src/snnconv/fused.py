@@ -15,12 +15,14 @@ kernels run on PyTorch's own thread team instead of a second pool competing with
 workers (measured: the scan took 0.55 s with std::thread, 0.33 s with OpenMP, in
 benchmarks/sim_profile.py --T 16 --channels-last).
 
-Set SNNCONV_FUSED=0 to use PyTorch only (the IF loop and dense convolutions).
+On CUDA the IF scan runs as a Triton kernel instead (gpuscan.py); ``if_scan`` dispatches on the
+device. Set SNNCONV_FUSED=0 to use PyTorch only (the IF loop and dense convolutions).
 """
 from __future__ import annotations
 
 import ctypes
 import hashlib
+import importlib.util
 import os
 import shutil
 import subprocess
@@ -277,14 +279,27 @@ def kernel():
     return _lib
 
 
+def scan_available(device: torch.device) -> bool:
+    """A fused IF scan exists for this device: the C++ kernel on the CPU, gpuscan's Triton
+    kernel on CUDA (SNNCONV_FUSED=0 turns both off)."""
+    if device.type == "cpu":
+        return kernel() is not None
+    return (device.type == "cuda" and os.environ.get("SNNCONV_FUSED", "1") != "0"
+            and importlib.util.find_spec("triton") is not None)
+
+
 def if_scan(current: torch.Tensor, constant: bool, addend: torch.Tensor | None, v: torch.Tensor,
-            theta: torch.Tensor, v_th: float, out: torch.Tensor, count: torch.Tensor) -> None:
-    """Run the kernel in place on v, out and count (see SOURCE for the arithmetic)."""
+            theta: torch.Tensor, v_th: torch.Tensor, out: torch.Tensor, count: torch.Tensor) -> None:
+    """Run the device's kernel in place on v, out and count (see SOURCE for the arithmetic);
+    ``theta`` holds each step's firing threshold, ``v_th`` (0-dim) the spike amplitude."""
+    if v.device.type == "cuda":
+        from . import gpuscan  # imports triton
+        return gpuscan.if_scan(current, constant, addend, v, theta, v_th, out, count)
     lib = kernel()
     fn = lib.if_scan_f32 if v.dtype == torch.float32 else lib.if_scan_f64
     theta = theta.contiguous()
     fn(current.data_ptr(), int(constant), None if addend is None else addend.data_ptr(),
-       v.data_ptr(), theta.data_ptr(), v_th, out.data_ptr(), count.data_ptr(), theta.numel(),
+       v.data_ptr(), theta.data_ptr(), v_th.item(), out.data_ptr(), count.data_ptr(), theta.numel(),
        v.numel(), torch.get_num_threads())
 
 
@@ -294,9 +309,10 @@ def _dense(t: torch.Tensor) -> bool:
 
 def usable(current: torch.Tensor, constant: bool, addend: torch.Tensor | None, v: torch.Tensor,
            out: torch.Tensor, v_th: torch.Tensor) -> bool:
-    """The kernel applies: CPU float tensors, one scalar V_th, dense tensors in which flat index
-    i is the same neuron in the current (each step), the addend, the membrane and the output."""
-    if v.device.type != "cpu" or v.dtype not in (torch.float32, torch.float64) or v_th.dim():
+    """A fused scan applies (where scan_available): float tensors, one scalar V_th, dense tensors
+    in which flat index i is the same neuron in the current (each step), the addend, the membrane
+    and the output."""
+    if v.dtype not in (torch.float32, torch.float64) or v_th.dim():
         return False
     if addend is not None and (constant or addend.dtype != v.dtype or addend.shape != current.shape
                                or addend.stride() != current.stride()):

@@ -122,11 +122,11 @@ class IFNeurons(nn.Module):
         if out is None or out.shape != (steps,) + one.shape or out.stride()[1:] != one.stride():
             out = _empty_steps(one, steps)
         v = self.v
-        if fused.usable(current, constant, addend, v, out, v_th) and fused.kernel() is not None:
-            theta = torch.stack([v_th - (self.t + k + 1) * b for k in range(steps)])
+        if fused.usable(current, constant, addend, v, out, v_th) and fused.scan_available(v.device):
+            steps_done = torch.arange(self.t + 1, self.t + steps + 1, dtype=v.dtype, device=v.device)
+            theta = v_th - steps_done * b  # the loop's thresholds, same rounding
             with torch.profiler.record_function("snnconv::if_scan (fused)"):
-                fused.if_scan(current, constant, addend, v, theta, v_th.item(), out,
-                              self.spike_count)
+                fused.if_scan(current, constant, addend, v, theta, v_th, out, self.spike_count)
             self.t += steps
             return out
         for k in range(steps):  # three in-place passes per step; out[k] holds 0/1 spikes first
