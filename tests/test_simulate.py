@@ -1,5 +1,7 @@
 """The multi-step simulator: limit exactness (T -> inf gives the ANN) and equality with the
 plain per-step loop (the oracle)."""
+import copy
+
 import pytest
 import torch
 from torch import nn
@@ -105,3 +107,23 @@ def test_memory_follows_chunk_not_T():
     a = snn(x, 200, max_chunk_bytes=1)
     b = snn(x, 200)
     assert torch.allclose(a, b, atol=1e-6)
+
+
+def test_workspace_is_reused_and_never_goes_stale():
+    """Output buffers kept between calls: a second call reuses them and gives the same result;
+    a new batch size, a new dtype or a copy never reads a stale buffer (float64 result checked
+    against the oracle, which uses no buffers)."""
+    name, model, shape = NETS[0]
+    snn = snnconv.convert(model)
+    x = torch.rand(5, *shape) * 2 - 0.5
+    first = snn(x, 20, max_chunk_bytes=20_000)
+    kept = {k: v.data_ptr() for k, v in snn.workspace.items()}
+    assert kept, "the IF layers' outputs stay in the workspace"
+    assert torch.equal(snn(x, 20, max_chunk_bytes=20_000), first)
+    assert {k: v.data_ptr() for k, v in snn.workspace.items()} == kept, "reused, not reallocated"
+    torch.testing.assert_close(snn(x[:3], 20), first[:, :3], rtol=0, atol=1e-6)  # new batch
+    snn.double()
+    x64 = x.double()
+    assert snn(x64, 20).dtype == torch.float64
+    torch.testing.assert_close(snn(x64, 20), snn.stepwise(x64, 20), rtol=0, atol=1e-9)
+    assert copy.deepcopy(snn).workspace == {} and snn.workspace

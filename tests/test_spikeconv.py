@@ -60,6 +60,23 @@ def test_scalar_amplitude_and_cached_table_follows_weights():
     assert not torch.allclose(first, spikeconv.conv2d(conv, x, amp))
 
 
+def test_writes_into_a_given_buffer_only_when_it_fits():
+    torch.manual_seed(0)
+    conv = nn.Conv2d(16, 24, 3, padding=1)
+    amp = torch.ones(16)
+    x = spike_map(3, 16, 8, 8, amp)
+    want = spikeconv.conv2d(conv, x, amp)
+    buf = torch.full((5, 24, 8, 8), float("nan")).contiguous(memory_format=torch.channels_last)
+    got = spikeconv.conv2d(conv, x, amp, out=buf)
+    assert got.data_ptr() == buf.data_ptr() and torch.equal(got, want)  # first 3 rows of buf
+    for wrong in (buf[:2], torch.empty(5, 24, 8, 8),  # too few rows; not channels_last
+                  torch.empty(5, 24, 8, 8, dtype=torch.float64).contiguous(
+                      memory_format=torch.channels_last),
+                  torch.empty(5, 24, 7, 8).contiguous(memory_format=torch.channels_last)):
+        got = spikeconv.conv2d(conv, x, amp, out=wrong)
+        assert got.data_ptr() != wrong.data_ptr() and torch.equal(got, want)
+
+
 def test_refuses_what_it_cannot_do():
     torch.manual_seed(0)
     amp = torch.ones(8)
@@ -86,7 +103,7 @@ def test_simulation_uses_lookup_where_it_applies(monkeypatch):
     x = torch.randn(8, 3, 32, 32).contiguous(memory_format=torch.channels_last)
     calls = []
     real = spikeconv.conv2d
-    monkeypatch.setattr(spikeconv, "conv2d", lambda *a: calls.append(real(*a)) or calls[-1])
+    monkeypatch.setattr(spikeconv, "conv2d", lambda *a, **k: calls.append(real(*a, **k)) or calls[-1])
     fast = snn(x, 16)
     assert sum(c is not None for c in calls) >= 18  # every spike-fed conv, every chunk
     del calls[:]

@@ -28,7 +28,9 @@ class SpikingNetwork(nn.Module):
     Attributes: ``ann`` (the inference-form ANN the SNN mirrors: BN folded, dropout removed),
     ``graph`` (the SNN: ``ann``'s graph with IF layers in place of activations, sharing its
     weights), ``layers`` (IF layers by the name of the activation node they replace), ``shift``,
-    ``readout``, ``threshold``, ``notes`` (what conversion changed).
+    ``readout``, ``threshold``, ``notes`` (what conversion changed), ``workspace`` (output
+    buffers kept from the last simulation for the next, at most about its chunk's bytes;
+    ``snn.workspace.clear()`` frees them; never saved or copied).
     """
 
     def __init__(self, ann: fx.GraphModule, graph: fx.GraphModule, *, shift: str, readout: str,
@@ -37,6 +39,10 @@ class SpikingNetwork(nn.Module):
         self.ann, self.graph = ann, graph
         self.shift, self.readout, self.threshold = shift, readout, threshold
         self.notes, self.input_shape = list(notes), input_shape
+        self.workspace: dict[str, torch.Tensor] = {}
+
+    def __getstate__(self):
+        return {**self.__dict__, "workspace": {}}  # buffers are scratch: not pickled or deep-copied
 
     @property
     def layers(self) -> dict[str, IFNeurons]:
@@ -75,7 +81,7 @@ class SpikingNetwork(nn.Module):
         """Readout after every step t = 1..T, [T, batch, ...]; ``on_mark(t)`` runs after each
         step t in ``marks`` (the IF layers' ``spike_count`` then holds the counts up to t)."""
         self.check_input(x, T)
-        return simulate(self.graph, x, T, max_chunk_bytes, marks, on_mark)
+        return simulate(self.graph, x, T, max_chunk_bytes, marks, on_mark, self.workspace)
 
     def stepwise(self, x: torch.Tensor, T: int) -> torch.Tensor:
         """Same as ``forward`` by a plain loop over time steps (the reference implementation)."""

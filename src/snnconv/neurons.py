@@ -119,7 +119,8 @@ class IFNeurons(nn.Module):
             self.recorded.append(current.expand(steps, *one.shape).clone() if constant
                                  else current.clone())
         b = self.bias(v_th)
-        if out is None or out.shape != (steps,) + one.shape or out.stride()[1:] != one.stride():
+        if (out is None or out.shape != (steps,) + one.shape or out.stride()[1:] != one.stride()
+                or out.dtype != one.dtype or out.device != one.device):
             out = _empty_steps(one, steps)
         v = self.v
         if fused.usable(current, constant, addend, v, out, v_th) and fused.scan_available(v.device):

@@ -106,9 +106,12 @@ def applies(conv: nn.Module, x: torch.Tensor) -> bool:
     return size <= MAX_TABLE_BYTES and fused.kernel() is not None
 
 
-def conv2d(conv: nn.Conv2d, x: torch.Tensor, amp: torch.Tensor) -> torch.Tensor | None:
+def conv2d(conv: nn.Conv2d, x: torch.Tensor, amp: torch.Tensor,
+           out: torch.Tensor | None = None) -> torch.Tensor | None:
     """conv(x) for a spike map x (values 0 or amp[c]) in channels_last, or None when the kernel
-    does not apply or x turns out not to be a spike map (then use conv(x))."""
+    does not apply or x turns out not to be a spike map (then use conv(x)). Written into ``out``
+    when it has at least as many rows and the same shape otherwise (a reused buffer saves the
+    page faults of fresh memory); the result is then a view of it."""
     if not applies(conv, x):
         return None
     n, c_in, h, w = x.shape
@@ -119,7 +122,12 @@ def conv2d(conv: nn.Conv2d, x: torch.Tensor, amp: torch.Tensor) -> torch.Tensor 
     ho, wo = (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1
     if ho < 1 or wo < 1:
         return None
-    out = torch.empty((n, c_out, ho, wo), memory_format=torch.channels_last)
+    if (out is not None and out.shape[0] >= n and out.shape[1:] == (c_out, ho, wo)
+            and out.dtype == torch.float32 and out.device.type == "cpu"
+            and out.is_contiguous(memory_format=torch.channels_last)):
+        out = out[:n]
+    else:
+        out = torch.empty((n, c_out, ho, wo), memory_format=torch.channels_last)
     with torch.profiler.record_function("snnconv::spike_conv2d (lookup)"):
         bad = fused.kernel().spike_conv2d_f32(
             x.data_ptr(), n, c_in, h, w, amp.data_ptr(), table.data_ptr(), nv, gb, gr, c_out, kh, kw,
