@@ -4,11 +4,13 @@ import copy
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 import snnconv
 from conftest import DEVICE
 from nets import random_nets
+from snnconv.simulate import _is_zero_pad, _pad_into
 
 NETS = random_nets()
 
@@ -127,3 +129,31 @@ def test_workspace_is_reused_and_never_goes_stale():
     assert snn(x64, 20).dtype == torch.float64
     torch.testing.assert_close(snn(x64, 20), snn.stepwise(x64, 20), rtol=0, atol=1e-9)
     assert copy.deepcopy(snn).workspace == {} and snn.workspace
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last", "strided channels_last"])
+def test_zero_pad_into_a_kept_buffer_equals_f_pad(layout):
+    x = torch.randn(4, 6, 10, 10)
+    if layout != "contiguous":
+        x = x.contiguous(memory_format=torch.channels_last)
+    if layout.startswith("strided"):
+        x = x[:, :, ::2, ::2]  # ResNet's option-A shortcut
+    pad = (0, 1, 2, 0, 3, 3)
+    want = F.pad(x, pad)
+    got = _pad_into(x, pad, None)
+    assert torch.equal(got, want) and got.stride() == want.stride()
+    again = _pad_into(-x, pad, got)
+    assert again.data_ptr() == got.data_ptr() and torch.equal(again, F.pad(-x, pad))
+    assert _pad_into(x[:2], pad, got).data_ptr() != got.data_ptr()  # another shape: new memory
+
+
+def test_only_zero_padding_takes_the_kept_buffer():
+    gm = torch.fx.symbolic_trace(nn.Identity())
+    node = next(iter(gm.graph.nodes))
+    x = torch.randn(2, 3, 4, 4)
+    pad_node = gm.graph.call_function(F.pad, (node, (1, 1)))
+    assert _is_zero_pad(pad_node, (x, (1, 1)), {})
+    assert _is_zero_pad(pad_node, (x, (1, 1)), {"mode": "constant", "value": 0.0})
+    assert not _is_zero_pad(pad_node, (x, (1, 1)), {"value": 1.0})
+    assert not _is_zero_pad(pad_node, (x, (1, 1)), {"mode": "reflect"})
+    assert not _is_zero_pad(pad_node, (x, (-1, 1)), {})

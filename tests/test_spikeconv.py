@@ -128,3 +128,99 @@ def test_per_channel_thresholds_give_per_channel_amplitudes():
     with torch.no_grad():
         torch.testing.assert_close(spikeconv.conv2d(conv, spikes, layer.v_th), conv(spikes),
                                    rtol=0, atol=1e-5)
+
+
+def test_partial_last_input_block(monkeypatch):
+    """Input blocks of GR groups, the last one shorter (the table pads it with zero groups)."""
+    monkeypatch.setattr(spikeconv, "TABLE8_BYTES", 0)  # 4-bit groups
+    monkeypatch.setattr(spikeconv, "TABLE_BYTES", 9 * 16 * 64 * 5)  # 5 groups per block
+    conv = nn.Conv2d(70, 16, 3, padding=1)  # 18 groups = 5 + 5 + 5 + 3
+    assert spikeconv.plan(70, 16, 9) == (4, 1, 5)
+    amp = torch.ones(70)
+    x = spike_map(3, 70, 7, 7, amp)
+    with torch.no_grad():
+        torch.testing.assert_close(spikeconv.conv2d(conv, x, amp), conv(x), rtol=0, atol=1e-5)
+
+
+def chunks_of_spikes(steps, batch, c_in, size, amp, seed):
+    return [spike_map(c * batch, c_in, size, size, amp, seed=seed + i) for i, c in enumerate(steps)]
+
+
+@pytest.mark.parametrize("c_in,c_out,size,stride,table_bytes", [
+    (16, 24, 6, 1, None),       # 8-bit groups, a partial output block
+    (32, 64, 8, 2, None),       # strided, several samples per tile
+    (70, 16, 5, 1, 9 * 16 * 64 * 5),  # 4-bit groups in input blocks of partial sums
+])
+@pytest.mark.parametrize("shift", ["bias", "membrane"])
+@pytest.mark.parametrize("with_addend", [False, True])
+def test_conv_and_if_in_one_pass_equal_the_two_apart(monkeypatch, c_in, c_out, size, stride,
+                                                     table_bytes, shift, with_addend):
+    """IFNeurons.scan_conv (lookup conv + IF update in one kernel) gives bit for bit the spikes,
+    membranes and counts of the lookup conv followed by the IF scan, chunk after chunk."""
+    if table_bytes:
+        monkeypatch.setattr(spikeconv, "TABLE8_BYTES", 0)
+        monkeypatch.setattr(spikeconv, "TABLE_BYTES", table_bytes)
+    torch.manual_seed(0)
+    conv = nn.Conv2d(c_in, c_out, 3, stride, 1)
+    with torch.no_grad():
+        conv.weight.mul_(3)  # currents of a few V_th: many spikes
+    amp, batch, steps = torch.full((c_in,), 0.8), 6, [1, 3, 4]
+    fused_layer, apart = IFNeurons(0.7, shift), IFNeurons(0.7, shift)
+    fused_layer.reset(sum(steps))
+    apart.reset(sum(steps))
+    for c, x in zip(steps, chunks_of_spikes(steps, batch, c_in, size, amp, seed=1)):
+        shape = spikeconv.output_shape(conv, x)
+        add = (torch.randn(shape).contiguous(memory_format=torch.channels_last) if with_addend
+               else None)
+        got = fused_layer.scan_conv(conv, x, amp, c, addend=add)
+        assert got is not None, "the fused kernel applies"
+        cur = spikeconv.conv2d(conv, x, amp).view(c, batch, *shape[1:])
+        want = apart.scan(cur, c, addend=None if add is None else add.view(cur.shape))
+        assert torch.equal(got, want)
+    assert 0 < fused_layer.spike_count.sum() < sum(steps) * fused_layer.spike_count.numel()
+    assert torch.equal(fused_layer.v, apart.v)
+    assert torch.equal(fused_layer.spike_count, apart.spike_count)
+    assert fused_layer.t == apart.t == sum(steps)
+
+
+def test_scan_conv_declines_without_touching_state(monkeypatch):
+    conv = nn.Conv2d(16, 16, 3, padding=1)
+    amp = torch.ones(16)
+    x = spike_map(2 * 4, 16, 6, 6, amp)
+    per_channel = IFNeurons(torch.linspace(0.5, 1.5, 16))
+    per_channel.reset(4)
+    assert per_channel.scan_conv(conv, x, amp, 2) is None  # the kernel takes one scalar V_th
+    recording = IFNeurons(1.0)
+    recording.reset(4)
+    recording.record = True
+    assert recording.scan_conv(conv, x, amp, 2) is None  # the currents must be kept
+    layer = IFNeurons(1.0, "membrane")
+    layer.reset(4)
+    layer.scan_conv(conv, x, amp, 2)
+    before = layer.v.clone(), layer.spike_count.clone(), layer.t
+    not_spikes = x.clone()
+    not_spikes[5, 3, 2, 2] = 0.5
+    assert layer.scan_conv(conv, not_spikes, amp, 2) is None
+    assert layer.scan_conv(conv, x.contiguous(), amp, 2) is None  # not channels_last
+    assert torch.equal(layer.v, before[0]) and torch.equal(layer.spike_count, before[1])
+    assert layer.t == before[2]
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 8)
+    assert layer.scan_conv(conv, x, amp, 2) is None  # 4 samples cannot keep 8 threads busy
+
+
+def test_simulation_fuses_convs_into_their_if_layers(monkeypatch):
+    """ResNet-20: every conv read only by an IF layer (directly or through the residual add)
+    runs fused with it, and the simulation equals the one with the two apart, bit for bit."""
+    torch.manual_seed(0)
+    snn = snnconv.convert(models.build("resnet20").eval(), shift="membrane")
+    snn = snn.to(memory_format=torch.channels_last)
+    x = torch.randn(8, 3, 32, 32).contiguous(memory_format=torch.channels_last)
+    calls = []
+    real = IFNeurons.scan_conv
+    monkeypatch.setattr(IFNeurons, "scan_conv",
+                        lambda self, *a, **k: calls.append(real(self, *a, **k)) or calls[-1])
+    fused_run = snn(x, 12, max_chunk_bytes=20_000_000)
+    chunks = len(calls) // 18
+    assert chunks >= 2 and len(calls) == 18 * chunks and all(c is not None for c in calls)
+    monkeypatch.setattr(IFNeurons, "scan_conv", lambda self, *a, **k: None)
+    assert torch.equal(fused_run, snn(x, 12, max_chunk_bytes=20_000_000))

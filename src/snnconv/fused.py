@@ -45,9 +45,10 @@ SOURCE = r"""
 // firing thresholds, out: [steps, n]. Per step k, with I = current (+ addend, rounded first, as a
 // separate add would): v += I; s = v >= theta[k]; v -= s * vth; out = s * vth; count += s.
 // Tensors are dense with identical element order (any memory format).
+// in and o may be the same buffer (the lookup convolution's epilogue overwrites its current).
 template <typename T, bool ADD>
-static void block(const T* __restrict__ in, const T* __restrict__ ad, T* __restrict__ v,
-                  T* __restrict__ o, T* __restrict__ count, T th, T vth, int64_t len) {
+static void block(const T* in, const T* __restrict__ ad, T* __restrict__ v, T* o,
+                  T* __restrict__ count, T th, T vth, int64_t len) {
   for (int64_t i = 0; i < len; ++i) {  // branch-free, so it vectorises
     T x = ADD ? v[i] + (in[i] + ad[i]) : v[i] + in[i];
     T s = static_cast<T>(x >= th);
@@ -77,9 +78,14 @@ static void scan(const T* cur, int constant, const T* add, T* v, const T* theta,
 }
 
 // ---- Convolution of spike maps by table lookup (spikeconv.py builds the tables) ----
-typedef float v8 __attribute__((vector_size(32)));
-static inline v8 ld8(const float* p) { v8 r; std::memcpy(&r, p, sizeof r); return r; }
-static inline void st8(float* p, v8 r) { std::memcpy(p, &r, sizeof r); }
+typedef float v16 __attribute__((vector_size(64)));  // 16 lanes: one zmm, or two ymm on AVX2
+static inline v16 ld16(const float* p) { v16 r; std::memcpy(&r, p, sizeof r); return r; }
+static inline void st16(float* p, v16 r) { std::memcpy(p, &r, sizeof r); }
+#ifdef __AVX512F__
+static constexpr int ACC = 16;  // v16 accumulators that fit the 32 zmm registers with room
+#else
+static constexpr int ACC = 4;   // 8 of the 16 ymm registers
+#endif
 
 // Masks of one pixel's C channels in groups of GB (4 or 8) bits: bit b of m[g] is set iff
 // x[g*GB + b] != 0. False if a nonzero value is not its channel's amplitude amp[c] (the input
@@ -87,6 +93,17 @@ static inline void st8(float* p, v8 r) { std::memcpy(p, &r, sizeof r); }
 static inline bool spike_masks(const float* x, const float* amp, int C, int GB, uint8_t* m) {
   int c = 0;
   bool ok = true;
+#ifdef __AVX512F__
+  const __m512 zero16 = _mm512_setzero_ps();
+  for (; c + 16 <= C; c += 16) {
+    __m512 v = _mm512_loadu_ps(x + c);
+    __mmask16 nz = _mm512_cmp_ps_mask(v, zero16, _CMP_NEQ_UQ);
+    ok &= _mm512_mask_cmp_ps_mask(nz, v, _mm512_loadu_ps(amp + c), _CMP_NEQ_UQ) == 0;
+    unsigned k = nz;
+    if (GB == 8) { m[c / 8] = k & 255; m[c / 8 + 1] = k >> 8; }
+    else for (int i = 0; i < 4; ++i) m[c / 4 + i] = (k >> (4 * i)) & 15;
+  }
+#endif
 #ifdef __AVX2__
   const __m256 zero = _mm256_setzero_ps();
   for (; c + 8 <= C; c += 8) {
@@ -110,89 +127,148 @@ static inline bool spike_masks(const float* x, const float* amp, int C, int GB, 
   return ok;
 }
 
-struct LutGeom {  // one convolution's shape; G = mask groups per pixel, E = 2^GB patterns
-  int G, E, H, W, KH, KW, sh, sw, ph, pw, Ho, Wo, Cout;
+// One convolution's shape. Masks are stored per image as [Hp][Wp][G] bytes with a zero border
+// of the padding's width, so every tap reads a mask (the all-zero pattern's table row is 0 and
+// adds nothing): no bounds tests in the inner loops. tap_off[t] = (kh*Wp + kw)*G.
+struct LutGeom {
+  int G, GR, E, Hp, Wp, taps, sh, sw, Ho, Wo, Cout;
+  const int64_t* tap_off;
 };
 
-// One block of L = 8*NV output channels [co, co+cw) and of input groups [g0, g0+gn), for one
-// image: sum = over the taps (kh,kw) inside the image and groups g of
-// table[kh*KW+kw][g-g0][mask(hi,wi,g)][0..L); out = bias + sum for the first group block, else
-// out += sum. S independent partial sums (over groups) hide the add latency.
-template <int NV, int S>
-static void lut_block(const float* table, const uint8_t* m, const LutGeom& q, int g0, int gn,
-                      const float* bias, int cw, bool accumulate, float* on) {
-  constexpr int L = 8 * NV;
-  for (int ho = 0; ho < q.Ho; ++ho)
-    for (int wo = 0; wo < q.Wo; ++wo) {
-      v8 a[S][NV] = {};
-      const int hi0 = ho * q.sh - q.ph, wi0 = wo * q.sw - q.pw;
-      for (int kh = std::max(0, -hi0); kh < std::min(q.KH, q.H - hi0); ++kh)
-        for (int kw = std::max(0, -wi0); kw < std::min(q.KW, q.W - wi0); ++kw) {
-          const uint8_t* mp = m + ((int64_t)(hi0 + kh) * q.W + wi0 + kw) * q.G + g0;
-          const float* t = table + (int64_t)(kh * q.KW + kw) * gn * q.E * L;
-          int g = 0;
-          for (; g + S <= gn; g += S)
-            for (int s = 0; s < S; ++s) {
-              const float* r = t + ((int64_t)(g + s) * q.E + mp[g + s]) * L;
-              for (int j = 0; j < NV; ++j) a[s][j] += ld8(r + 8 * j);
-            }
-          for (; g < gn; ++g) {
-            const float* r = t + ((int64_t)g * q.E + mp[g]) * L;
-            for (int j = 0; j < NV; ++j) a[0][j] += ld8(r + 8 * j);
-          }
-        }
-      for (int s = 1; s < S; ++s)
-        for (int j = 0; j < NV; ++j) a[0][j] += a[s][j];
-      float* o = on + ((int64_t)ho * q.Wo + wo) * q.Cout;
+// P output pixels of a row at once (consecutive wo), one block of L = 16*NV output channels and
+// of input groups [g0, g0+gn), gn <= GR (mp points at the first pixel's window corner, group g0):
+// sum = over taps t and groups g of table[t][g][mask][0..L), out = bias + sum for the first
+// input block, else out += sum. The P*NV accumulators are independent, which keeps many table
+// loads in flight.
+template <int NV, int P>
+static inline void lut_pixels(const float* table, const uint8_t* mp, const LutGeom& q, int gn,
+                              const float* bias, int cw, bool accumulate, float* o) {
+  constexpr int L = 16 * NV;
+  v16 a[P][NV] = {};
+  const int64_t step = (int64_t)q.sw * q.G, rows = (int64_t)q.E * L;
+  for (int t = 0; t < q.taps; ++t) {
+    const uint8_t* m = mp + q.tap_off[t];
+    const float* tt = table + t * q.GR * rows;  // a block holds GR groups (zero-padded)
+    for (int g = 0; g < gn; ++g, tt += rows)
+      for (int p = 0; p < P; ++p) {
+        const float* r = tt + (int64_t)m[p * step + g] * L;
+        for (int j = 0; j < NV; ++j) a[p][j] += ld16(r + 16 * j);
+      }
+  }
+  for (int p = 0; p < P; ++p) {
+    float* op = o + (int64_t)p * q.Cout;
+    if (cw == L) {
+      for (int j = 0; j < NV; ++j)
+        st16(op + 16 * j, accumulate ? ld16(op + 16 * j) + a[p][j] : a[p][j] + ld16(bias + 16 * j));
+    } else {
       float tmp[L];
-      for (int j = 0; j < NV; ++j) st8(tmp + 8 * j, a[0][j]);
+      for (int j = 0; j < NV; ++j) st16(tmp + 16 * j, a[p][j]);
       if (accumulate)
-        for (int k = 0; k < cw; ++k) o[k] += tmp[k];
+        for (int k = 0; k < cw; ++k) op[k] += tmp[k];
       else
-        for (int k = 0; k < cw; ++k) o[k] = tmp[k] + bias[k];
+        for (int k = 0; k < cw; ++k) op[k] = tmp[k] + bias[k];
     }
+  }
 }
 
-typedef void (*lut_fn)(const float*, const uint8_t*, const LutGeom&, int, int, const float*, int,
-                       bool, float*);
-#define LUT_ROW(NV) {lut_block<NV, 1>, lut_block<NV, 2>, lut_block<NV, 4>}
-static const lut_fn lut_blocks[9][3] = {{}, LUT_ROW(1), LUT_ROW(2), LUT_ROW(3), LUT_ROW(4),
-                                        LUT_ROW(5), LUT_ROW(6), LUT_ROW(7), LUT_ROW(8)};
+// One image (masks m at group g0, output on at channel co).
+template <int NV>
+static void lut_image(const float* table, const uint8_t* m, const LutGeom& q, int gn,
+                      const float* bias, int cw, bool accumulate, float* on) {
+  constexpr int P = ACC / NV > 8 ? 8 : (ACC / NV < 1 ? 1 : ACC / NV);
+  for (int ho = 0; ho < q.Ho; ++ho) {
+    const uint8_t* mrow = m + (int64_t)ho * q.sh * q.Wp * q.G;
+    float* orow = on + (int64_t)ho * q.Wo * q.Cout;
+    int wo = 0;
+    for (; wo + P <= q.Wo; wo += P)
+      lut_pixels<NV, P>(table, mrow + (int64_t)wo * q.sw * q.G, q, gn, bias, cw, accumulate,
+                        orow + (int64_t)wo * q.Cout);
+    for (; wo < q.Wo; ++wo)
+      lut_pixels<NV, 1>(table, mrow + (int64_t)wo * q.sw * q.G, q, gn, bias, cw, accumulate,
+                        orow + (int64_t)wo * q.Cout);
+  }
+}
+
+typedef void (*lut_fn)(const float*, const uint8_t*, const LutGeom&, int, const float*, int, bool,
+                       float*);
+static const lut_fn lut_images[5] = {nullptr, lut_image<1>, lut_image<2>, lut_image<3>,
+                                     lut_image<4>};
+
+// The IF layer fed by the convolution, updated in the same pass: images are n = k*batch + b
+// (step k, sample b), v and count are [batch][Ho][Wo][Cout], theta [steps]. After image n's
+// current is complete, out[n] = IF(current (+ addend[n])) exactly as the scan computes it.
+struct Fire {
+  const float* addend;
+  float *v, *count;
+  const float* theta;
+  float vth;
+  int64_t batch, steps;
+};
 
 // x [N,H,W,C] spike maps (channels_last), amp [C] spike amplitudes, bias [Cout],
-// out [N,Ho,Wo,Cout], table [ceil(Cout/L)][ceil(G/GR)][KH*KW][GR][2^GB][L] with L = 8*NV and
+// out [N,Ho,Wo,Cout], table [ceil(Cout/L)][ceil(G/GR)][KH*KW][GR][2^GB][L] with L = 16*NV and
 // G = ceil(C/GB): output block b covers channels [b*L, min(Cout, (b+1)*L)), input block c the
-// groups [c*GR, min(G, (c+1)*GR)). Returns 0, or 1 if x holds a value that is neither 0 nor its
-// channel's amplitude (out is then incomplete).
+// groups [c*GR, min(G, (c+1)*GR)). With fire, out then holds the IF layer's spikes (N = steps *
+// batch). Returns 0, or 1 if x holds a value that is neither 0 nor its channel's amplitude
+// (out, and fire's state, are then untouched).
 static int spike_conv2d(const float* x, int64_t N, int C, int H, int W, const float* amp,
                         const float* table, int NV, int GB, int GR, int Cout, int KH, int KW,
                         int sh, int sw, int ph, int pw, const float* bias, float* out, int Ho,
-                        int Wo, int threads) {
-  const int G = (C + GB - 1) / GB, L = 8 * NV, E = 1 << GB, cblocks = (G + GR - 1) / GR;
-  const LutGeom q{G, E, H, W, KH, KW, sh, sw, ph, pw, Ho, Wo, Cout};
-  const int64_t tblock = (int64_t)KH * KW * GR * E * L;
-  const int sets = (GR >= 4 && NV <= 3) ? 2 : (GR >= 2 && NV <= 6 ? 1 : 0);  // 16 registers
-  const lut_fn fn = lut_blocks[NV][sets];
-  const int64_t pix = (int64_t)H * W;
-  std::vector<uint8_t> m((size_t)(N * pix * G));
+                        int Wo, int threads, const Fire* fire) {
+  const int G = (C + GB - 1) / GB, L = 16 * NV, E = 1 << GB, cblocks = (G + GR - 1) / GR;
+  const int Hp = H + 2 * ph, Wp = W + 2 * pw;
+  std::vector<int64_t> tap_off;
+  for (int kh = 0; kh < KH; ++kh)
+    for (int kw = 0; kw < KW; ++kw) tap_off.push_back(((int64_t)kh * Wp + kw) * G);
+  const LutGeom q{G, GR, E, Hp, Wp, KH * KW, sh, sw, Ho, Wo, Cout, tap_off.data()};
+  const int64_t tblock = (int64_t)KH * KW * GR * E * L, mimg = (int64_t)Hp * Wp * G;
+  const int64_t opix = (int64_t)Ho * Wo * Cout;
+  const lut_fn fn = lut_images[NV];
+  thread_local std::vector<uint8_t> masks;  // kept between calls: no fresh pages each time
+  if ((int64_t)masks.size() < N * mimg) masks.resize(N * mimg);
+  uint8_t* mk = masks.data();
   int bad = 0;
 #pragma omp parallel for schedule(static) num_threads(threads) reduction(|| : bad)
-  for (int64_t n = 0; n < N; ++n)
-    for (int64_t p = 0; p < pix; ++p)
-      bad |= !spike_masks(x + (n * pix + p) * C, amp, C, GB, m.data() + (n * pix + p) * G);
+  for (int64_t n = 0; n < N; ++n) {
+    uint8_t* mi = mk + n * mimg;
+    std::memset(mi, 0, mimg);
+    for (int h = 0; h < H; ++h)
+      for (int w = 0; w < W; ++w)
+        bad |= !spike_masks(x + ((n * H + h) * W + w) * C, amp, C, GB,
+                            mi + ((int64_t)(h + ph) * Wp + w + pw) * G);
+  }
   if (bad) return 1;
-  // tiles of images whose outputs share each table block (a small image alone would reload the
-  // whole table from memory for a handful of pixels)
-  const int64_t tile = std::max<int64_t>(1, 512 / ((int64_t)Ho * Wo));
-  const int64_t tiles = (N + tile - 1) / tile;
+  const int64_t batch = fire ? fire->batch : N, steps = fire ? fire->steps : 1;
+  // tiles of samples whose images share each table block (a small image alone would reload the
+  // whole table from memory for a handful of pixels); with fire, a tile runs its steps in order
+  int64_t tile = std::max<int64_t>(1, 512 / ((int64_t)Ho * Wo));
+  if (fire) tile = std::max<int64_t>(1, std::min(tile, batch / std::max(threads, 1)));
+  const int64_t tiles = (batch + tile - 1) / tile;
 #pragma omp parallel for schedule(static) num_threads(threads)
-  for (int64_t t = 0; t < tiles; ++t)
-    for (int b = 0, co = 0; co < Cout; ++b, co += L)
-      for (int c = 0; c < cblocks; ++c)
-        for (int64_t n = t * tile; n < std::min(N, (t + 1) * tile); ++n)
-          fn(table + (int64_t)(b * cblocks + c) * tblock, m.data() + n * pix * G, q, c * GR,
-             std::min(GR, G - c * GR), bias + co, std::min(L, Cout - co), c > 0,
-             out + n * (int64_t)Ho * Wo * Cout + co);
+  for (int64_t t = 0; t < tiles; ++t) {
+    const int64_t s0 = t * tile, s1 = std::min(batch, s0 + tile);
+    for (int64_t k = 0; k < steps; ++k) {
+      for (int b = 0, co = 0; co < Cout; ++b, co += L)
+        for (int c = 0; c < cblocks; ++c)
+          for (int64_t s = s0; s < s1; ++s) {
+            const int64_t n = k * batch + s;
+            fn(table + (int64_t)(b * cblocks + c) * tblock, mk + n * mimg + c * GR, q,
+               std::min(GR, G - c * GR), bias + co, std::min(L, Cout - co), c > 0,
+               out + n * opix + co);
+          }
+      if (fire)
+        for (int64_t s = s0; s < s1; ++s) {
+          const int64_t n = k * batch + s;
+          if (fire->addend)
+            block<float, true>(out + n * opix, fire->addend + n * opix, fire->v + s * opix,
+                               out + n * opix, fire->count + s * opix, fire->theta[k], fire->vth,
+                               opix);
+          else
+            block<float, false>(out + n * opix, nullptr, fire->v + s * opix, out + n * opix,
+                                fire->count + s * opix, fire->theta[k], fire->vth, opix);
+        }
+    }
+  }
   return 0;
 }
 
@@ -209,9 +285,11 @@ void if_scan_f64(const double* cur, int constant, const double* add, double* v,
 int spike_conv2d_f32(const float* x, int64_t N, int C, int H, int W, const float* amp,
                      const float* table, int NV, int GB, int GR, int Cout, int KH, int KW, int sh,
                      int sw, int ph, int pw, const float* bias, float* out, int Ho, int Wo,
-                     int threads) {
+                     int threads, const float* addend, float* v, float* count,
+                     const float* theta, float vth, int64_t batch, int64_t steps) {
+  const Fire fire{addend, v, count, theta, vth, batch, steps};
   return spike_conv2d(x, N, C, H, W, amp, table, NV, GB, GR, Cout, KH, KW, sh, sw, ph, pw, bias,
-                      out, Ho, Wo, threads);
+                      out, Ho, Wo, threads, v ? &fire : nullptr);
 }
 }
 """
@@ -260,7 +338,8 @@ def _build() -> ctypes.CDLL:
         getattr(dll, name).restype = None
     i, p = ctypes.c_int, ctypes.c_void_p
     dll.spike_conv2d_f32.argtypes = [p, ctypes.c_int64, i, i, i, p, p, i, i, i, i, i, i, i, i, i,
-                                     i, p, p, i, i, i]
+                                     i, p, p, i, i, i, p, p, p, p, ctypes.c_float,
+                                     ctypes.c_int64, ctypes.c_int64]
     dll.spike_conv2d_f32.restype = ctypes.c_int
     return dll
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from . import fused
+from . import fused, spikeconv
 
 SHIFTS = ("bias", "membrane", "none")
 
@@ -52,6 +52,7 @@ class IFNeurons(nn.Module):
         self.steps = None          # T of the current simulation
         self.t = 0                 # steps done since reset
         self.v = None              # membrane potential minus t*b, [batch, ...] (see membrane)
+        self._spare = None         # the last simulation's membrane tensor, reused by the next
         self.spike_count = None    # spikes per neuron since reset, [batch, ...]
 
     def extra_repr(self) -> str:
@@ -61,6 +62,8 @@ class IFNeurons(nn.Module):
     def reset(self, steps: int) -> None:
         if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
             raise ValueError(f"T must be an integer >= 1, got {steps!r}")
+        if self.v is not None:
+            self._spare = self.v  # the next simulation's membranes go here: memory already mapped
         self.steps, self.v, self.spike_count, self.recorded, self.t = steps, None, None, [], 0
 
     def threshold_like(self, current: torch.Tensor) -> torch.Tensor:
@@ -87,8 +90,17 @@ class IFNeurons(nn.Module):
             raise RuntimeError("IFNeurons.reset(T) must be called before simulating")
         if self.v is None:
             start = v_th / 2 if self.shift == "membrane" else torch.zeros((), dtype=like.dtype)
-            self.v = torch.zeros_like(like).add_(start)
+            spare, self._spare = self._spare, None
+            if (spare is None or spare.shape != like.shape or spare.stride() != like.stride()
+                    or spare.dtype != like.dtype or spare.device != like.device):
+                spare = torch.empty_like(like)
+            self.v = spare.zero_().add_(start)
             self.spike_count = torch.zeros_like(like)
+
+    def _thresholds(self, v_th: torch.Tensor, steps: int) -> torch.Tensor:
+        """Firing thresholds of the next ``steps`` steps, V_th - t*b (see ``membrane``)."""
+        done = torch.arange(self.t + 1, self.t + steps + 1, dtype=self.v.dtype, device=self.v.device)
+        return v_th - done * self.bias(v_th)
 
     def step(self, current: torch.Tensor) -> torch.Tensor:
         """One time step: current [batch, ...] -> spikes (amplitude V_th), same shape."""
@@ -124,8 +136,7 @@ class IFNeurons(nn.Module):
             out = _empty_steps(one, steps)
         v = self.v
         if fused.usable(current, constant, addend, v, out, v_th) and fused.scan_available(v.device):
-            steps_done = torch.arange(self.t + 1, self.t + steps + 1, dtype=v.dtype, device=v.device)
-            theta = v_th - steps_done * b  # the loop's thresholds, same rounding
+            theta = self._thresholds(v_th, steps)  # the loop's thresholds, same rounding
             with torch.profiler.record_function("snnconv::if_scan (fused)"):
                 fused.if_scan(current, constant, addend, v, theta, v_th, out, self.spike_count)
             self.t += steps
@@ -138,6 +149,42 @@ class IFNeurons(nn.Module):
         self.t += steps
         self.spike_count.add_(out.sum(0))
         return out.mul_(v_th)
+
+
+    def scan_conv(self, conv: nn.Conv2d, spikes: torch.Tensor, amp: torch.Tensor, steps: int,
+                  out: torch.Tensor | None = None,
+                  addend: torch.Tensor | None = None) -> torch.Tensor | None:
+        """``scan(conv(spikes) viewed [steps, B, ...], steps, out=out, addend=addend)`` with the
+        lookup convolution (spikeconv.py) and this layer's update in one pass: spikes
+        [steps*B, C, H, W] are the previous IF layer's output (amplitudes ``amp``), channels_last.
+        The same numbers, bit for bit, as the lookup convolution followed by ``scan``. Returns
+        None, having changed nothing, where the fused kernel does not apply (recording,
+        per-channel V_th, fewer samples than threads, layouts it does not take, not a spike map)."""
+        n = spikes.shape[0] if spikes.dim() == 4 else 0
+        if (self.record or self.v_th.dim() or n == 0 or n % steps
+                or n // steps < torch.get_num_threads() or not spikeconv.applies(conv, spikes)):
+            return None
+        shape = spikeconv.output_shape(conv, spikes)
+        one = (n // steps, *shape[1:])
+        if self.v is None:
+            like = torch.empty(one, memory_format=torch.channels_last)
+            self._start(like, self.threshold_like(like))
+        v, v_th = self.v, self.threshold_like(self.v)
+        if out is None or out.shape != (steps, *one) or out.stride()[1:] != v.stride():
+            out = torch.empty(shape, memory_format=torch.channels_last).view(steps, *one)
+        if addend is not None:
+            if addend.shape != shape:
+                return None
+            addend = addend.view(steps, *one)
+        if not fused.usable(out, False, addend, v, out, v_th):
+            return None
+        theta = self._thresholds(v_th, steps)
+        fire = (v, self.spike_count, theta, v_th.item(), addend, steps)
+        done = spikeconv.conv2d(conv, spikes, amp, out=out.view(shape), fire=fire)
+        if done is None:
+            return None
+        self.t += steps
+        return done.view(steps, *one)
 
 
 def _empty_steps(one: torch.Tensor, steps: int) -> torch.Tensor:

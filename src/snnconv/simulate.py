@@ -19,8 +19,10 @@ s (the last linear layer's current with readout="current", V_th-amplitude spikes
 from __future__ import annotations
 
 import operator
+from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import fx, nn
 
 from . import spikeconv
@@ -41,6 +43,15 @@ def default_chunk_bytes(device: torch.device) -> int:
 
 
 ADDS = (operator.add, torch.add)  # a + b nodes the IF scan can take as its two inputs
+
+
+@dataclass(frozen=True)
+class _Pending:
+    """A convolution of spikes (node, its input, its output shape) left for the IF layer that
+    reads it, which runs both in one pass (IFNeurons.scan_conv)."""
+    node: fx.Node
+    x: torch.Tensor
+    shape: tuple
 
 
 class SimulationError(RuntimeError):
@@ -73,6 +84,39 @@ def _call(node, args, kwargs, modules):
     except Exception as err:
         shapes = [tuple(a.shape) for a in args if torch.is_tensor(a)]
         raise SimulationError(f"node '{node.name}' failed on input shape(s) {shapes}: {err}") from err
+
+
+def _is_zero_pad(node: fx.Node, args, kwargs) -> bool:
+    """An F.pad node that adds zeros (constant mode, value 0 or None, no negative pad)."""
+    if node.op != "call_function" or node.target is not F.pad or len(args) != 2:
+        return False
+    mode, value = kwargs.get("mode", "constant"), kwargs.get("value", None)
+    pad = args[1]
+    return (mode == "constant" and value in (None, 0, 0.0) and set(kwargs) <= {"mode", "value"}
+            and torch.is_tensor(args[0]) and isinstance(pad, (tuple, list))
+            and len(pad) % 2 == 0 and len(pad) // 2 <= args[0].dim()
+            and all(isinstance(p, int) and p >= 0 for p in pad))
+
+
+def _pad_into(x: torch.Tensor, pad, out: torch.Tensor | None) -> torch.Tensor:
+    """F.pad(x, pad) with zeros, as PyTorch computes it (fill, then copy x inside), written into
+    ``out`` when it has the padded shape and x's dtype, device and memory format (a kept buffer
+    saves the page faults of fresh memory: on ResNet-20's option-A shortcuts, 15 ms per chunk)."""
+    shape = list(x.shape)
+    for i in range(len(pad) // 2):
+        shape[-1 - i] += pad[2 * i] + pad[2 * i + 1]
+    st = x.stride()
+    fmt = (torch.channels_last if x.dim() == 4 and st[1] <= st[3] <= st[2] <= st[0]
+           and not x.is_contiguous() else torch.contiguous_format)  # the layout F.pad keeps
+    if (out is None or list(out.shape) != shape or out.dtype != x.dtype or out.device != x.device
+            or not out.is_contiguous(memory_format=fmt)):
+        out = torch.empty(shape, dtype=x.dtype, device=x.device, memory_format=fmt)
+    inside = out
+    for i in range(len(pad) // 2):
+        inside = inside.narrow(x.dim() - 1 - i, pad[2 * i], x.shape[-1 - i])
+    out.zero_()
+    inside.copy_(x)
+    return out
 
 
 def _readout(outputs: list[torch.Tensor]) -> torch.Tensor:
@@ -108,6 +152,8 @@ def simulate(gm: fx.GraphModule, x: torch.Tensor, steps: int,
                  if n.op == "call_function" and n.target in ADDS and not n.kwargs
                  and len(n.args) == 2 and all(a in dynamic for a in n.args)
                  and len(n.users) == 1 and next(iter(n.users)) in neurons}
+    into_fire = {n for n in spike_fed  # convs read only by an IF layer (or its add): fused with it
+                 if len(n.users) == 1 and next(iter(n.users)) in neurons | into_scan}
     last_use = {}
     for n in nodes:
         for a in n.all_input_nodes:
@@ -127,11 +173,25 @@ def simulate(gm: fx.GraphModule, x: torch.Tensor, steps: int,
             env: dict[fx.Node, object] = {}
             step_bytes = 0
 
-            def value(a, widen):
+            def lookup(node, x):
+                """conv(x) for a conv reading spikes: the lookup where it applies, into a kept buffer."""
+                result = spikeconv.conv2d(modules[node.target], x, spike_fed[node].v_th,
+                                          out=buffers.get(node.name))
+                if result is None:
+                    return _call(node, (x,), {}, modules)
+                if node.name not in buffers or result.data_ptr() != buffers[node.name].data_ptr():
+                    buffers[node.name] = result
+                return result
+
+            def value(a, widen, pending=False):
                 """Value of an argument node; a static tensor is repeated over the chunk's steps
-                when it meets time-varying ones (``widen``)."""
+                when it meets time-varying ones (``widen``). A conv left for its IF layer is run
+                here unless the caller takes it as it is (``pending``)."""
                 if a in env:
-                    return env[a]
+                    v = env[a]
+                    if isinstance(v, _Pending) and not pending:
+                        v = env[a] = lookup(v.node, v.x)
+                    return v
                 v = static[a]
                 if widen and torch.is_tensor(v) and v.dim() > 0:
                     v = v.unsqueeze(0).expand(c, *v.shape).reshape(c * v.shape[0], *v.shape[1:])
@@ -155,18 +215,38 @@ def simulate(gm: fx.GraphModule, x: torch.Tensor, steps: int,
                     continue
                 pair = None
                 if node in into_scan:  # a broadcast or mixed add is computed here instead
-                    pair = tuple(value(a, widen=True) for a in node.args)
-                    if not all(torch.is_tensor(t) for t in pair) or pair[0].shape != pair[1].shape \
-                            or pair[0].dtype != pair[1].dtype or pair[0].stride() != pair[1].stride():
+                    pair = [value(a, widen=True, pending=True) for a in node.args]
+                    if isinstance(pair[1], _Pending):
+                        pair.reverse()  # a + b == b + a exactly: the conv goes first
+                    if isinstance(pair[0], _Pending) and not (
+                            torch.is_tensor(pair[1]) and pair[1].dtype == torch.float32
+                            and pair[1].shape == pair[0].shape and pair[1].is_contiguous(
+                                memory_format=torch.channels_last)):
+                        pair = [value(a, widen=True) for a in node.args]  # runs the conv
+                    if not isinstance(pair[0], _Pending) and (
+                            not all(torch.is_tensor(t) for t in pair) or pair[0].shape != pair[1].shape
+                            or pair[0].dtype != pair[1].dtype or pair[0].stride() != pair[1].stride()):
                         pair = None
                 if pair is not None:
-                    result = pair  # a + b, summed by the IF layer that reads it
+                    result = tuple(pair)  # a + b, summed by the IF layer that reads it
                 elif node in neurons:
                     src = node.args[0]
-                    current = value(src, widen=False)
+                    current = value(src, widen=False, pending=True)
                     buf = buffers.get(node.name)
                     buf = buf[:c] if buf is not None and len(buf) >= c else None
-                    if isinstance(current, tuple):
+                    pending, addend = (current if isinstance(current, tuple) else (current, None))
+                    spikes = None
+                    if isinstance(pending, _Pending):
+                        conv_node, spikes_in = pending.node, pending.x
+                        spikes = modules[node.target].scan_conv(
+                            modules[conv_node.target], spikes_in, spike_fed[conv_node].v_th, c,
+                            out=buf, addend=addend)
+                        if spikes is None:
+                            conv_out = lookup(conv_node, spikes_in)
+                            current = conv_out if addend is None else (conv_out, addend)
+                    if spikes is not None:
+                        pass
+                    elif isinstance(current, tuple):
                         a, b = (t.view(c, batch, *t.shape[1:]) for t in current)
                         spikes = modules[node.target].scan(a, c, out=buf, addend=b)
                     elif src in dynamic:
@@ -180,19 +260,23 @@ def simulate(gm: fx.GraphModule, x: torch.Tensor, steps: int,
                 else:
                     args = fx.node.map_arg(node.args, lambda a: value(a, is_dyn))
                     kwargs = fx.node.map_arg(node.kwargs, lambda a: value(a, is_dyn))
-                    result = None
-                    if node in spike_fed:
-                        result = spikeconv.conv2d(modules[node.target], args[0],
-                                                  spike_fed[node].v_th, out=buffers.get(node.name))
-                        if result is not None and (node.name not in buffers or
-                                                   result.data_ptr() != buffers[node.name].data_ptr()):
-                            buffers[node.name] = result
-                    if result is None:
+                    if node in into_fire and torch.is_tensor(args[0]) and args[0].dim() == 4 \
+                            and spikeconv.applies(modules[node.target], args[0]):
+                        result = _Pending(node, args[0],  # run by the IF layer that reads it
+                                          spikeconv.output_shape(modules[node.target], args[0]))
+                    elif node in spike_fed:
+                        result = lookup(node, args[0])
+                    elif is_dyn and _is_zero_pad(node, args, kwargs):
+                        result = _pad_into(args[0], args[1], buffers.get(node.name))
+                        buffers[node.name] = result
+                    else:
                         result = _call(node, args, kwargs, modules)
                 if not is_dyn:
                     static[node] = result
                     continue
-                if torch.is_tensor(result):
+                if isinstance(result, _Pending):
+                    step_bytes += 4 * torch.Size(result.shape).numel() // c
+                elif torch.is_tensor(result):
                     if result.dim() == 0 or result.shape[0] != c * batch:
                         raise SimulationError(
                             f"node '{node.name}' changed the batch dimension (got shape "

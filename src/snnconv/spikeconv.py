@@ -24,6 +24,7 @@ than oneDNN's convolution on this project's AVX2 CPU.
 from __future__ import annotations
 
 import weakref
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -31,34 +32,53 @@ from torch import nn
 
 from . import fused
 
-L2_BYTES = 320 * 1024  # bytes of one table block, which should stay in L2 cache
 MAX_TABLE_BYTES = 64 << 20  # larger tables (very wide layers): use F.conv2d
+
+
+def _l2_bytes() -> int:
+    """Per-core L2 cache size from sysfs; 512 KiB where it cannot be read."""
+    try:
+        for index in sorted(Path("/sys/devices/system/cpu/cpu0/cache").glob("index*")):
+            if (index / "level").read_text().strip() == "2":
+                size = (index / "size").read_text().strip().upper()
+                scale = {"K": 1 << 10, "M": 1 << 20}.get(size[-1:], 1)
+                return int(size.rstrip("KM")) * scale
+    except (OSError, ValueError):
+        pass
+    return 512 << 10
+
+
+# One table block stays in L2 while the masks and outputs stream past it: 60 % of L2 leaves room
+# for them (and, in the fused IF update, for the membranes of the samples in work).
+TABLE_BYTES = int(0.6 * _l2_bytes())
+TABLE8_BYTES = 8 << 20  # an 8-bit-group table up to this size is read from L3 (a share of it)
 
 _tables: "weakref.WeakKeyDictionary[nn.Conv2d, tuple]" = weakref.WeakKeyDictionary()
 
 
 def plan(c_in: int, c_out: int, taps: int) -> tuple[int, int, int]:
-    """(GB, NV, GR): bits per channel group, 8-channel vectors per output block, groups per input
-    block. One (output block, input block) table, taps * GR * 2^GB * 8NV floats, fits in L2; a
-    wide output block (large NV) keeps the per-lookup overhead small. 8-bit groups where all the
-    input fits one block, else 4-bit groups."""
-    nv_max = min(8, -(-c_out // 8))
+    """(GB, NV, GR): bits per channel group, 16-channel vectors per output block (at most 4),
+    groups per input block. 8-bit groups, all input in one block, where the whole table is at
+    most TABLE8_BYTES: half the lookups of 4-bit groups, and measured faster even from L3 (64->64
+    channels at 8x8: 3.9 ms vs 4.8 ms per 512 maps). Else 4-bit groups in input blocks of
+    at most TABLE_BYTES (taps * GR * 16 * 16NV floats each)."""
+    nv = min(4, -(-c_out // 16))
     groups = -(-c_in // 8)
-    if L2_BYTES // (taps * 256 * 32 * nv_max) >= groups:
-        return 8, nv_max, groups
+    if -(-c_out // (16 * nv)) * taps * groups * 256 * 64 * nv <= TABLE8_BYTES:
+        return 8, nv, groups
     groups = -(-c_in // 4)
-    for nv in range(nv_max, 0, -1):
-        gr = L2_BYTES // (taps * 16 * 32 * nv)
+    for nv in range(nv, 0, -1):
+        gr = TABLE_BYTES // (taps * 16 * 64 * nv)
         if gr >= 1:
             return 4, nv, min(gr, groups)
     return 4, 1, 1
 
 
 def lookup_table(weight: torch.Tensor, amp: torch.Tensor, gb: int, nv: int, gr: int) -> torch.Tensor:
-    """[ceil(Cout/L)][ceil(G/GR)][KH*KW][GR][2^GB][L] float32 (L = 8*nv, G = ceil(C/GB)) from
+    """[ceil(Cout/L)][ceil(G/GR)][KH*KW][GR][2^GB][L] float32 (L = 16*nv, G = ceil(C/GB)) from
     weight [Cout, C, KH, KW] and spike amplitudes amp [C]; padded channels and groups are zero."""
     c_out, c_in, kh, kw = weight.shape
-    g, lanes = -(-c_in // gb), 8 * nv
+    g, lanes = -(-c_in // gb), 16 * nv
     cblocks, blocks = -(-g // gr), -(-c_out // lanes)
     patterns = torch.arange(1 << gb)
     bits = ((patterns.view(-1, 1) >> torch.arange(gb)) & 1).to(torch.float64)  # [2^GB, GB]
@@ -102,16 +122,28 @@ def applies(conv: nn.Module, x: torch.Tensor) -> bool:
     c_out, c_in, kh, kw = conv.weight.shape
     gb, nv, gr = plan(c_in, c_out, kh * kw)
     groups = -(-c_in // gb)
-    size = -(-c_out // (8 * nv)) * -(-groups // gr) * kh * kw * gr * (1 << gb) * 32 * nv
+    size = -(-c_out // (16 * nv)) * -(-groups // gr) * kh * kw * gr * (1 << gb) * 64 * nv
     return size <= MAX_TABLE_BYTES and fused.kernel() is not None
 
 
+def output_shape(conv: nn.Conv2d, x: torch.Tensor) -> tuple[int, int, int, int]:
+    """conv(x).shape for a zero-padded Conv2d with dilation 1 (what ``applies`` admits)."""
+    n, _, h, w = x.shape
+    c_out, _, kh, kw = conv.weight.shape
+    (sh, sw), (ph, pw) = conv.stride, conv.padding
+    return n, c_out, (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1
+
+
 def conv2d(conv: nn.Conv2d, x: torch.Tensor, amp: torch.Tensor,
-           out: torch.Tensor | None = None) -> torch.Tensor | None:
+           out: torch.Tensor | None = None, fire: tuple | None = None) -> torch.Tensor | None:
     """conv(x) for a spike map x (values 0 or amp[c]) in channels_last, or None when the kernel
-    does not apply or x turns out not to be a spike map (then use conv(x)). Written into ``out``
-    when it has at least as many rows and the same shape otherwise (a reused buffer saves the
-    page faults of fresh memory); the result is then a view of it."""
+    does not apply or x turns out not to be a spike map (then use conv(x); nothing was written).
+    Written into ``out`` when it has at least as many rows and the same shape otherwise (a reused
+    buffer saves the page faults of fresh memory); the result is then a view of it.
+
+    ``fire = (v, count, theta, v_th, addend, steps)`` runs the IF layer that reads the result in
+    the same pass (IFNeurons.scan_conv sets it up): rows are n = k*B + b (step k < steps, sample
+    b), v and count [B, ...] are updated in place, and the result holds the spikes."""
     if not applies(conv, x):
         return None
     n, c_in, h, w = x.shape
@@ -119,7 +151,7 @@ def conv2d(conv: nn.Conv2d, x: torch.Tensor, amp: torch.Tensor,
     table, gb, nv, gr, bias = _table_for(conv, amp)
     c_out, _, kh, kw = conv.weight.shape
     (sh, sw), (ph, pw) = conv.stride, conv.padding
-    ho, wo = (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1
+    ho, wo = output_shape(conv, x)[2:]
     if ho < 1 or wo < 1:
         return None
     if (out is not None and out.shape[0] >= n and out.shape[1:] == (c_out, ho, wo)
@@ -128,8 +160,16 @@ def conv2d(conv: nn.Conv2d, x: torch.Tensor, amp: torch.Tensor,
         out = out[:n]
     else:
         out = torch.empty((n, c_out, ho, wo), memory_format=torch.channels_last)
-    with torch.profiler.record_function("snnconv::spike_conv2d (lookup)"):
+    v = count = theta = addend = None
+    v_th, batch, steps = 0.0, n, 1
+    if fire is not None:
+        v, count, theta, v_th, addend, steps = fire
+        batch = n // steps
+    ptr = lambda t: None if t is None else t.data_ptr()  # noqa: E731
+    with torch.profiler.record_function("snnconv::spike_conv2d (lookup)" if fire is None
+                                        else "snnconv::spike_conv2d + IF (lookup, fused)"):
         bad = fused.kernel().spike_conv2d_f32(
             x.data_ptr(), n, c_in, h, w, amp.data_ptr(), table.data_ptr(), nv, gb, gr, c_out, kh, kw,
-            sh, sw, ph, pw, bias.data_ptr(), out.data_ptr(), ho, wo, torch.get_num_threads())
+            sh, sw, ph, pw, bias.data_ptr(), out.data_ptr(), ho, wo, torch.get_num_threads(),
+            ptr(addend), ptr(v), ptr(count), ptr(theta), v_th, batch, steps)
     return None if bad else out
