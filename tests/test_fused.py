@@ -115,3 +115,28 @@ def test_residual_add_goes_into_the_scan_and_matches_the_oracle():
         IFNeurons.scan = real
     assert sum(calls) >= 9 * 1, "the 9 residual adds went into the scan"
     torch.testing.assert_close(fast, snn.stepwise(x, 10), rtol=1e-9, atol=1e-9)
+
+
+def test_kernels_built_without_avx512_agree(monkeypatch):
+    """The AVX2 code paths (16-lane vectors as two halves, fewer pixels at once) give the same
+    lookup convolution and fused IF update as the native build; on a CPU without AVX-512 both
+    builds are that path. (CPU only: the C++ kernels.)"""
+    from torch import nn
+    from snnconv import spikeconv
+    torch.manual_seed(0)
+    conv = nn.Conv2d(16, 40, 3, 2, 1)  # 8-bit groups, 3 output blocks (the last one partial)
+    amp = torch.full((16,), 0.9)
+    x = ((torch.rand(4 * 6, 16, 9, 9) < 0.3).float() * 0.9).contiguous(
+        memory_format=torch.channels_last)
+    results = []
+    for lib in (fused.kernel(), fused._build(("-mno-avx512f",))):
+        monkeypatch.setattr(fused, "_lib", lib)
+        layer = IFNeurons(0.5, "membrane")
+        layer.reset(8)
+        cur = spikeconv.conv2d(conv, x, amp)
+        results.append((cur, layer.scan_conv(conv, x, amp, 4), layer.v, layer.spike_count))
+    assert all(r[1] is not None for r in results), "the fused path ran on both builds"
+    with torch.no_grad():
+        torch.testing.assert_close(results[1][0], conv(x), rtol=0, atol=1e-5)
+    for a, b in zip(*results):
+        assert torch.equal(a, b)

@@ -300,10 +300,20 @@ _lib = None
 _failed = False
 
 
+def _cpu_flags() -> str:
+    """The CPU's feature flags (``-march=native`` code must not run on a CPU without them, e.g.
+    from a home folder shared between machines); empty where /proc/cpuinfo does not say."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next((line for line in f if line.startswith(("flags", "Features"))), "")
+    except OSError:
+        return ""
+
+
 def _compile(cxx: str, flags: list[str], cache: Path) -> Path:
-    """The library built from SOURCE with ``flags`` (cached by a hash of source, flags and
-    compiler); raises RuntimeError with the compiler's message if it fails."""
-    key = hashlib.sha256("\0".join([SOURCE, cxx, *flags]).encode()).hexdigest()[:16]
+    """The library built from SOURCE with ``flags`` (cached by a hash of source, flags, compiler
+    and CPU features); raises RuntimeError with the compiler's message if it fails."""
+    key = hashlib.sha256("\0".join([SOURCE, cxx, *flags, _cpu_flags()]).encode()).hexdigest()[:16]
     lib = cache / f"kernels_{key}.so"
     if not lib.exists():
         cache.mkdir(parents=True, exist_ok=True)
@@ -318,17 +328,18 @@ def _compile(cxx: str, flags: list[str], cache: Path) -> Path:
     return lib
 
 
-def _build() -> ctypes.CDLL:
+def _build(extra_flags: tuple[str, ...] = ()) -> ctypes.CDLL:
     """Compile (or find cached) and load the kernels; without OpenMP support in the compiler
-    they are built serial."""
+    they are built serial. ``extra_flags`` (e.g. ``-mno-avx512f``, for the tests) follow FLAGS."""
     cxx = os.environ.get("CXX") or shutil.which("c++") or shutil.which("g++") or shutil.which("clang++")
     if cxx is None:
         raise RuntimeError("no C++ compiler found (set CXX)")
     cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "snnconv" / "kernels"
+    flags = FLAGS + list(extra_flags)
     try:
-        lib = _compile(cxx, FLAGS, cache)
+        lib = _compile(cxx, flags, cache)
     except RuntimeError:
-        lib = _compile(cxx, [f for f in FLAGS if f != "-fopenmp"], cache)
+        lib = _compile(cxx, [f for f in flags if f != "-fopenmp"], cache)
     dll = ctypes.CDLL(str(lib))
     for name, c in (("if_scan_f32", ctypes.c_float), ("if_scan_f64", ctypes.c_double)):
         getattr(dll, name).argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_void_p,
