@@ -88,20 +88,26 @@ static constexpr int ACC = 4;   // 8 of the 16 ymm registers
 #endif
 
 // Masks of one pixel's C channels in groups of GB (4 or 8) bits: bit b of m[g] is set iff
-// x[g*GB + b] != 0. False if a nonzero value is not its channel's amplitude amp[c] (the input
-// is not a spike map).
-static inline bool spike_masks(const float* x, const float* amp, int C, int GB, uint8_t* m) {
+// x[g*GB + b] != 0. Returns nonzero if a nonzero value is not its channel's amplitude amp[c]
+// (the input is not a spike map).
+template <int GB>
+static inline unsigned spike_masks(const float* x, const float* amp, int C, uint8_t* m) {
   int c = 0;
-  bool ok = true;
+  unsigned bad = 0;
 #ifdef __AVX512F__
   const __m512 zero16 = _mm512_setzero_ps();
   for (; c + 16 <= C; c += 16) {
     __m512 v = _mm512_loadu_ps(x + c);
     __mmask16 nz = _mm512_cmp_ps_mask(v, zero16, _CMP_NEQ_UQ);
-    ok &= _mm512_mask_cmp_ps_mask(nz, v, _mm512_loadu_ps(amp + c), _CMP_NEQ_UQ) == 0;
-    unsigned k = nz;
-    if (GB == 8) { m[c / 8] = k & 255; m[c / 8 + 1] = k >> 8; }
-    else for (int i = 0; i < 4; ++i) m[c / 4 + i] = (k >> (4 * i)) & 15;
+    bad |= _mm512_mask_cmp_ps_mask(nz, v, _mm512_loadu_ps(amp + c), _CMP_NEQ_UQ);
+    uint32_t k = nz;
+    if (GB == 8) {
+      uint16_t w = k;
+      std::memcpy(m + c / 8, &w, 2);
+    } else {  // four nibbles, one per byte
+      uint32_t w = (k & 0xF) | (k & 0xF0) << 4 | (k & 0xF00) << 8 | (k & 0xF000) << 12;
+      std::memcpy(m + c / 4, &w, 4);
+    }
   }
 #endif
 #ifdef __AVX2__
@@ -109,8 +115,8 @@ static inline bool spike_masks(const float* x, const float* amp, int C, int GB, 
   for (; c + 8 <= C; c += 8) {
     __m256 v = _mm256_loadu_ps(x + c);
     __m256 nz = _mm256_cmp_ps(v, zero, _CMP_NEQ_UQ);
-    __m256 bad = _mm256_and_ps(nz, _mm256_cmp_ps(v, _mm256_loadu_ps(amp + c), _CMP_NEQ_UQ));
-    ok &= _mm256_movemask_ps(bad) == 0;
+    __m256 wrong = _mm256_and_ps(nz, _mm256_cmp_ps(v, _mm256_loadu_ps(amp + c), _CMP_NEQ_UQ));
+    bad |= _mm256_movemask_ps(wrong);
     int k = _mm256_movemask_ps(nz);
     if (GB == 8) m[c / 8] = k; else { m[c / 4] = k & 15; m[c / 4 + 1] = k >> 4; }
   }
@@ -120,11 +126,25 @@ static inline bool spike_masks(const float* x, const float* amp, int C, int GB, 
     for (int b = 0; b < GB && c + b < C; ++b) {
       float v = x[c + b];
       k |= (v != 0.f) << b;
-      ok &= v == 0.f || v == amp[c + b];
+      bad |= !(v == 0.f || v == amp[c + b]);
     }
     m[c / GB] = k;
   }
-  return ok;
+  return bad;
+}
+
+// The masks of image x [H][W][C] into m [Hp][Wp][G] with a zero border of (ph, pw).
+template <int GB>
+static bool image_masks(const float* x, const float* amp, int C, int H, int W, int ph, int pw,
+                        int Wp, int G, int64_t size, uint8_t* m) {
+  std::memset(m, 0, size);
+  unsigned bad = 0;
+  for (int h = 0; h < H; ++h) {
+    uint8_t* row = m + ((int64_t)(h + ph) * Wp + pw) * G;
+    const float* xr = x + (int64_t)h * W * C;
+    for (int w = 0; w < W; ++w) bad |= spike_masks<GB>(xr + (int64_t)w * C, amp, C, row + w * G);
+  }
+  return bad == 0;
 }
 
 // One convolution's shape. Masks are stored per image as [Hp][Wp][G] bytes with a zero border
@@ -230,12 +250,9 @@ static int spike_conv2d(const float* x, int64_t N, int C, int H, int W, const fl
   int bad = 0;
 #pragma omp parallel for schedule(static) num_threads(threads) reduction(|| : bad)
   for (int64_t n = 0; n < N; ++n) {
-    uint8_t* mi = mk + n * mimg;
-    std::memset(mi, 0, mimg);
-    for (int h = 0; h < H; ++h)
-      for (int w = 0; w < W; ++w)
-        bad |= !spike_masks(x + ((n * H + h) * W + w) * C, amp, C, GB,
-                            mi + ((int64_t)(h + ph) * Wp + w + pw) * G);
+    const float* xi = x + n * H * W * C;
+    bad |= !(GB == 8 ? image_masks<8>(xi, amp, C, H, W, ph, pw, Wp, G, mimg, mk + n * mimg)
+                     : image_masks<4>(xi, amp, C, H, W, ph, pw, Wp, G, mimg, mk + n * mimg));
   }
   if (bad) return 1;
   const int64_t batch = fire ? fire->batch : N, steps = fire ? fire->steps : 1;
