@@ -128,6 +128,7 @@ def test_kernels_built_without_avx512_agree(monkeypatch):
     amp = torch.full((16,), 0.9)
     x = ((torch.rand(4 * 6, 16, 9, 9) < 0.3).float() * 0.9).contiguous(
         memory_format=torch.channels_last)
+    monkeypatch.setattr(spikeconv, "STREAM_BYTES", 0)  # the streaming stores' path too
     results = []
     for lib in (fused.kernel(), fused._build(("-mno-avx512f",))):
         monkeypatch.setattr(fused, "_lib", lib)

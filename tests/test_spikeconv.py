@@ -151,12 +151,14 @@ def chunks_of_spikes(steps, batch, c_in, size, amp, seed):
     (32, 64, 8, 2, None),       # strided, several samples per tile
     (70, 16, 5, 1, 9 * 16 * 64 * 5),  # 4-bit groups in input blocks of partial sums
 ])
-@pytest.mark.parametrize("shift", ["bias", "membrane"])
+@pytest.mark.parametrize("shift,stream", [("bias", False), ("membrane", False), ("membrane", True)])
 @pytest.mark.parametrize("with_addend", [False, True])
 def test_conv_and_if_in_one_pass_equal_the_two_apart(monkeypatch, c_in, c_out, size, stride,
-                                                     table_bytes, shift, with_addend):
+                                                     table_bytes, shift, stream, with_addend):
     """IFNeurons.scan_conv (lookup conv + IF update in one kernel) gives bit for bit the spikes,
-    membranes and counts of the lookup conv followed by the IF scan, chunk after chunk."""
+    membranes and counts of the lookup conv followed by the IF scan, chunk after chunk; also
+    when the spikes go out by streaming stores (as for outputs larger than the caches)."""
+    monkeypatch.setattr(spikeconv, "STREAM_BYTES", 0 if stream else 1 << 40)
     if table_bytes:
         monkeypatch.setattr(spikeconv, "TABLE8_BYTES", 0)
         monkeypatch.setattr(spikeconv, "TABLE_BYTES", table_bytes)

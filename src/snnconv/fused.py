@@ -147,6 +147,19 @@ static bool image_masks(const float* x, const float* amp, int C, int H, int W, i
   return bad == 0;
 }
 
+// dst[0..n) = src[0..n), with non-temporal stores where the vector ISA has them.
+static void copy_streaming(float* dst, const float* src, int64_t n) {
+  int64_t i = 0;
+#ifdef __AVX512F__
+  for (; i < n && (reinterpret_cast<uintptr_t>(dst + i) & 63); ++i) dst[i] = src[i];
+  for (; i + 16 <= n; i += 16) _mm512_stream_ps(dst + i, _mm512_loadu_ps(src + i));
+#elif defined(__AVX__)
+  for (; i < n && (reinterpret_cast<uintptr_t>(dst + i) & 31); ++i) dst[i] = src[i];
+  for (; i + 8 <= n; i += 8) _mm256_stream_ps(dst + i, _mm256_loadu_ps(src + i));
+#endif
+  for (; i < n; ++i) dst[i] = src[i];
+}
+
 // One convolution's shape. Masks are stored per image as [Hp][Wp][G] bytes with a zero border
 // of the padding's width, so every tap reads a mask (the all-zero pattern's table row is 0 and
 // adds nothing): no bounds tests in the inner loops. tap_off[t] = (kh*Wp + kw)*G.
@@ -234,7 +247,7 @@ struct Fire {
 static int spike_conv2d(const float* x, int64_t N, int C, int H, int W, const float* amp,
                         const float* table, int NV, int GB, int GR, int Cout, int KH, int KW,
                         int sh, int sw, int ph, int pw, const float* bias, float* out, int Ho,
-                        int Wo, int threads, const Fire* fire) {
+                        int Wo, int threads, const Fire* fire, int64_t stream_bytes) {
   const int G = (C + GB - 1) / GB, L = 16 * NV, E = 1 << GB, cblocks = (G + GR - 1) / GR;
   const int Hp = H + 2 * ph, Wp = W + 2 * pw;
   std::vector<int64_t> tap_off;
@@ -261,31 +274,41 @@ static int spike_conv2d(const float* x, int64_t N, int C, int H, int W, const fl
   int64_t tile = std::max<int64_t>(1, 512 / ((int64_t)Ho * Wo));
   if (fire) tile = std::max<int64_t>(1, std::min(tile, batch / std::max(threads, 1)));
   const int64_t tiles = (batch + tile - 1) / tile;
+  // With fire and an output of more than stream_bytes (larger than the caches), currents go to a
+  // per-thread scratch that stays in L2 and the spikes are streamed out: the output's lines are
+  // not read from memory before they are written.
+  const bool stream = fire && N * opix * 4 > stream_bytes;
 #pragma omp parallel for schedule(static) num_threads(threads)
   for (int64_t t = 0; t < tiles; ++t) {
     const int64_t s0 = t * tile, s1 = std::min(batch, s0 + tile);
+    thread_local std::vector<float> scratch;
+    if (stream && (int64_t)scratch.size() < tile * opix) scratch.resize(tile * opix);
     for (int64_t k = 0; k < steps; ++k) {
       for (int b = 0, co = 0; co < Cout; ++b, co += L)
         for (int c = 0; c < cblocks; ++c)
           for (int64_t s = s0; s < s1; ++s) {
             const int64_t n = k * batch + s;
+            float* o = stream ? scratch.data() + (s - s0) * opix : out + n * opix;
             fn(table + (int64_t)(b * cblocks + c) * tblock, mk + n * mimg + c * GR, q,
-               std::min(GR, G - c * GR), bias + co, std::min(L, Cout - co), c > 0,
-               out + n * opix + co);
+               std::min(GR, G - c * GR), bias + co, std::min(L, Cout - co), c > 0, o + co);
           }
       if (fire)
         for (int64_t s = s0; s < s1; ++s) {
           const int64_t n = k * batch + s;
+          float* o = stream ? scratch.data() + (s - s0) * opix : out + n * opix;
           if (fire->addend)
-            block<float, true>(out + n * opix, fire->addend + n * opix, fire->v + s * opix,
-                               out + n * opix, fire->count + s * opix, fire->theta[k], fire->vth,
-                               opix);
+            block<float, true>(o, fire->addend + n * opix, fire->v + s * opix, o,
+                               fire->count + s * opix, fire->theta[k], fire->vth, opix);
           else
-            block<float, false>(out + n * opix, nullptr, fire->v + s * opix, out + n * opix,
-                                fire->count + s * opix, fire->theta[k], fire->vth, opix);
+            block<float, false>(o, nullptr, fire->v + s * opix, o, fire->count + s * opix,
+                                fire->theta[k], fire->vth, opix);
+          if (stream) copy_streaming(out + n * opix, o, opix);
         }
     }
   }
+#if defined(__SSE2__)
+  if (stream) _mm_sfence();  // streaming stores are weakly ordered: done before we return
+#endif
   return 0;
 }
 
@@ -303,10 +326,11 @@ int spike_conv2d_f32(const float* x, int64_t N, int C, int H, int W, const float
                      const float* table, int NV, int GB, int GR, int Cout, int KH, int KW, int sh,
                      int sw, int ph, int pw, const float* bias, float* out, int Ho, int Wo,
                      int threads, const float* addend, float* v, float* count,
-                     const float* theta, float vth, int64_t batch, int64_t steps) {
+                     const float* theta, float vth, int64_t batch, int64_t steps,
+                     int64_t stream_bytes) {
   const Fire fire{addend, v, count, theta, vth, batch, steps};
   return spike_conv2d(x, N, C, H, W, amp, table, NV, GB, GR, Cout, KH, KW, sh, sw, ph, pw, bias,
-                      out, Ho, Wo, threads, v ? &fire : nullptr);
+                      out, Ho, Wo, threads, v ? &fire : nullptr, stream_bytes);
 }
 }
 """
@@ -367,7 +391,7 @@ def _build(extra_flags: tuple[str, ...] = ()) -> ctypes.CDLL:
     i, p = ctypes.c_int, ctypes.c_void_p
     dll.spike_conv2d_f32.argtypes = [p, ctypes.c_int64, i, i, i, p, p, i, i, i, i, i, i, i, i, i,
                                      i, p, p, i, i, i, p, p, p, p, ctypes.c_float,
-                                     ctypes.c_int64, ctypes.c_int64]
+                                     ctypes.c_int64, ctypes.c_int64, ctypes.c_int64]
     dll.spike_conv2d_f32.restype = ctypes.c_int
     return dll
 
