@@ -1,6 +1,7 @@
 """Compiled CPU kernels (optional; compiled on first use, in about 4 s, with the system's
 C++ compiler, and cached in ~/.cache/snnconv/kernels): the fused IF scan, and the lookup-table
-convolution of spike maps that spikeconv.py drives.
+convolution of spike maps that spikeconv.py drives, alone or with the IF update of the layer
+that reads it.
 
 The IF scan computes exactly what ``IFNeurons.scan``'s PyTorch loop computes, with the same
 float operations in the same order (tests/test_fused.py compares them bit for bit), but in one

@@ -4,7 +4,10 @@
 time folded into the batch (row t*B + b of a [c*B, ...] tensor is sample b at step t of the chunk),
 so each conv runs once over all c*B maps, and each IF layer scans its c steps in a tight loop.
 A conv that reads an IF layer's spikes runs as a table lookup (spikeconv.py) where that applies,
-and a sum a + b read only by an IF layer is added inside that layer's scan. Values that do not
+and a sum a + b read only by an IF layer is added inside that layer's scan. A lookup conv read
+only by an IF layer (directly or through such a sum) is left pending and run by that layer in
+one pass with its update (IFNeurons.scan_conv). The IF layers', lookup convs' and zero pads'
+outputs are written into buffers kept in ``workspace`` from call to call. Values that do not
 change over time (the analog input and everything computed from it before the first IF layer,
 e.g. the first conv's current) are computed once. Memory grows with the chunk length c, not with
 T: the first step runs alone to measure the bytes one step needs, then c is chosen to fit

@@ -6,20 +6,27 @@ input pixel to one tap (kh, kw) depends only on which channels of each group fir
 patterns, so it can be read from a table instead of computed:
 
     table[tap][g][m][o] = sum over bits b set in m of  a[c] * W[o, c, kh, kw],   c = g*GB + b
-    out[n, o, ho, wo]   = bias[o] + sum over taps inside the image, over g,
-                                    of table[tap][g][mask(n, hi, wi, g)][o]
+    out[n, o, ho, wo]   = bias[o] + sum over taps, over g, of table[tap][g][mask(n, hi, wi, g)][o]
 
-That is KH*KW*G vector adds per output pixel and block of 8 output channels instead of KH*KW*C
-multiply-adds: GB times fewer operations whatever the firing rate. The table is cut into blocks
-(up to 64 output channels x GR groups) that fit in L2 cache; partial sums over input blocks are
-added into the output. Tables depend only on the weights and amplitudes: built once per layer
-(summed in float64, rounded once) and kept while those do not change. They take 2^GB/GB times
-the layer's weight memory (4x with 4-bit groups, 32x with 8-bit ones, used for narrow layers).
+That is KH*KW*G vector adds per output pixel and block of 16 output channels instead of KH*KW*C
+multiply-adds: GB times fewer operations whatever the firing rate. The masks of an image are
+stored with a zero border as wide as the padding, so taps outside the image read the all-zero
+pattern, whose row is 0 (no bounds tests); several output pixels are summed at once so that many
+table loads are in flight. 8-bit groups are used where the whole table is at most TABLE8_BYTES
+(measured faster even when it lives in L3), else 4-bit groups in input blocks that fit
+TABLE_BYTES of L2, whose partial sums are added into the output. Tables depend only on the
+weights and amplitudes: built once per layer (summed in float64, rounded once) and kept while
+those do not change. They take 2^GB/GB times the layer's weight memory (4x with 4-bit groups,
+32x with 8-bit ones).
+
+With ``fire`` the IF layer that reads the convolution is updated in the same pass, image after
+image, while its current is still in cache (IFNeurons.scan_conv): the current is never written
+to memory and read back.
 
 The result equals F.conv2d up to float rounding (the sums are grouped differently). The kernel
-checks that the input really is a spike map and reports otherwise; the caller then uses the
-module itself. Measured per layer shape (benchmarks/spikeconv_speed.py) it is 1.0-2.2x faster
-than oneDNN's convolution on this project's AVX2 CPU.
+checks that the input really is a spike map and reports otherwise, before it writes anything;
+the caller then uses the module itself. benchmarks/spikeconv_speed.py measures it per layer
+shape against oneDNN's convolution.
 """
 from __future__ import annotations
 
