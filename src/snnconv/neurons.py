@@ -51,7 +51,8 @@ class IFNeurons(nn.Module):
         self.recorded: list[torch.Tensor] = []
         self.steps = None          # T of the current simulation
         self.t = 0                 # steps done since reset
-        self.v = None              # membrane potential minus t*b, [batch, ...] (see membrane)
+        self.v = None              # membrane potential minus t*b, [batch, ...] (see membrane);
+                                   # its memory is reused by the next simulation
         self._spare = None         # the last simulation's membrane tensor, reused by the next
         self.spike_count = None    # spikes per neuron since reset, [batch, ...]
 
@@ -149,7 +150,6 @@ class IFNeurons(nn.Module):
         self.t += steps
         self.spike_count.add_(out.sum(0))
         return out.mul_(v_th)
-
 
     def scan_conv(self, conv: nn.Conv2d, spikes: torch.Tensor, amp: torch.Tensor, steps: int,
                   out: torch.Tensor | None = None,

@@ -36,8 +36,8 @@ CPU_CHUNK_BYTES = 1 << 30
 
 def default_chunk_bytes(device: torch.device) -> int:
     """Bytes of one chunk's tensors. CPU: 1 GiB (with output buffers reused across calls;
-    measured on ResNet-20, batch 128, T=32: 3.26 s at 512 MiB, 2.96 s at 1 GiB, 2.78 s at 2 GiB,
-    which would keep twice the memory). CUDA: an eighth of the card's memory, since there each
+    measured on ResNet-20, batch 128, T=32: 1.04 s at 512 MiB, 0.93 s at 1 GiB, 0.91 s at 2 GiB,
+    which would keep twice the memory; 1.25 s at one step per chunk). CUDA: an eighth of the card's memory, since there each
     chunk costs a fixed host overhead (one Python pass over the graph, a launch per op) and the
     caching allocator reuses memory; at batch 128 on an H100 (10 GB) that is ~40 ResNet-20 steps."""
     if device.type == "cuda":
@@ -134,8 +134,9 @@ def simulate(gm: fx.GraphModule, x: torch.Tensor, steps: int,
     """Readout after every step, [steps, batch, ...], for analog input x [batch, ...].
     ``on_mark(t)`` is called right after step t for each t in ``marks`` (e.g. to read the IF
     layers' spike counts at several T in one run). ``workspace`` (a dict the caller keeps) holds
-    the IF layers' and lookup convolutions' output buffers from one call to the next: fresh
-    memory costs page faults (measured: a third of a CPU simulation's time at 2 GiB chunks)."""
+    the IF layers', lookup convolutions' and zero pads' output buffers from one call to the next:
+    fresh memory costs page faults (measured: a third of a CPU simulation's time at 2 GiB
+    chunks)."""
     marks = sorted({t for t in marks if 0 < t <= steps})
     if max_chunk_bytes is None:
         max_chunk_bytes = default_chunk_bytes(x.device)
