@@ -117,10 +117,12 @@ def test_residual_add_goes_into_the_scan_and_matches_the_oracle():
     torch.testing.assert_close(fast, snn.stepwise(x, 10), rtol=1e-9, atol=1e-9)
 
 
-def test_kernels_built_without_avx512_agree(monkeypatch):
-    """The AVX2 code paths (16-lane vectors as two halves, fewer pixels at once) give the same
-    lookup convolution and fused IF update as the native build; on a CPU without AVX-512 both
-    builds are that path. (CPU only: the C++ kernels.)"""
+@pytest.mark.parametrize("flags", [("-mno-avx512f",),  # AVX2: 16 lanes as two halves
+                                   ("-mno-avx512f", "-mno-avx2", "-mno-fma", "-mno-avx")])  # SSE2
+def test_kernels_built_without_avx512_agree(monkeypatch, flags):
+    """The code paths for older vector units (16-lane vectors in halves or quarters, fewer
+    pixels at once, scalar mask extraction) give the same lookup convolution and fused IF
+    update as the native build, bit for bit. (CPU only: the C++ kernels.)"""
     from torch import nn
     from snnconv import spikeconv
     torch.manual_seed(0)
@@ -130,7 +132,7 @@ def test_kernels_built_without_avx512_agree(monkeypatch):
         memory_format=torch.channels_last)
     monkeypatch.setattr(spikeconv, "STREAM_BYTES", 0)  # the streaming stores' path too
     results = []
-    for lib in (fused.kernel(), fused._build(("-mno-avx512f",))):
+    for lib in (fused.kernel(), fused._build(flags)):
         monkeypatch.setattr(fused, "_lib", lib)
         layer = IFNeurons(0.5, "membrane")
         layer.reset(8)

@@ -38,7 +38,7 @@ SOURCE = r"""
 #include <cstdint>
 #include <cstring>
 #include <vector>
-#ifdef __AVX2__
+#if defined(__SSE2__)
 #include <immintrin.h>
 #endif
 
