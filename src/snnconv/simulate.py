@@ -177,15 +177,19 @@ def simulate(gm: fx.GraphModule, x: torch.Tensor, steps: int,
             env: dict[fx.Node, object] = {}
             step_bytes = 0
 
+            def keep(name, result):
+                """Keep ``result`` as node ``name``'s buffer unless it already lies in it (it may
+                be a view of the first rows: the kept buffer stays whole)."""
+                kept = buffers.get(name)
+                if kept is None or result.data_ptr() != kept.data_ptr():
+                    buffers[name] = result
+                return result
+
             def lookup(node, x):
                 """conv(x) for a conv reading spikes: the lookup where it applies, into a kept buffer."""
                 result = spikeconv.conv2d(modules[node.target], x, spike_fed[node].v_th,
                                           out=buffers.get(node.name))
-                if result is None:
-                    return _call(node, (x,), {}, modules)
-                if node.name not in buffers or result.data_ptr() != buffers[node.name].data_ptr():
-                    buffers[node.name] = result
-                return result
+                return _call(node, (x,), {}, modules) if result is None else keep(node.name, result)
 
             def value(a, widen, pending=False):
                 """Value of an argument node; a static tensor is repeated over the chunk's steps
@@ -238,28 +242,26 @@ def simulate(gm: fx.GraphModule, x: torch.Tensor, steps: int,
                     current = value(src, widen=False, pending=True)
                     buf = buffers.get(node.name)
                     buf = buf[:c] if buf is not None and len(buf) >= c else None
-                    pending, addend = (current if isinstance(current, tuple) else (current, None))
-                    spikes = None
-                    if isinstance(pending, _Pending):
-                        conv_node, spikes_in = pending.node, pending.x
-                        spikes = modules[node.target].scan_conv(
-                            modules[conv_node.target], spikes_in, spike_fed[conv_node].v_th, c,
-                            out=buf, addend=addend)
-                        if spikes is None:
-                            conv_out = lookup(conv_node, spikes_in)
+                    layer, spikes = modules[node.target], None
+                    pending, addend = current if isinstance(current, tuple) else (current, None)
+                    if isinstance(pending, _Pending):  # the conv and this layer in one pass
+                        conv_node = pending.node
+                        spikes = layer.scan_conv(modules[conv_node.target], pending.x,
+                                                 spike_fed[conv_node].v_th, c, out=buf,
+                                                 addend=addend)
+                        if spikes is None:  # the kernel declined: the conv, then the scan
+                            conv_out = lookup(conv_node, pending.x)
                             current = conv_out if addend is None else (conv_out, addend)
-                    if spikes is not None:
-                        pass
-                    elif isinstance(current, tuple):
-                        a, b = (t.view(c, batch, *t.shape[1:]) for t in current)
-                        spikes = modules[node.target].scan(a, c, out=buf, addend=b)
-                    elif src in dynamic:
-                        current = current.view(c, batch, *current.shape[1:])
-                        spikes = modules[node.target].scan(current, c, out=buf)
-                    else:
-                        spikes = modules[node.target].scan(current, c, constant=True, out=buf)
-                    if buf is None or spikes.data_ptr() != buf.data_ptr():
-                        buffers[node.name] = spikes
+                    if spikes is None:
+                        if isinstance(current, tuple):
+                            a, b = (t.view(c, batch, *t.shape[1:]) for t in current)
+                            spikes = layer.scan(a, c, out=buf, addend=b)
+                        elif src in dynamic:
+                            spikes = layer.scan(current.view(c, batch, *current.shape[1:]), c,
+                                                out=buf)
+                        else:
+                            spikes = layer.scan(current, c, constant=True, out=buf)
+                    keep(node.name, spikes)
                     result = spikes.view(c * batch, *spikes.shape[2:])
                 else:
                     args = fx.node.map_arg(node.args, lambda a: value(a, is_dyn))
@@ -271,8 +273,8 @@ def simulate(gm: fx.GraphModule, x: torch.Tensor, steps: int,
                     elif node in spike_fed:
                         result = lookup(node, args[0])
                     elif is_dyn and _is_zero_pad(node, args, kwargs):
-                        result = _pad_into(args[0], args[1], buffers.get(node.name))
-                        buffers[node.name] = result
+                        result = keep(node.name,
+                                      _pad_into(args[0], args[1], buffers.get(node.name)))
                     else:
                         result = _call(node, args, kwargs, modules)
                 if not is_dyn:
