@@ -33,3 +33,42 @@ class ThresholdReLU(nn.Module):
 
     def extra_repr(self) -> str:
         return f"y_th={self.y_th:g}"
+
+
+def check_levels(levels: int) -> int:
+    """Return ``levels`` as an int; raise ValueError unless it is an integer >= 1."""
+    if isinstance(levels, bool) or not isinstance(levels, int) or levels < 1:
+        raise ValueError(f"levels must be an integer >= 1, got {levels!r}")
+    return levels
+
+
+def _floor_ste(x: torch.Tensor) -> torch.Tensor:
+    """floor(x) forward, identity gradient backward (straight-through estimator)."""
+    return x + (torch.floor(x) - x).detach()
+
+
+class QCFS(nn.Module):
+    """Quantisation-clip-floor-shift activation (Bu et al., ICLR 2022):
+
+        y = lam * clip(floor(x * L / lam + 1/2) / L, 0, 1)
+
+    with ``L = levels`` and a learnable threshold ``lam`` (one scalar per layer, initialised to
+    ``y_th``). The floor's gradient is taken as 1 (straight-through), so dy/dx = 1 on
+    [0, lam] and 0 outside, and lam gets the gradient of the clip and the scaling.
+
+    Converted, it becomes IF neurons with V_th = lam whose membrane starts at lam / 2: for a
+    constant input current they fire exactly ``y * T / lam`` spikes in T = L steps.
+    """
+
+    def __init__(self, levels: int = 8, y_th: float = 1.0):
+        super().__init__()
+        self.levels = check_levels(levels)
+        self.threshold = nn.Parameter(torch.tensor(check_threshold(y_th)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        lam = self.threshold
+        q = _floor_ste(x * (self.levels / lam) + 0.5) / self.levels
+        return torch.clamp(q, 0.0, 1.0) * lam
+
+    def extra_repr(self) -> str:
+        return f"levels={self.levels}, threshold={float(self.threshold):.4g}"

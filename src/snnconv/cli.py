@@ -170,6 +170,7 @@ def add_train(sub) -> None:
     p.add_argument("--dataset", default="cifar10", choices=data.NAMES)
     p.add_argument("--act", default="threshold", choices=models.ACTS)
     p.add_argument("--y-th", dest="y_th", type=float, default=1.0)
+    p.add_argument("--levels", type=int, default=None, help="quantisation levels L of --act qcfs (default 8)")
     p.add_argument("--batch-norm", dest="batch_norm", type=_bool, default=None)
     p.add_argument("--epochs", type=int, default=40)
     p.add_argument("--batch-size", dest="batch_size", type=int, default=128)

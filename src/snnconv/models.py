@@ -18,18 +18,23 @@ from typing import Callable
 import torch.nn.functional as F
 from torch import nn
 
-from .activations import ThresholdReLU
+from .activations import QCFS, ThresholdReLU, check_levels
 
-ACTS = ("relu", "threshold")
+ACTS = ("relu", "threshold", "qcfs")
 MakeAct = Callable[[], nn.Module]
 
 
-def activation(act: str, y_th: float) -> nn.Module:
-    """A fresh activation module: "relu" -> nn.ReLU(), "threshold" -> ThresholdReLU(y_th)."""
+def activation(act: str, y_th: float, levels: int | None = None) -> nn.Module:
+    """A fresh activation module: "relu" -> nn.ReLU(), "threshold" -> ThresholdReLU(y_th),
+    "qcfs" -> QCFS(levels, y_th) (``levels`` only for "qcfs")."""
+    if levels is not None and act != "qcfs":
+        raise ValueError(f"levels is an option of act='qcfs' only, not of {act!r}")
     if act == "relu":
         return nn.ReLU()
     if act == "threshold":
         return ThresholdReLU(y_th)
+    if act == "qcfs":
+        return QCFS(check_levels(8 if levels is None else levels), y_th)
     raise ValueError(f"unknown activation {act!r}; expected one of {ACTS}")
 
 
@@ -238,7 +243,7 @@ def _init(model: nn.Module, bn_scale: float) -> None:
 
 
 def build(name: str, *, num_classes: int = 10, act: str = "threshold", y_th: float = 1.0, in_channels: int = 3,
-          image_size: int = 32, batch_norm: bool | None = None) -> nn.Module:
+          image_size: int = 32, batch_norm: bool | None = None, levels: int | None = None) -> nn.Module:
     """Build model ``name`` (one of NAMES) for ``in_channels`` x ``image_size`` x ``image_size`` inputs.
 
     ``act``/``y_th`` choose the activation at every site; ``batch_norm=None`` keeps the model's default
@@ -246,12 +251,12 @@ def build(name: str, *, num_classes: int = 10, act: str = "threshold", y_th: flo
     """
     if name not in _MODELS:
         raise ValueError(f"unknown model {name!r}; expected one of {NAMES}")
-    activation(act, y_th)  # validate act and y_th before building anything
+    activation(act, y_th, levels)  # validate act, y_th and levels before building anything
     builder, default_bn = _MODELS[name]
     model = builder(_positive_int(in_channels, "in_channels"), _positive_int(image_size, "image_size"),
-                    _positive_int(num_classes, "num_classes"), partial(activation, act, y_th),
+                    _positive_int(num_classes, "num_classes"), partial(activation, act, y_th, levels),
                     default_bn if batch_norm is None else bool(batch_norm))
-    _init(model, THRESHOLD_BN_SCALE * y_th if act == "threshold" else 1.0)
+    _init(model, THRESHOLD_BN_SCALE * y_th if act in ("threshold", "qcfs") else 1.0)
     return model
 
 

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import checkpoint, data, models
+from .activations import QCFS
 from .progress import Progress
 
 
@@ -33,6 +34,7 @@ class TrainConfig:
     dataset: str = "cifar10"
     act: str = "threshold"
     y_th: float = 1.0
+    levels: int | None = None    # quantisation levels L of act="qcfs" (default 8)
     batch_norm: bool | None = None
     epochs: int = 40
     batch_size: int = 128        # global batch, split evenly across ranks
@@ -53,9 +55,32 @@ class TrainConfig:
     init: str | None = None      # start from this model file's weights (fine-tuning)
 
     def arch(self, ds: data.Dataset) -> dict:
-        return dict(name=self.model, num_classes=len(ds.classes), act=self.act, y_th=self.y_th,
+        arch = dict(name=self.model, num_classes=len(ds.classes), act=self.act, y_th=self.y_th,
                     in_channels=ds.images.shape[1], image_size=ds.images.shape[2],
                     batch_norm=self.batch_norm)
+        if self.act == "qcfs" or self.levels is not None:
+            arch["levels"] = self.levels
+        return arch
+
+
+ACT_KEYS = ("act", "y_th", "levels")  # what a fine-tune (--init) may change
+
+
+def load_init(model: nn.Module, path: str, arch: dict) -> None:
+    """Copy the weights of model file ``path`` into ``model`` (fine-tuning). The architecture must
+    match up to the activation (act, y_th, levels); parameters the source lacks (the thresholds of
+    a QCFS model started from a threshold-ReLU one) keep their initial values."""
+    start = checkpoint.load(path)
+    same = {k: v for k, v in arch.items() if k not in ACT_KEYS}
+    theirs = {k: v for k, v in start["arch"].items() if k not in ACT_KEYS}
+    if same != theirs:
+        raise ValueError(f"--init {path} is a {start['arch']} model, not {arch}")
+    state = checkpoint.build_model(start).state_dict()
+    own = model.state_dict()
+    missing = own.keys() - state.keys()
+    if any(not isinstance(model.get_submodule(k.rpartition(".")[0]), QCFS) for k in missing):
+        raise ValueError(f"--init {path} lacks weights {sorted(missing)[:3]}")
+    model.load_state_dict({k: v for k, v in state.items() if k in own}, strict=False)
 
 
 def read_log(path: Path, epochs: int) -> list[dict]:
@@ -76,9 +101,11 @@ def lr_factor(step: int, total: int, warmup: int, schedule: str) -> float:
 
 
 def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """Weight decay on weight matrices/kernels (ndim > 1); none on BN scales/shifts and biases."""
-    decay = [p for p in model.parameters() if p.ndim > 1]
-    rest = [p for p in model.parameters() if p.ndim <= 1]
+    """Weight decay on weight matrices/kernels (ndim > 1) and QCFS thresholds (as Bu et al.);
+    none on BN scales/shifts and biases."""
+    lams = {id(m.threshold) for m in model.modules() if isinstance(m, QCFS)}
+    decay = [p for p in model.parameters() if p.ndim > 1 or id(p) in lams]
+    rest = [p for p in model.parameters() if p.ndim <= 1 and id(p) not in lams]
     return [{"params": decay, "weight_decay": weight_decay}, {"params": rest, "weight_decay": 0.0}]
 
 
@@ -161,10 +188,7 @@ def run(cfg: TrainConfig, progress: bool = True) -> nn.Module:
     torch.manual_seed(cfg.seed)
     model = models.build(**arch)
     if cfg.init:
-        start = checkpoint.load(cfg.init)
-        if start["arch"] != arch:
-            raise ValueError(f"--init {cfg.init} is a {start['arch']} model, not {arch}")
-        model.load_state_dict(checkpoint.build_model(start).state_dict())
+        load_init(model, cfg.init, arch)
     model = model.to(device)
     memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
     model = model.to(memory_format=memory_format)
