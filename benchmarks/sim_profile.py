@@ -8,6 +8,7 @@ On the CPU the table ranks operators by self CPU time. On CUDA it ranks them by 
 time and also prints the wall time of each profiled region and the fraction of it the GPU spent
 in kernels ("GPU busy"): launch gaps and host syncs show up as busy < 100 %.
 """
+
 import argparse
 import copy
 import time
@@ -16,7 +17,7 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 import snnconv
-from snnconv import checkpoint, models
+from snnconv.zoo import models, shipped
 
 
 def self_time(e, cuda: bool) -> float:
@@ -30,11 +31,15 @@ def top(prof, wall: float, cuda: bool, n=8):
     rows = sorted(prof.key_averages(), key=lambda e: self_time(e, cuda), reverse=True)
     total = sum(self_time(e, cuda) for e in rows)
     where = "GPU kernels" if cuda else "CPU"
-    out = [f"  total {where} {total / 1e6:.3f} s, wall {wall:.3f} s"
-           + (f", GPU busy {100 * total / 1e6 / wall:.0f} %" if cuda else "")]
+    out = [
+        f"  total {where} {total / 1e6:.3f} s, wall {wall:.3f} s"
+        + (f", GPU busy {100 * total / 1e6 / wall:.0f} %" if cuda else "")
+    ]
     for e in rows[:n]:
-        out.append(f"  {e.key[:60]:<60}{self_time(e, cuda) / 1e6:8.3f} s "
-                   f"{100 * self_time(e, cuda) / max(total, 1):5.1f}%  x{e.count}")
+        out.append(
+            f"  {e.key[:60]:<60}{self_time(e, cuda) / 1e6:8.3f} s "
+            f"{100 * self_time(e, cuda) / max(total, 1):5.1f}%  x{e.count}"
+        )
     return "\n".join(out)
 
 
@@ -49,9 +54,11 @@ def main():
     device = torch.device(args.device)
     cuda = device.type == "cuda"
     torch.manual_seed(0)
-    model = (models.load_pretrained("resnet20-cifar10")
-             if args.model == "resnet20" and "resnet20-cifar10" in checkpoint.pretrained_names()
-             else models.build(args.model).eval())
+    model = (
+        shipped.load_pretrained("resnet20-cifar10")
+        if args.model == "resnet20" and "resnet20-cifar10" in shipped.names()
+        else models.build(args.model).eval()
+    )
     snn = snnconv.convert(model).to(device)
     x = torch.randn(args.batch, 3, 32, 32, device=device)
     ann = copy.deepcopy(snn.ann)
@@ -76,9 +83,11 @@ def main():
     with torch.no_grad():
         dense = profiled(lambda: [ann(x) for _ in range(args.T)])
         spiking = profiled(lambda: snn(x, args.T))
-    print(f"{args.model}, batch {args.batch}, T={args.T}, "
-          f"{torch.cuda.get_device_name() if cuda else f'{torch.get_num_threads()} threads'}, "
-          f"{'channels_last' if args.channels_last else 'contiguous'}")
+    print(
+        f"{args.model}, batch {args.batch}, T={args.T}, "
+        f"{torch.cuda.get_device_name() if cuda else f'{torch.get_num_threads()} threads'}, "
+        f"{'channels_last' if args.channels_last else 'contiguous'}"
+    )
     print(f"dense ANN forward x {args.T}:\n{top(*dense, cuda=cuda)}")
     print(f"snnconv simulation of {args.T} steps:\n{top(*spiking, cuda=cuda)}")
 

@@ -18,6 +18,7 @@ host_syncs counts the synchronising CUDA calls it made (a count that grows with 
 sync per step).
 The last line of output is one JSON object with every figure.
 """
+
 import argparse
 import copy
 import json
@@ -32,12 +33,12 @@ import warnings
 import torch
 
 import snnconv
-from snnconv import checkpoint, models
+from snnconv.zoo import models, shipped
 
 
 def load(name: str) -> torch.nn.Module:
-    if name == "resnet20" and "resnet20-cifar10" in checkpoint.pretrained_names():
-        return models.load_pretrained("resnet20-cifar10")
+    if name == "resnet20" and "resnet20-cifar10" in shipped.names():
+        return shipped.load_pretrained("resnet20-cifar10")
     torch.manual_seed(0)
     return models.build(name).eval()
 
@@ -58,8 +59,9 @@ def timed_round_robin(fns: dict, repeats: int, device) -> dict:
             fn()
             sync(device)
             times[k].append(time.perf_counter() - t)
-    return {k: {"median": statistics.median(v), "min": min(v), "max": max(v)}
-            for k, v in times.items()}
+    return {
+        k: {"median": statistics.median(v), "min": min(v), "max": max(v)} for k, v in times.items()
+    }
 
 
 def host_syncs(fn) -> int:
@@ -88,11 +90,16 @@ def dense_forward(ann, x):
 def snn_forms(snn, x, steps):
     """The faster of contiguous and channels_last for the SNN (one short run of each), as
     (name, snn, x): the same choice the dense baseline gets."""
-    forms = {"contiguous": (snn, x),
-             "channels_last": (copy.deepcopy(snn).to(memory_format=torch.channels_last),
-                               x.contiguous(memory_format=torch.channels_last))}
-    best = timed_round_robin({k: (lambda m=m, i=i: m(i, steps)) for k, (m, i) in forms.items()},
-                             1, x.device)
+    forms = {
+        "contiguous": (snn, x),
+        "channels_last": (
+            copy.deepcopy(snn).to(memory_format=torch.channels_last),
+            x.contiguous(memory_format=torch.channels_last),
+        ),
+    }
+    best = timed_round_robin(
+        {k: (lambda m=m, i=i: m(i, steps)) for k, (m, i) in forms.items()}, 1, x.device
+    )
     name = min(best, key=lambda k: best[k]["median"])
     return (name, *forms[name])
 
@@ -138,18 +145,30 @@ def main():
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--device", default="cpu")
     p.add_argument("--memory-T", dest="memory_T", default="32,256")
-    p.add_argument("--memory-models", dest="memory_models", default="resnet20",
-                   help="models whose peak memory is probed (a T=256 probe of vgg16-paper takes minutes)")
+    p.add_argument(
+        "--memory-models",
+        dest="memory_models",
+        default="resnet20",
+        help="models whose peak memory is probed (a T=256 probe of vgg16-paper takes minutes)",
+    )
     p.add_argument("--probe", nargs=2, help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.probe:
         return memory_probe(args.probe[0], int(args.probe[1]), args.batch, args.device)
     device = torch.device(args.device)
     name_dev = torch.cuda.get_device_name() if device.type == "cuda" else platform.processor()
-    print(f"device: {name_dev or platform.machine()}, {os.cpu_count()} cores, torch "
-          f"{torch.__version__}, {torch.get_num_threads()} threads, batch {args.batch}")
-    report = {"device": args.device, "device_name": name_dev, "threads": torch.get_num_threads(),
-              "batch": args.batch, "repeats": args.repeats, "results": []}
+    print(
+        f"device: {name_dev or platform.machine()}, {os.cpu_count()} cores, torch "
+        f"{torch.__version__}, {torch.get_num_threads()} threads, batch {args.batch}"
+    )
+    report = {
+        "device": args.device,
+        "device_name": name_dev,
+        "threads": torch.get_num_threads(),
+        "batch": args.batch,
+        "repeats": args.repeats,
+        "results": [],
+    }
     for name in args.models.split(","):
         snn = snnconv.convert(load(name)).to(device)
         x = torch.randn(args.batch, 3, 32, 32, device=device)
@@ -157,30 +176,65 @@ def main():
             form, dense = dense_forward(snn.ann, x)
             snn_form, snn_f, x_f = snn_forms(snn, x, 4)
             for steps in [int(t) for t in args.T.split(",")]:
-                t = timed_round_robin({"a_dense": dense, "b_snnconv": lambda: snn_f(x_f, steps),
-                                       "c_naive": lambda: snn_f.stepwise(x_f, steps)},
-                                      args.repeats, device)
+                t = timed_round_robin(
+                    {
+                        "a_dense": dense,
+                        "b_snnconv": lambda: snn_f(x_f, steps),
+                        "c_naive": lambda: snn_f.stepwise(x_f, steps),
+                    },
+                    args.repeats,
+                    device,
+                )
                 a, b, c = (t[k]["median"] for k in ("a_dense", "b_snnconv", "c_naive"))
-                row = {"model": name, "T": steps, "dense_form": form, "snn_form": snn_form,
-                       "times_s": t, "ratio_dense": b / (steps * a), "speedup_naive": c / b}
+                row = {
+                    "model": name,
+                    "T": steps,
+                    "dense_form": form,
+                    "snn_form": snn_form,
+                    "times_s": t,
+                    "ratio_dense": b / (steps * a),
+                    "speedup_naive": c / b,
+                }
                 if device.type == "cuda":
                     row["host_syncs"] = host_syncs(lambda: snn_f(x_f, steps))
                 report["results"].append(row)
-                print(f"{name:<12} T={steps:<3} dense {1e3 * a:7.1f} ms ({form})  snnconv "
-                      f"{b:7.3f} s ({snn_form}) [{t['b_snnconv']['min']:.3f}-{t['b_snnconv']['max']:.3f}]  "
-                      f"naive {c:7.3f} s  ratio_dense {row['ratio_dense']:.2f}  "
-                      f"speedup_naive {row['speedup_naive']:.2f}"
-                      + (f"  host_syncs {row['host_syncs']}" if "host_syncs" in row else ""),
-                      flush=True)
-        for steps in [int(t) for t in args.memory_T.split(",")] * (name in args.memory_models.split(",")):
-            out = subprocess.run([sys.executable, __file__, "--probe", name, str(steps),
-                                  "--batch", str(args.batch), "--device", args.device],
-                                 capture_output=True, text=True, check=True)
+                print(
+                    f"{name:<12} T={steps:<3} dense {1e3 * a:7.1f} ms ({form})  snnconv "
+                    f"{b:7.3f} s ({snn_form}) [{t['b_snnconv']['min']:.3f}-{t['b_snnconv']['max']:.3f}]  "
+                    f"naive {c:7.3f} s  ratio_dense {row['ratio_dense']:.2f}  "
+                    f"speedup_naive {row['speedup_naive']:.2f}"
+                    + (f"  host_syncs {row['host_syncs']}" if "host_syncs" in row else ""),
+                    flush=True,
+                )
+        for steps in [int(t) for t in args.memory_T.split(",")] * (
+            name in args.memory_models.split(",")
+        ):
+            out = subprocess.run(
+                [
+                    sys.executable,
+                    __file__,
+                    "--probe",
+                    name,
+                    str(steps),
+                    "--batch",
+                    str(args.batch),
+                    "--device",
+                    args.device,
+                ],
+                capture_output=True,
+                text=True,
+                check=True,
+            )
             mem = json.loads(out.stdout.strip().splitlines()[-1])
             report["results"].append({"model": name, "memory_T": steps, **mem})
-            extra = f" ({mem['added_mib']:.0f} MiB above the {mem['before_mib']:.0f} MiB before it)" \
-                if "added_mib" in mem else ""
-            print(f"{name:<12} T={steps:<3} peak memory {mem['peak_mib']:.0f} MiB{extra}", flush=True)
+            extra = (
+                f" ({mem['added_mib']:.0f} MiB above the {mem['before_mib']:.0f} MiB before it)"
+                if "added_mib" in mem
+                else ""
+            )
+            print(
+                f"{name:<12} T={steps:<3} peak memory {mem['peak_mib']:.0f} MiB{extra}", flush=True
+            )
     print(json.dumps(report))
 
 

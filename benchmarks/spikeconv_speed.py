@@ -7,6 +7,7 @@ Median of 5 runs after a warm-up, the two interleaved.
 
     python benchmarks/spikeconv_speed.py
 """
+
 import json
 import statistics
 import time
@@ -14,10 +15,18 @@ import time
 import torch
 from torch import nn
 
-from snnconv import spikeconv
+from snnconv.kernels import lookup_conv
 
-SHAPES = [(16, 16, 32), (32, 32, 16), (64, 64, 8), (64, 64, 32), (128, 128, 16), (256, 256, 8),
-          (512, 512, 4), (512, 512, 2)]
+SHAPES = [
+    (16, 16, 32),
+    (32, 32, 16),
+    (64, 64, 8),
+    (64, 64, 32),
+    (128, 128, 16),
+    (256, 256, 8),
+    (512, 512, 4),
+    (512, 512, 2),
+]
 
 
 def main():
@@ -29,24 +38,35 @@ def main():
             amp = torch.ones(c_in)
             x = (torch.rand(256, c_in, size, size) < 0.2).float()
             x = x.contiguous(memory_format=torch.channels_last)
-            torch.testing.assert_close(spikeconv.conv2d(conv, x, amp), conv(x), rtol=0, atol=1e-4)
+            torch.testing.assert_close(lookup_conv.conv2d(conv, x, amp), conv(x), rtol=0, atol=1e-4)
             dense, lookup = [], []
             for _ in range(5):
                 t = time.perf_counter()
                 conv(x)
                 dense.append(time.perf_counter() - t)
                 t = time.perf_counter()
-                spikeconv.conv2d(conv, x, amp)
+                lookup_conv.conv2d(conv, x, amp)
                 lookup.append(time.perf_counter() - t)
             d, s = statistics.median(dense), statistics.median(lookup)
-            gb, nv, gr = spikeconv.plan(c_in, c_out, 9)
-            rows.append({"c_in": c_in, "c_out": c_out, "size": size, "plan": [gb, nv, gr],
-                         "dense_ms": 1e3 * d, "lookup_ms": 1e3 * s, "dense_over_lookup": d / s,
-                         "dense_range_ms": [1e3 * min(dense), 1e3 * max(dense)],
-                         "lookup_range_ms": [1e3 * min(lookup), 1e3 * max(lookup)]})
-            print(f"{c_in:4d} -> {c_out:<4d} {size:2d}x{size:<2d} (GB {gb}, NV {nv}, GR {gr})  dense "
-                  f"{1e3 * d:7.1f} ms  lookup {1e3 * s:7.1f} ms  dense/lookup {d / s:.2f}",
-                  flush=True)
+            gb, nv, gr = lookup_conv.plan(c_in, c_out, 9)
+            rows.append(
+                {
+                    "c_in": c_in,
+                    "c_out": c_out,
+                    "size": size,
+                    "plan": [gb, nv, gr],
+                    "dense_ms": 1e3 * d,
+                    "lookup_ms": 1e3 * s,
+                    "dense_over_lookup": d / s,
+                    "dense_range_ms": [1e3 * min(dense), 1e3 * max(dense)],
+                    "lookup_range_ms": [1e3 * min(lookup), 1e3 * max(lookup)],
+                }
+            )
+            print(
+                f"{c_in:4d} -> {c_out:<4d} {size:2d}x{size:<2d} (GB {gb}, NV {nv}, GR {gr})  dense "
+                f"{1e3 * d:7.1f} ms  lookup {1e3 * s:7.1f} ms  dense/lookup {d / s:.2f}",
+                flush=True,
+            )
     print(json.dumps({"threads": torch.get_num_threads(), "batch": 256, "rows": rows}))
 
 

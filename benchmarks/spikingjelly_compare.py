@@ -23,7 +23,7 @@ What is compared
   gets a deep copy of the ANN (same weights) in which every ``snnconv.ThresholdReLU`` (clamp(x, 0, y_th))
   is an ``nn.ReLU``: it measures its own thresholds from data, which is its method. The accuracy of
   that ReLU copy as an ANN is reported too.
-- ResNet-20's option-A shortcut (``snnconv.models.ShortcutA``: ``F.pad(x[:, :, ::2, ::2], ...)``)
+- ResNet-20's option-A shortcut (``snnconv.zoo.models.ShortcutA``: ``F.pad(x[:, :, ::2, ::2], ...)``)
   does not convert: the recipe's step-mode adapter (recipes/step_mode_adapters.py,
   ``adapt_step_mode_graph``) rejects the ``F.pad`` call ("does not support function node"). In
   SpikingJelly's copy it is replaced by the same function written with ops the adapter accepts:
@@ -55,6 +55,7 @@ torchvision. The versions used are printed and recorded in the JSON.
 
 Output: a readable table, then as the last line one JSON object with all the figures.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -70,12 +71,13 @@ import time
 os.environ.setdefault("TQDM_DISABLE", "1")  # SpikingJelly's calibration loop shows a tqdm bar
 
 import torch
+from spikingjelly.activation_based import ann2snn, functional, neuron
 from torch import nn
 
 import snnconv
-from snnconv import data as sdata
-from snnconv import models as smodels
-from spikingjelly.activation_based import ann2snn, functional, neuron
+from snnconv.io import data as sdata
+from snnconv.zoo import models as smodels
+from snnconv.zoo import shipped
 
 SJ_MODES = ("max", "99.9%")
 
@@ -86,10 +88,18 @@ def versions() -> dict:
             return md.version(name)
         except md.PackageNotFoundError:
             return None
-    return {"python": platform.python_version(), "torch": torch.__version__,
-            "spikingjelly": v("spikingjelly"), "snnconv": v("snnconv"), "numpy": v("numpy"),
-            "torchvision": v("torchvision"), "platform": platform.platform(),
-            "cpu": platform.processor() or platform.machine(), "cpu_count": os.cpu_count()}
+
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "spikingjelly": v("spikingjelly"),
+        "snnconv": v("snnconv"),
+        "numpy": v("numpy"),
+        "torchvision": v("torchvision"),
+        "platform": platform.platform(),
+        "cpu": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+    }
 
 
 class ShortcutForSJ(nn.Module):
@@ -102,7 +112,7 @@ class ShortcutForSJ(nn.Module):
 
     def forward(self, x):
         y = x[:, :, ::2, ::2]
-        z = y[:, :self.pad] * 0.0
+        z = y[:, : self.pad] * 0.0
         return torch.cat([z, y, z], dim=1)
 
 
@@ -122,17 +132,22 @@ def relu_copy(model: nn.Module) -> tuple[nn.Module, list[str]]:
                 counts["ShortcutA"] += 1
     notes = []
     if counts["ThresholdReLU"]:
-        notes.append(f"SpikingJelly gets a copy with {counts['ThresholdReLU']} ThresholdReLU -> nn.ReLU "
-                     "(same weights); it measures its own thresholds from the calibration data")
+        notes.append(
+            f"SpikingJelly gets a copy with {counts['ThresholdReLU']} ThresholdReLU -> nn.ReLU "
+            "(same weights); it measures its own thresholds from the calibration data"
+        )
     if counts["ShortcutA"]:
-        notes.append(f"{counts['ShortcutA']} option-A shortcuts rewritten without F.pad for SpikingJelly "
-                     "(slice, *0, cat: same function), as its step-mode adapter rejects F.pad")
+        notes.append(
+            f"{counts['ShortcutA']} option-A shortcuts rewritten without F.pad for SpikingJelly "
+            "(slice, *0, cat: same function), as its step-mode adapter rejects F.pad"
+        )
     return ann, notes
 
 
 def sj_convert(ann: nn.Module, calibration: torch.Tensor, mode: str, batch: int) -> nn.Module:
-    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(calibration),
-                                         batch_size=batch, shuffle=False)
+    loader = torch.utils.data.DataLoader(
+        torch.utils.data.TensorDataset(calibration), batch_size=batch, shuffle=False
+    )
     recipe = ann2snn.RateCodingRecipe(dataloader=loader, mode=mode)
     net = ann2snn.Converter(recipe).convert(copy.deepcopy(ann))
     return net.eval()
@@ -140,8 +155,11 @@ def sj_convert(ann: nn.Module, calibration: torch.Tensor, mode: str, batch: int)
 
 def sj_thresholds(net: nn.Module) -> list[float]:
     """The per-layer scale s (= the effective threshold) of each converted ReLU, in module order."""
-    return [float(m.scale) for name, m in net.named_modules()
-            if name.endswith("scaler1") and isinstance(m, ann2snn.modules.VoltageScaler)]
+    return [
+        float(m.scale)
+        for name, m in net.named_modules()
+        if name.endswith("scaler1") and isinstance(m, ann2snn.modules.VoltageScaler)
+    ]
 
 
 def if_layers(net: nn.Module) -> int:
@@ -200,17 +218,28 @@ def fmt_ms(stats) -> str:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--checkpoint", default="resnet20-cifar10",
-                   help="shipped model name or snnconv model file (anything load_pretrained accepts)")
+    p.add_argument(
+        "--checkpoint",
+        default="resnet20-cifar10",
+        help="shipped model name or snnconv model file (anything load_pretrained accepts)",
+    )
     p.add_argument("--data-root", default="../shared/data")
     p.add_argument("--images", type=int, default=2000, help="CIFAR-10 test images for accuracy")
     p.add_argument("--T", default="16,32", help="comma-separated time steps")
     p.add_argument("--batch", type=int, default=128, help="batch size (timing and evaluation)")
     p.add_argument("--repeats", type=int, default=5, help="timed runs after 1 warm-up")
-    p.add_argument("--calibration-images", type=int, default=1024,
-                   help="CIFAR-10 train images (unaugmented) for SpikingJelly's thresholds")
-    p.add_argument("--calibration-batch", type=int, default=128,
-                   help="batch size of SpikingJelly's calibration loader (its EMA is per batch)")
+    p.add_argument(
+        "--calibration-images",
+        type=int,
+        default=1024,
+        help="CIFAR-10 train images (unaugmented) for SpikingJelly's thresholds",
+    )
+    p.add_argument(
+        "--calibration-batch",
+        type=int,
+        default=128,
+        help="batch size of SpikingJelly's calibration loader (its EMA is per batch)",
+    )
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own)")
     args = p.parse_args(argv)
     Ts = sorted({int(t) for t in args.T.split(",") if t.strip()})
@@ -224,19 +253,23 @@ def main(argv=None) -> int:
     torch.manual_seed(0)
     info = versions()
     threads = torch.get_num_threads()
-    print(f"versions: python {info['python']}, torch {info['torch']}, spikingjelly {info['spikingjelly']}, "
-          f"snnconv {info['snnconv']}, numpy {info['numpy']}, torchvision {info['torchvision'] or 'not installed'}")
+    print(
+        f"versions: python {info['python']}, torch {info['torch']}, spikingjelly {info['spikingjelly']}, "
+        f"snnconv {info['snnconv']}, numpy {info['numpy']}, torchvision {info['torchvision'] or 'not installed'}"
+    )
     print(f"CPU: {info['cpu']}, {info['cpu_count']} cores, torch threads {threads}")
 
     # --- model and data ---------------------------------------------------------------------
-    model = smodels.load_pretrained(args.checkpoint).eval()
+    model = shipped.load_pretrained(args.checkpoint).eval()
     x_test, y_test = images_of(sdata.load("cifar10", "test", args.data_root), args.images)
     x_cal, _ = images_of(sdata.load("cifar10", "train", args.data_root), args.calibration_images)
-    x_batch = x_test[:args.batch].contiguous()
+    x_batch = x_test[: args.batch].contiguous()
     if len(x_batch) < args.batch:
         print(f"note: timing batch has only {len(x_batch)} images (--images < --batch)")
-    batches = [(x_test[i:i + args.batch], y_test[i:i + args.batch])
-               for i in range(0, len(x_test), args.batch)]
+    batches = [
+        (x_test[i : i + args.batch], y_test[i : i + args.batch])
+        for i in range(0, len(x_test), args.batch)
+    ]
 
     # --- conversions ------------------------------------------------------------------------
     with torch.no_grad():
@@ -250,7 +283,9 @@ def main(argv=None) -> int:
             sj_multi_nets[mode], multi_errors[mode] = to_multi_step(sj_nets[mode])
     folded = [n for n in snn.notes if n.startswith("BatchNorm ") and " folded into " in n]
     if folded:
-        notes.append(f"snnconv folded {len(folded)} BatchNorm layers into their convs (SpikingJelly fuses them too)")
+        notes.append(
+            f"snnconv folded {len(folded)} BatchNorm layers into their convs (SpikingJelly fuses them too)"
+        )
     notes += [f"snnconv: {n}" for n in snn.notes if n not in folded]
     left_bn = sum(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in sj_nets["max"].modules())
     if left_bn:
@@ -277,12 +312,16 @@ def main(argv=None) -> int:
     x_cl = x_batch.contiguous(memory_format=torch.channels_last)
     snn_cl = copy.deepcopy(snn).to(memory_format=torch.channels_last)
     sj_cl = copy.deepcopy(sj_nets["max"]).to(memory_format=torch.channels_last)
-    methods = {("dense", "contiguous"): lambda: dense_cont(x_batch),
-               ("dense", "channels_last"): lambda: dense_cl(x_cl)}
+    methods = {
+        ("dense", "contiguous"): lambda: dense_cont(x_batch),
+        ("dense", "channels_last"): lambda: dense_cl(x_cl),
+    }
     for T in Ts:
         methods[(T, "snnconv", "contiguous")] = lambda T=T: snn(x_batch, T)
         methods[(T, "snnconv", "channels_last")] = lambda T=T: snn_cl(x_cl, T)
-        methods[(T, "sj_single", "contiguous")] = lambda T=T: sj_single_sum(sj_nets["max"], x_batch, T)
+        methods[(T, "sj_single", "contiguous")] = lambda T=T: sj_single_sum(
+            sj_nets["max"], x_batch, T
+        )
         methods[(T, "sj_single", "channels_last")] = lambda T=T: sj_single_sum(sj_cl, x_cl, T)
         if multi_ok:
             methods[(T, "sj_multi")] = lambda T=T: sj_multi_sum(sj_multi_nets["max"], x_batch, T)
@@ -305,7 +344,11 @@ def main(argv=None) -> int:
             stat[(T, name)], layout[(T, name)] = stat[(T, name, fmt)], fmt
 
     # --- accuracy (SpikingJelly in whichever mode was faster at T_max) -------------------------
-    use_multi = multi_ok and all(sj_multi_nets[m] is not None for m in SJ_MODES) and stat[(Ts[-1], "sj_multi")][0] < stat[(Ts[-1], "sj_single")][0]
+    use_multi = (
+        multi_ok
+        and all(sj_multi_nets[m] is not None for m in SJ_MODES)
+        and stat[(Ts[-1], "sj_multi")][0] < stat[(Ts[-1], "sj_single")][0]
+    )
     with torch.no_grad():
         correct = {"ann": 0, "ann_relu_copy": 0}
         correct.update({(T, m): 0 for T in Ts for m in ("snnconv", "snnconv_bias", *SJ_MODES)})
@@ -316,8 +359,11 @@ def main(argv=None) -> int:
                 correct[(T, "snnconv")] += int((snn(x, T)[-1].argmax(1) == y).sum())
                 correct[(T, "snnconv_bias")] += int((snn_bias(x, T)[-1].argmax(1) == y).sum())
             for mode in SJ_MODES:
-                out = (sj_multi(sj_multi_nets[mode], x, Ts[-1]) if use_multi
-                       else sj_single(sj_nets[mode], x, Ts[-1]))
+                out = (
+                    sj_multi(sj_multi_nets[mode], x, Ts[-1])
+                    if use_multi
+                    else sj_single(sj_nets[mode], x, Ts[-1])
+                )
                 cum = out.cumsum(0)
                 for T in Ts:
                     correct[(T, mode)] += int((cum[T - 1].argmax(1) == y).sum())
@@ -325,26 +371,43 @@ def main(argv=None) -> int:
     acc = {k: correct[k] / n for k in correct}
 
     # --- report -----------------------------------------------------------------------------
-    print(f"checkpoint {args.checkpoint}: {type(model).__name__}, CIFAR-10 test images {n}, "
-          f"calibration {args.calibration_images} train images (batch {args.calibration_batch}), "
-          f"timing batch {len(x_batch)}, {args.repeats} timed runs + 1 warm-up, round-robin")
+    print(
+        f"checkpoint {args.checkpoint}: {type(model).__name__}, CIFAR-10 test images {n}, "
+        f"calibration {args.calibration_images} train images (batch {args.calibration_batch}), "
+        f"timing batch {len(x_batch)}, {args.repeats} timed runs + 1 warm-up, round-robin"
+    )
     for note in notes:
         print(f"note: {note}")
     print(f"IF layers: snnconv {len(snn.layers)}, SpikingJelly {if_layers(sj_nets['max'])}")
     print(f"SJ thresholds (max):   {', '.join(f'{v:.3g}' for v in sj_th['max'])}")
     print(f"SJ thresholds (99.9%): {', '.join(f'{v:.3g}' for v in sj_th['99.9%'])}")
-    print(f"snnconv thresholds:    {', '.join(f'{float(m.v_th.max()):.3g}' for m in snn.layers.values())}")
+    print(
+        f"snnconv thresholds:    {', '.join(f'{float(m.v_th.max()):.3g}' for m in snn.layers.values())}"
+    )
     if multi_ok:
         print(f"SJ multi-step vs single-step outputs: max |diff| {multi_diff:.3g} (T={Ts[0]})")
     print()
-    print(f"dense ANN (BN folded) ms: contiguous {fmt_ms(stat[('dense', 'contiguous')])}, "
-          f"channels_last {fmt_ms(stat[('dense', 'channels_last')])} -> {dense_fmt}")
-    print(f"ANN accuracy {acc['ann']:.2%} (SpikingJelly's ReLU copy as an ANN: {acc['ann_relu_copy']:.2%})")
+    print(
+        f"dense ANN (BN folded) ms: contiguous {fmt_ms(stat[('dense', 'contiguous')])}, "
+        f"channels_last {fmt_ms(stat[('dense', 'channels_last')])} -> {dense_fmt}"
+    )
+    print(
+        f"ANN accuracy {acc['ann']:.2%} (SpikingJelly's ReLU copy as an ANN: {acc['ann_relu_copy']:.2%})"
+    )
     print()
     W = 27  # width of a time column
-    head = ["T", "snnconv ms (min-max)", "SJ single-step ms", "SJ multi-step ms", "SJ fastest / snnconv",
-            "snnconv / (T x dense)", "acc snnconv membrane", "acc snnconv bias", "acc SJ max",
-            "acc SJ 99.9%"]
+    head = [
+        "T",
+        "snnconv ms (min-max)",
+        "SJ single-step ms",
+        "SJ multi-step ms",
+        "SJ fastest / snnconv",
+        "snnconv / (T x dense)",
+        "acc snnconv membrane",
+        "acc snnconv bias",
+        "acc SJ max",
+        "acc SJ 99.9%",
+    ]
     widths = [3, W, W, W, 20, 21, 20, 16, 10, 12]
     print("| " + " | ".join(h.ljust(w) for h, w in zip(head, widths)) + " |")
     print("|" + "|".join("-" * (w + 1) + ":" for w in widths) + "|")
@@ -355,52 +418,86 @@ def main(argv=None) -> int:
         multi = stat.get((T, "sj_multi"))
         fastest_name = "multi" if multi and multi[0] < single[0] else "single"
         fastest = multi if fastest_name == "multi" else single
-        row = {"T": T,
-               "snnconv_s": s[0], "snnconv_range_s": [s[1], s[2]],
-               "sj_single_s": single[0], "sj_single_range_s": [single[1], single[2]],
-               "sj_multi_s": multi[0] if multi else None,
-               "sj_multi_range_s": [multi[1], multi[2]] if multi else None,
-               "sj_fastest": fastest_name, "sj_fastest_s": fastest[0],
-               "sj_fastest_over_snnconv": fastest[0] / s[0],
-               "snnconv_over_T_dense": s[0] / (T * dense),
-               "snnconv_layout": layout[(T, "snnconv")],
-               "sj_single_layout": layout[(T, "sj_single")],
-               "acc_snnconv": acc[(T, "snnconv")], "acc_snnconv_bias": acc[(T, "snnconv_bias")],
-               "acc_sj_max": acc[(T, "max")],
-               "acc_sj_99.9%": acc[(T, "99.9%")]}
+        row = {
+            "T": T,
+            "snnconv_s": s[0],
+            "snnconv_range_s": [s[1], s[2]],
+            "sj_single_s": single[0],
+            "sj_single_range_s": [single[1], single[2]],
+            "sj_multi_s": multi[0] if multi else None,
+            "sj_multi_range_s": [multi[1], multi[2]] if multi else None,
+            "sj_fastest": fastest_name,
+            "sj_fastest_s": fastest[0],
+            "sj_fastest_over_snnconv": fastest[0] / s[0],
+            "snnconv_over_T_dense": s[0] / (T * dense),
+            "snnconv_layout": layout[(T, "snnconv")],
+            "sj_single_layout": layout[(T, "sj_single")],
+            "acc_snnconv": acc[(T, "snnconv")],
+            "acc_snnconv_bias": acc[(T, "snnconv_bias")],
+            "acc_sj_max": acc[(T, "max")],
+            "acc_sj_99.9%": acc[(T, "99.9%")],
+        }
         rows.append(row)
-        cells = [str(T), fmt_ms(s), fmt_ms(single), fmt_ms(multi) if multi else "n/a",
-                 f"{row['sj_fastest_over_snnconv']:.2f} ({fastest_name})",
-                 f"{row['snnconv_over_T_dense']:.2f}", f"{row['acc_snnconv']:.2%}",
-                 f"{row['acc_snnconv_bias']:.2%}",
-                 f"{row['acc_sj_max']:.2%}", f"{row['acc_sj_99.9%']:.2%}"]
+        cells = [
+            str(T),
+            fmt_ms(s),
+            fmt_ms(single),
+            fmt_ms(multi) if multi else "n/a",
+            f"{row['sj_fastest_over_snnconv']:.2f} ({fastest_name})",
+            f"{row['snnconv_over_T_dense']:.2f}",
+            f"{row['acc_snnconv']:.2%}",
+            f"{row['acc_snnconv_bias']:.2%}",
+            f"{row['acc_sj_max']:.2%}",
+            f"{row['acc_sj_99.9%']:.2%}",
+        ]
         print("| " + " | ".join(c.rjust(w) for c, w in zip(cells, widths)) + " |")
-    print(f"Times are per batch of {len(x_batch)}; dense ANN = {dense * 1e3:.1f} ms ({dense_fmt}). "
-          "SJ fastest = the faster of its single-step and multi-step modes. Layouts (faster of "
-          "contiguous / channels_last): " + ", ".join(
-              f"T={T} snnconv {layout[(T, 'snnconv')]}, SJ single {layout[(T, 'sj_single')]}"
-              for T in Ts))
+    print(
+        f"Times are per batch of {len(x_batch)}; dense ANN = {dense * 1e3:.1f} ms ({dense_fmt}). "
+        "SJ fastest = the faster of its single-step and multi-step modes. Layouts (faster of "
+        "contiguous / channels_last): "
+        + ", ".join(
+            f"T={T} snnconv {layout[(T, 'snnconv')]}, SJ single {layout[(T, 'sj_single')]}"
+            for T in Ts
+        )
+    )
 
     result = {
-        "benchmark": "spikingjelly_compare", "versions": info, "torch_threads": threads,
-        "checkpoint": str(args.checkpoint), "images": n, "batch": len(x_batch), "T": Ts,
-        "repeats": args.repeats, "calibration_images": args.calibration_images,
+        "benchmark": "spikingjelly_compare",
+        "versions": info,
+        "torch_threads": threads,
+        "checkpoint": str(args.checkpoint),
+        "images": n,
+        "batch": len(x_batch),
+        "T": Ts,
+        "repeats": args.repeats,
+        "calibration_images": args.calibration_images,
         "calibration_batch": args.calibration_batch,
-        "snnconv": {"threshold": "activation", "timed_shift": "membrane",
-                    "accuracy_shifts": ["membrane", "bias"]},
-        "spikingjelly": {"api": "ann2snn.Converter(ann2snn.RateCodingRecipe(dataloader, mode))",
-                         "modes": list(SJ_MODES), "timed_mode": "max",
-                         "multi_step_available": multi_ok,
-                         "multi_step_error": None if multi_ok else multi_errors["max"],
-                         "multi_vs_single_max_abs_diff": multi_diff,
-                         "accuracy_pass_mode": "multi" if use_multi else "single",
-                         "thresholds": sj_th},
-        "dense_s": {"contiguous": stat[("dense", "contiguous")][0],
-                    "channels_last": stat[("dense", "channels_last")][0], "used": dense_fmt,
-                    "contiguous_range_s": list(stat[("dense", "contiguous")][1:]),
-                    "channels_last_range_s": list(stat[("dense", "channels_last")][1:])},
-        "acc_ann": acc["ann"], "acc_ann_relu_copy": acc["ann_relu_copy"],
-        "rows": rows, "notes": notes,
+        "snnconv": {
+            "threshold": "activation",
+            "timed_shift": "membrane",
+            "accuracy_shifts": ["membrane", "bias"],
+        },
+        "spikingjelly": {
+            "api": "ann2snn.Converter(ann2snn.RateCodingRecipe(dataloader, mode))",
+            "modes": list(SJ_MODES),
+            "timed_mode": "max",
+            "multi_step_available": multi_ok,
+            "multi_step_error": None if multi_ok else multi_errors["max"],
+            "multi_vs_single_max_abs_diff": multi_diff,
+            "accuracy_pass_mode": "multi" if use_multi else "single",
+            "thresholds": sj_th,
+        },
+        "dense_s": {
+            "contiguous": stat[("dense", "contiguous")][0],
+            "channels_last": stat[("dense", "channels_last")][0],
+            "used": dense_fmt,
+            "contiguous_range_s": list(stat[("dense", "contiguous")][1:]),
+            "channels_last_range_s": list(stat[("dense", "channels_last")][1:]),
+        },
+        "acc_ann": acc["ann"],
+        "acc_ann_relu_copy": acc["ann_relu_copy"],
+        "rows": rows,
+        "notes": notes,
     }
     print(json.dumps(result))
     return 0

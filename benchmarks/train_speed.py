@@ -8,6 +8,7 @@ channels_last; `snnconv train` uses channels_last on CPU by default). Median of 
 steps after 2 warm-up steps, the formats interleaved; the spread is min-max. Prints a markdown
 table and, last, one JSON line.
 """
+
 import argparse
 import json
 import os
@@ -18,7 +19,8 @@ import time
 import torch
 import torch.nn.functional as F
 
-from snnconv import models, train
+from snnconv import train
+from snnconv.zoo import models
 
 
 def timed_pair(fns: dict, repeats: int) -> dict:
@@ -42,10 +44,14 @@ def main():
     args = p.parse_args()
     torch.manual_seed(0)
     rows = []
-    print(f"CPU: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-          f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {args.batch}")
-    print("| model | params | train img/s NCHW | train img/s channels_last | infer img/s NCHW "
-          "| infer img/s channels_last |")
+    print(
+        f"CPU: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {args.batch}"
+    )
+    print(
+        "| model | params | train img/s NCHW | train img/s channels_last | infer img/s NCHW "
+        "| infer img/s channels_last |"
+    )
     print("|---|---|---|---|---|---|")
     for name in models.NAMES:
         x = torch.randn(args.batch, 3, 32, 32)
@@ -55,8 +61,9 @@ def main():
             torch.manual_seed(0)
             nets[fmt] = models.build(name).to(memory_format=mf)
             inputs[fmt] = x.contiguous(memory_format=mf)
-            opts[fmt] = torch.optim.SGD(train.parameter_groups(nets[fmt], 5e-4), lr=0.01,
-                                        momentum=0.9)
+            opts[fmt] = torch.optim.SGD(
+                train.parameter_groups(nets[fmt], 5e-4), lr=0.01, momentum=0.9
+            )
 
         def step(fmt):
             loss = F.cross_entropy(nets[fmt](inputs[fmt]), y)
@@ -70,15 +77,23 @@ def main():
         with torch.no_grad():
             inf = timed_pair({f: (lambda f=f: nets[f](inputs[f])) for f in nets}, args.repeats)
         rate = lambda t: args.batch / t
-        row = {"model": name, "params": models.count_parameters(nets["nchw"]),
-               **{f"train_{f}": rate(tr[f][0]) for f in nets},
-               **{f"train_{f}_range": [rate(tr[f][2]), rate(tr[f][1])] for f in nets},
-               **{f"infer_{f}": rate(inf[f][0]) for f in nets}}
+        row = {
+            "model": name,
+            "params": models.count_parameters(nets["nchw"]),
+            **{f"train_{f}": rate(tr[f][0]) for f in nets},
+            **{f"train_{f}_range": [rate(tr[f][2]), rate(tr[f][1])] for f in nets},
+            **{f"infer_{f}": rate(inf[f][0]) for f in nets},
+        }
         rows.append(row)
-        cell = lambda f: (f"{row[f'train_{f}']:.0f} ({row[f'train_{f}_range'][0]:.0f}-"
-                          f"{row[f'train_{f}_range'][1]:.0f})")
-        print(f"| {name} | {row['params']:,} | {cell('nchw')} | {cell('cl')} | "
-              f"{row['infer_nchw']:.0f} | {row['infer_cl']:.0f} |", flush=True)
+        cell = lambda f: (
+            f"{row[f'train_{f}']:.0f} ({row[f'train_{f}_range'][0]:.0f}-"
+            f"{row[f'train_{f}_range'][1]:.0f})"
+        )
+        print(
+            f"| {name} | {row['params']:,} | {cell('nchw')} | {cell('cl')} | "
+            f"{row['infer_nchw']:.0f} | {row['infer_cl']:.0f} |",
+            flush=True,
+        )
     print(json.dumps({"batch": args.batch, "threads": torch.get_num_threads(), "rows": rows}))
 
 

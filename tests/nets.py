@@ -1,4 +1,5 @@
 """Small random networks covering every supported graph form (shared by the conversion tests)."""
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -23,10 +24,21 @@ class ConvChain(nn.Module):
 
     def __init__(self):
         super().__init__()
-        self.c1, self.b1, self.a1 = nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), ThresholdReLU(0.8)
-        self.c2, self.a2 = nn.Conv2d(8, 8, 3, stride=2, padding=2, dilation=2, groups=2), ThresholdReLU(1.3)
+        self.c1, self.b1, self.a1 = (
+            nn.Conv2d(3, 8, 3, padding=1),
+            nn.BatchNorm2d(8),
+            ThresholdReLU(0.8),
+        )
+        self.c2, self.a2 = (
+            nn.Conv2d(8, 8, 3, stride=2, padding=2, dilation=2, groups=2),
+            ThresholdReLU(1.3),
+        )
         self.pool = nn.AvgPool2d(2)
-        self.fc1, self.bn, self.a3 = nn.Linear(8 * 3 * 3, 24), nn.BatchNorm1d(24), ThresholdReLU(0.6)
+        self.fc1, self.bn, self.a3 = (
+            nn.Linear(8 * 3 * 3, 24),
+            nn.BatchNorm1d(24),
+            ThresholdReLU(0.6),
+        )
         self.drop = nn.Dropout(0.3)
         self.fc2 = nn.Linear(24, 5)
 
@@ -76,6 +88,8 @@ class Concat(nn.Module):
 def random_nets():
     """(name, model, input shape) for the three families, in eval mode with random BN stats."""
     torch.manual_seed(0)
-    return [("chain", _randomise_bn(ConvChain()), (3, 12, 12)),
-            ("residual", _randomise_bn(Residual()), (3, 8, 8)),
-            ("concat", Concat().eval(), (2, 8, 8))]
+    return [
+        ("chain", _randomise_bn(ConvChain()), (3, 12, 12)),
+        ("residual", _randomise_bn(Residual()), (3, 8, 8)),
+        ("concat", Concat().eval(), (2, 8, 8)),
+    ]

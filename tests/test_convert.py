@@ -1,4 +1,5 @@
 """Conversion: which graph forms are accepted, BN folding, thresholds, and errors."""
+
 import math
 
 import pytest
@@ -7,9 +8,9 @@ import torch.nn.functional as F
 from torch import fx, nn
 
 import snnconv
-from snnconv import ConversionError, ThresholdReLU
-from snnconv import calibrate
 from nets import random_nets
+from snnconv import ConversionError, ThresholdReLU
+from snnconv.conversion import thresholds
 
 
 class Wrap(nn.Module):
@@ -91,8 +92,11 @@ def test_sigmoid_is_refused_naming_the_node():
         def forward(self, x):
             return torch.sigmoid(self.fc(x))
 
-    with pytest.raises(ConversionError, match=r"node 'sigmoid' \(call_function torch.sigmoid\).*"
-                                              r"replace it by nn.ReLU"):
+    with pytest.raises(
+        ConversionError,
+        match=r"node 'sigmoid' \(call_function torch.sigmoid\).*"
+        r"replace it by nn.ReLU",
+    ):
         snnconv.convert(Sig())
 
 
@@ -116,9 +120,16 @@ def test_other_unsupported_forms():
 
 
 def test_maxpool_errors_by_default_and_is_replaced_on_request():
-    model = nn.Sequential(nn.Conv2d(1, 3, 3, padding=1), ThresholdReLU(1.0), nn.MaxPool2d(2),
-                          nn.Flatten(), nn.Linear(3 * 4 * 4, 2))
-    with pytest.raises(ConversionError, match=r"node '_2' \(call_module nn.MaxPool2d\).*maxpool='avg'"):
+    model = nn.Sequential(
+        nn.Conv2d(1, 3, 3, padding=1),
+        ThresholdReLU(1.0),
+        nn.MaxPool2d(2),
+        nn.Flatten(),
+        nn.Linear(3 * 4 * 4, 2),
+    )
+    with pytest.raises(
+        ConversionError, match=r"node '_2' \(call_module nn.MaxPool2d\).*maxpool='avg'"
+    ):
         snnconv.convert(model)
     snn = snnconv.convert(model, maxpool="avg")
     assert any("max pooling '_2' replaced by average pooling" in n for n in snn.notes)
@@ -132,8 +143,9 @@ def test_inspect_lists_every_node_with_its_handling():
         cov = snnconv.inspect(model)
         traced = [n.name for n in fx.symbolic_trace(model).graph.nodes]
         # ThresholdReLU is a leaf for snnconv's tracer; plain fx traces into its clamp
-        assert [r[0] for r in cov.rows] == [n.name for n in
-                                            snnconv.graph.trace(model).graph.nodes]
+        assert [r[0] for r in cov.rows] == [
+            n.name for n in snnconv.conversion.graph.trace(model).graph.nodes
+        ]
         assert len(cov.rows) >= len([t for t in traced if t])
         assert cov.supported
         text = str(cov)
@@ -142,8 +154,13 @@ def test_inspect_lists_every_node_with_its_handling():
     cov = snnconv.inspect(nn.Sequential(nn.Linear(2, 2), nn.Sigmoid(), nn.BatchNorm1d(2)))
     assert not cov.supported
     kinds = {r[0]: r[2] for r in cov.rows}
-    assert kinds == {"input_1": "input", "_0": "linear", "_1": "unsupported", "_2": "linear",
-                     "output": "output"}
+    assert kinds == {
+        "input_1": "input",
+        "_0": "linear",
+        "_1": "unsupported",
+        "_2": "linear",
+        "output": "output",
+    }
     folded = snnconv.inspect(random_nets()[0][1])
     assert ("b1", "folded") in {(r[0], r[2]) for r in folded.rows}
 
@@ -156,7 +173,9 @@ def test_batchnorm_folding_and_dropout_removal_keep_outputs():
         x = torch.randn(16, *shape)
         assert torch.allclose(snn.ann(x), model.eval()(x), rtol=1e-5, atol=1e-6), name
         kinds = {type(m) for m in snn.ann.modules()}
-        assert nn.BatchNorm2d not in kinds and nn.BatchNorm1d not in kinds and nn.Dropout not in kinds
+        assert (
+            nn.BatchNorm2d not in kinds and nn.BatchNorm1d not in kinds and nn.Dropout not in kinds
+        )
 
 
 def test_conversion_does_not_touch_the_user_model():
@@ -192,8 +211,13 @@ def test_bad_inputs_give_clear_errors():
     broken.c2.weight.data[0, 0, 0, 0] = float("inf")
     with pytest.raises(ValueError, match="parameter 'c2.weight'"):
         snnconv.convert(broken)
-    for kwargs in ({"threshold": "mean"}, {"shift": "half"}, {"readout": "logits"},
-                   {"maxpool": "min"}, {"percentile": 0}):
+    for kwargs in (
+        {"threshold": "mean"},
+        {"shift": "half"},
+        {"readout": "logits"},
+        {"maxpool": "min"},
+        {"percentile": 0},
+    ):
         with pytest.raises(ValueError):
             snnconv.convert(model, **kwargs)
     with pytest.raises(ConversionError, match="nn.Module"):
@@ -222,18 +246,18 @@ def nearest_rank(values: torch.Tensor, p: float) -> float:
 @pytest.mark.parametrize("gather", [1 << 20, 50])
 def test_percentile_is_exact_over_all_batches(monkeypatch, gather):
     """Against sorting all values; a tiny gather limit forces the histogram refinement passes."""
-    monkeypatch.setattr(calibrate, "GATHER", gather)
+    monkeypatch.setattr(thresholds, "GATHER", gather)
     model = nn.Sequential(nn.Linear(5, 7), nn.ReLU(), nn.Linear(7, 7), ThresholdReLU(0.4))
     batches = [torch.randn(n, 5) for n in (13, 40, 7)]
-    gm = snnconv.graph.trace(model)
+    gm = snnconv.conversion.graph.trace(model)
     acts1 = torch.cat([F.relu(model[0](b)) for b in batches]).detach()
     acts2 = torch.cat([model[3](model[2](F.relu(model[0](b)))) for b in batches]).detach()
     for p in (50.0, 90.0, 99.0, 99.99, 100.0):
-        got = calibrate.layer_statistic(gm, ["_1", "_3"], batches, p)
+        got = thresholds.layer_statistic(gm, ["_1", "_3"], batches, p)
         assert got["_1"] == nearest_rank(acts1, p)  # zeros are a point mass here
         assert got["_3"] == nearest_rank(acts2, p)  # values saturated at 0.4 are another
     with pytest.raises(ValueError, match="one-shot iterator"):
-        calibrate.layer_statistic(gm, ["_1"], iter(batches), 90.0)
+        thresholds.layer_statistic(gm, ["_1"], iter(batches), 90.0)
 
 
 def test_threshold_modes_use_calibration_data():
@@ -243,19 +267,23 @@ def test_threshold_modes_use_calibration_data():
     assert snnconv.convert(model).thresholds == {"_1": 3.0}
     got_max = snnconv.convert(model, calibration=batches, threshold="max").thresholds["_1"]
     assert got_max == pytest.approx(acts.max().item())
-    got_p = snnconv.convert(model, calibration=batches, threshold="percentile",
-                            percentile=90).thresholds["_1"]
+    got_p = snnconv.convert(
+        model, calibration=batches, threshold="percentile", percentile=90
+    ).thresholds["_1"]
     assert got_p == pytest.approx(nearest_rank(acts, 90.0))
 
 
 def test_functional_and_adaptive_max_pooling_on_request():
     forms = {
         "F.max_pool2d": (lambda x: F.max_pool2d(x, 2), lambda x: F.avg_pool2d(x, 2)),
-        "F.max_pool2d(3, 2, 1)": (lambda x: F.max_pool2d(x, 3, 2, 1),
-                                  lambda x: F.avg_pool2d(x, 3, 2, 1, count_include_pad=False)),
+        "F.max_pool2d(3, 2, 1)": (
+            lambda x: F.max_pool2d(x, 3, 2, 1),
+            lambda x: F.avg_pool2d(x, 3, 2, 1, count_include_pad=False),
+        ),
         "nn.AdaptiveMaxPool2d": (nn.AdaptiveMaxPool2d(2), nn.AdaptiveAvgPool2d(2)),
     }
     for name, (pool, avg) in forms.items():
+
         class P(nn.Module):
             def __init__(self):
                 super().__init__()

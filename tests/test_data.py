@@ -10,11 +10,22 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from snnconv import data
-from snnconv.data import DataError
+from snnconv.io import data
+from snnconv.io.data import DataError
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"  # real datasets, read-only
-CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+CIFAR10_CLASSES = (
+    "airplane",
+    "automobile",
+    "bird",
+    "cat",
+    "deer",
+    "dog",
+    "frog",
+    "horse",
+    "ship",
+    "truck",
+)
 
 
 @pytest.fixture(scope="module")
@@ -24,6 +35,7 @@ def cifar10_train():
 
 # ----------------------------------------------------------------------------- fake files
 
+
 def fake_split(n, seed, shape=(3, 32, 32), n_classes=10):
     rng = np.random.default_rng(seed)
     return rng.integers(0, 256, (n, *shape), dtype=np.uint8), rng.integers(0, n_classes, n)
@@ -32,15 +44,21 @@ def fake_split(n, seed, shape=(3, 32, 32), n_classes=10):
 def write_cifar10_folder(folder, n=3, protocol=4):
     """A cifar-10-batches-py folder in the authors' format; returns {split: (images, labels)}."""
     folder.mkdir(parents=True)
-    (folder / "batches.meta").write_bytes(pickle.dumps({"label_names": list(CIFAR10_CLASSES)}, protocol))
+    (folder / "batches.meta").write_bytes(
+        pickle.dumps({"label_names": list(CIFAR10_CLASSES)}, protocol)
+    )
     files = {"train": [f"data_batch_{i}" for i in range(1, 6)], "test": ["test_batch"]}
     splits, seed = {}, 0
     for split, names in files.items():
         parts = [fake_split(n, seed=seed + i) for i in range(len(names))]
         seed += len(names)
         for f, (images, labels) in zip(names, parts):
-            batch = {"batch_label": f, "data": images.reshape(n, 3072), "labels": labels.tolist(),
-                     "filenames": [f"{f}_{i}.png" for i in range(n)]}
+            batch = {
+                "batch_label": f,
+                "data": images.reshape(n, 3072),
+                "labels": labels.tolist(),
+                "filenames": [f"{f}_{i}.png" for i in range(n)],
+            }
             (folder / f).write_bytes(pickle.dumps(batch, protocol))
         splits[split] = tuple(np.concatenate(a) for a in zip(*parts))
     return splits
@@ -74,6 +92,7 @@ def small_dataset(n):
 
 # ----------------------------------------------------------------------------- real data
 
+
 def test_cifar10_train(cifar10_train):
     ds = cifar10_train
     assert (len(ds), ds.name, ds.split) == (50_000, "cifar10", "train")
@@ -82,7 +101,9 @@ def test_cifar10_train(cifar10_train):
     assert ds.labels.bincount().tolist() == [5000] * 10
     assert ds.classes == CIFAR10_CLASSES
     means = ds.images.double().mean(dim=(0, 2, 3)) / 255
-    assert torch.allclose(means, torch.tensor([0.4914, 0.4822, 0.4465], dtype=torch.double), atol=1e-3)
+    assert torch.allclose(
+        means, torch.tensor([0.4914, 0.4822, 0.4465], dtype=torch.double), atol=1e-3
+    )
 
 
 def test_cifar10_test():
@@ -130,6 +151,7 @@ def test_mnist(split, n):
 
 # ----------------------------------------------------------------------------- other formats
 
+
 def test_extracted_cifar_folder(tmp_path):
     expected = write_cifar10_folder(tmp_path / "cifar-10-batches-py")
     for split in ("train", "test"):
@@ -154,7 +176,9 @@ def test_python2_style_pickles(tmp_path):
     raw = raw.replace(b"cnumpy._core.multiarray\n", b"cnumpy.core.multiarray\n")
     assert b"numpy.core.multiarray" in raw
     (folder / "test_batch").write_bytes(raw)
-    (folder / "batches.meta").write_bytes(pickle.dumps({b"label_names": [s.encode() for s in CIFAR10_CLASSES]}, 2))
+    (folder / "batches.meta").write_bytes(
+        pickle.dumps({b"label_names": [s.encode() for s in CIFAR10_CLASSES]}, 2)
+    )
     ds = data.load("cifar10", "test", root=tmp_path)
     assert_matches(ds, images, labels)
     assert ds.classes == CIFAR10_CLASSES
@@ -175,6 +199,7 @@ def test_uncompressed_mnist(tmp_path):
 
 
 # ----------------------------------------------------------------------------- errors
+
 
 class Evil:
     def __init__(self, target):
@@ -211,13 +236,16 @@ def test_garbage_archive(tmp_path):
     assert str(path) in str(err.value)
 
 
-@pytest.mark.parametrize("batch,problem", [
-    ({"data": np.zeros((2, 3071), np.uint8), "labels": [0, 1]}, "3072"),
-    ({"data": np.zeros((2, 3072), np.float32), "labels": [0, 1]}, "uint8"),
-    ({"data": np.zeros((2, 3072), np.uint8), "labels": [0]}, "labels"),
-    ({"data": np.zeros((2, 3072), np.uint8), "labels": [0, 10]}, "labels"),
-    (["not", "a", "dict"], "dict"),
-])
+@pytest.mark.parametrize(
+    "batch,problem",
+    [
+        ({"data": np.zeros((2, 3071), np.uint8), "labels": [0, 1]}, "3072"),
+        ({"data": np.zeros((2, 3072), np.float32), "labels": [0, 1]}, "uint8"),
+        ({"data": np.zeros((2, 3072), np.uint8), "labels": [0]}, "labels"),
+        ({"data": np.zeros((2, 3072), np.uint8), "labels": [0, 10]}, "labels"),
+        (["not", "a", "dict"], "dict"),
+    ],
+)
 def test_malformed_batch(tmp_path, batch, problem):
     folder = tmp_path / "cifar-10-batches-py"
     write_cifar10_folder(folder)
@@ -227,11 +255,14 @@ def test_malformed_batch(tmp_path, batch, problem):
     assert "test_batch" in str(err.value)
 
 
-@pytest.mark.parametrize("corrupt,problem", [
-    (lambda b: b"\x00\x00\x08\x04" + b[4:], "bad IDX header"),
-    (lambda b: b[:-1], "do not match the IDX shape"),
-    (lambda b: b[:3], "bad IDX header"),
-])
+@pytest.mark.parametrize(
+    "corrupt,problem",
+    [
+        (lambda b: b"\x00\x00\x08\x04" + b[4:], "bad IDX header"),
+        (lambda b: b[:-1], "do not match the IDX shape"),
+        (lambda b: b[:3], "bad IDX header"),
+    ],
+)
 def test_corrupt_idx(tmp_path, corrupt, problem):
     raw = tmp_path / "MNIST" / "raw"
     images, labels = fake_split(4, seed=1, shape=(28, 28))
@@ -250,7 +281,13 @@ def test_unknown_name_split_and_missing_files(tmp_path):
         data.load("mnist", "validation", root=tmp_path)
     with pytest.raises(DataError) as err:
         data.load("cifar10", "test", root=tmp_path)
-    for part in (str(tmp_path), "cifar-10-python.tar.gz", "test_batch", "download=True", "SNNCONV_DATA"):
+    for part in (
+        str(tmp_path),
+        "cifar-10-python.tar.gz",
+        "test_batch",
+        "download=True",
+        "SNNCONV_DATA",
+    ):
         assert part in str(err.value)
 
 
@@ -264,6 +301,7 @@ def test_default_root(monkeypatch, tmp_path):
 
 # ----------------------------------------------------------------------------- download
 
+
 def md5(path):
     return hashlib.md5(path.read_bytes()).hexdigest()
 
@@ -275,7 +313,9 @@ def test_download_cifar(tmp_path, monkeypatch):
         tar.add(remote / "cifar-10-batches-py", arcname="cifar-10-batches-py")
     dead = (tmp_path / "dead").as_uri() + "/"  # first mirror fails, the second one serves
     monkeypatch.setitem(data.MIRRORS, "cifar10", [dead, remote.as_uri() + "/"])
-    monkeypatch.setitem(data.MD5, "cifar10", {"cifar-10-python.tar.gz": md5(remote / "cifar-10-python.tar.gz")})
+    monkeypatch.setitem(
+        data.MD5, "cifar10", {"cifar-10-python.tar.gz": md5(remote / "cifar-10-python.tar.gz")}
+    )
     root = tmp_path / "root"
     ds = data.load("cifar10", "test", root=root, download=True)
     assert_matches(ds, *expected["test"])
@@ -296,7 +336,9 @@ def test_download_mnist(tmp_path, monkeypatch):
 def test_download_md5_mismatch(tmp_path, monkeypatch):
     remote = tmp_path / "remote"
     remote.mkdir()
-    (remote / "cifar-10-python.tar.gz").write_bytes(b"an imposter")  # data.MD5 keeps the official sum
+    (remote / "cifar-10-python.tar.gz").write_bytes(
+        b"an imposter"
+    )  # data.MD5 keeps the official sum
     monkeypatch.setitem(data.MIRRORS, "cifar10", [remote.as_uri() + "/"])
     root = tmp_path / "root"
     with pytest.raises(DataError, match="md5 mismatch") as err:
@@ -306,6 +348,7 @@ def test_download_md5_mismatch(tmp_path, monkeypatch):
 
 
 # ----------------------------------------------------------------------------- transforms
+
 
 def test_augment_deterministic():
     images = torch.from_numpy(fake_split(16, seed=3)[0])
@@ -322,8 +365,9 @@ def test_augment_flip_only():
     flipped = (out == images.flip(3)).flatten(1).all(1)
     assert (same | flipped).all()
     assert same.any() and flipped.any()  # about half of each
-    assert torch.equal(data.augment(images, torch.Generator().manual_seed(0), pad=0, flip=False),
-                       images)  # digits are never mirrored
+    assert torch.equal(
+        data.augment(images, torch.Generator().manual_seed(0), pad=0, flip=False), images
+    )  # digits are never mirrored
     assert data.AUGMENT["mnist"]["flip"] is False and data.AUGMENT["cifar10"]["flip"] is True
 
 
@@ -334,9 +378,17 @@ def test_augment_crops_padded_window():
     padded = F.pad(images, (pad,) * 4)
     found = []
     for x, y in zip(padded, out):
-        windows = {(dy, dx): x[:, dy:dy + 32, dx:dx + 32] for dy in range(2 * pad + 1) for dx in range(2 * pad + 1)}
-        matches = [(dy, dx, flip) for (dy, dx), w in windows.items() for flip in (False, True)
-                   if torch.equal(y, w.flip(2) if flip else w)]
+        windows = {
+            (dy, dx): x[:, dy : dy + 32, dx : dx + 32]
+            for dy in range(2 * pad + 1)
+            for dx in range(2 * pad + 1)
+        }
+        matches = [
+            (dy, dx, flip)
+            for (dy, dx), w in windows.items()
+            for flip in (False, True)
+            if torch.equal(y, w.flip(2) if flip else w)
+        ]
         assert len(matches) == 1  # random noise images: exactly one window fits
         found.append(matches[0])
     assert len(set(found)) > 1  # each image draws its own offsets
@@ -364,7 +416,9 @@ def test_batches():
     ds = small_dataset(10)
 
     def epoch(seed):
-        return list(data.batches(ds, 3, shuffle=True, generator=torch.Generator().manual_seed(seed)))
+        return list(
+            data.batches(ds, 3, shuffle=True, generator=torch.Generator().manual_seed(seed))
+        )
 
     order = torch.cat([labels for _, labels in epoch(0)])
     assert sorted(order.tolist()) == list(range(10))

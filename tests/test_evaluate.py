@@ -1,4 +1,5 @@
 """Evaluation: exact SOP counts, the error split, results.json, the CLI's errors."""
+
 import json
 import subprocess
 import sys
@@ -9,8 +10,11 @@ from torch import nn
 from torch.autograd.functional import jacobian
 
 import snnconv
-from snnconv import ThresholdReLU, checkpoint, cost, errors, evaluate
 from conftest import SHARED_DATA
+from snnconv import ThresholdReLU
+from snnconv.evaluation import evaluate
+from snnconv.measures import error_split
+from snnconv.zoo import shipped
 
 
 class OddNet(nn.Module):
@@ -42,9 +46,11 @@ def test_sop_count_equals_brute_force():
     x = torch.rand(6, 2, 7, 9, dtype=torch.float64) * 3
     y = torch.zeros(6, dtype=torch.long)
     res = evaluate.evaluate(snn, [(x, y)], [8, 13], progress=False)
-    fans = {"input": brute_fan_out(net.c1, (2, 7, 9)),
-            "a1": brute_fan_out(net.c2, (3, 4, 5)),
-            "a2": brute_fan_out(lambda s: net.fc(net.pool(s).flatten(1)), (4, 3, 4))}
+    fans = {
+        "input": brute_fan_out(net.c1, (2, 7, 9)),
+        "a1": brute_fan_out(net.c2, (3, 4, 5)),
+        "a2": brute_fan_out(lambda s: net.fc(net.pool(s).flatten(1)), (4, 3, 4)),
+    }
     assert fans["a2"][:, 2, :].sum() == 0 and fans["a2"][:, :, :].sum() > 0  # dropped by pooling
     assert res["cost"]["first_layer_macs"] == fans["input"].sum().item()
     assert res["cost"]["ann_macs"] == sum(f.sum().item() for f in fans.values())
@@ -58,30 +64,42 @@ def test_sop_count_equals_brute_force():
             assert rows[name]["sops"][str(t)] == want, (name, t)
             assert rows[name]["ann_macs"] == fans[name].sum().item()
         assert res["cost"]["per_T"][str(t)]["sops"] == pytest.approx(
-            sum(r["sops"][str(t)] for r in rows.values()), rel=1e-12)
+            sum(r["sops"][str(t)] for r in rows.values()), rel=1e-12
+        )
 
 
 def test_error_parts_add_up_and_behave():
     torch.manual_seed(0)
-    net = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Conv2d(4, 4, 3), nn.ReLU(),
-                        nn.Flatten(), nn.Linear(4 * 4 * 4, 3)).eval()
+    net = nn.Sequential(
+        nn.Conv2d(1, 4, 3),
+        nn.ReLU(),
+        nn.Conv2d(4, 4, 3),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(4 * 4 * 4, 3),
+    ).eval()
     x = torch.randn(16, 1, 8, 8)
     for shift in ("bias", "membrane", "none"):
-        snn = snnconv.convert(net, calibration=[x], threshold="percentile", percentile=90,
-                              shift=shift)
-        res = evaluate.evaluate(snn, [(x, torch.zeros(16, dtype=torch.long))], [4, 16],
-                                progress=False)
+        snn = snnconv.convert(
+            net, calibration=[x], threshold="percentile", percentile=90, shift=shift
+        )
+        res = evaluate.evaluate(
+            snn, [(x, torch.zeros(16, dtype=torch.long))], [4, 16], progress=False
+        )
         for row in res["layers"]:
             for t, e in row["error"].items():
                 assert e["clipping"] + e["quantisation"] + e["unevenness"] == pytest.approx(
-                    e["total"], abs=1e-12)
+                    e["total"], abs=1e-12
+                )
         first = res["layers"][0]["error"]
-        assert all(first[t]["unevenness"] == pytest.approx(0, abs=1e-12) for t in first), \
+        assert all(first[t]["unevenness"] == pytest.approx(0, abs=1e-12) for t in first), (
             "a constant input current is quantised exactly"
+        )
         assert all(first[t]["clipping"] > 0 for t in first), "90th percentile clips"
     snn = snnconv.convert(nn.Sequential(nn.Linear(3, 4), ThresholdReLU(0.5)))
-    res = evaluate.evaluate(snn, [(torch.randn(8, 3), torch.zeros(8, dtype=torch.long))], [4],
-                            progress=False)
+    res = evaluate.evaluate(
+        snn, [(torch.randn(8, 3), torch.zeros(8, dtype=torch.long))], [4], progress=False
+    )
     assert res["layers"][0]["error"]["4"]["clipping"] == 0  # V_th = y_th: nothing to clip
 
 
@@ -90,32 +108,61 @@ def test_quantise_matches_the_neuron():
     layer = snnconv.IFNeurons(0.7, "membrane")
     layer.reset(9)
     layer.scan(c, 9, constant=True)
-    want = errors.quantise(torch.minimum(c, torch.tensor(0.7)), torch.tensor(0.7), 9, "membrane")
+    want = error_split.quantise(
+        torch.minimum(c, torch.tensor(0.7)), torch.tensor(0.7), 9, "membrane"
+    )
     assert torch.allclose(layer.spike_count * 0.7 / 9, want)
 
 
 def run_cli(*args):
-    return subprocess.run([sys.executable, "-m", "snnconv", *args], capture_output=True,
-                          text=True, timeout=900)
+    return subprocess.run(
+        [sys.executable, "-m", "snnconv", *args], capture_output=True, text=True, timeout=900
+    )
 
 
 def test_evaluate_shipped_mnist_model_and_results_schema(tmp_path):
     out = tmp_path / "eval"
-    r = run_cli("evaluate", "--checkpoint", "cnn-mnist", "--dataset", "mnist", "--T", "64",
-                "--data-root", str(SHARED_DATA), "--out", str(out), "--quiet")
+    r = run_cli(
+        "evaluate",
+        "--checkpoint",
+        "cnn-mnist",
+        "--dataset",
+        "mnist",
+        "--T",
+        "64",
+        "--data-root",
+        str(SHARED_DATA),
+        "--out",
+        str(out),
+        "--quiet",
+    )
     assert r.returncode == 0, r.stderr
     print(r.stdout)
     res = json.loads((out / "results.json").read_text())
-    for key, kind in {"dataset": str, "model": str, "n_images": int, "ann_accuracy": float,
-                      "shift": str, "threshold": str, "snn_accuracy": dict, "seconds": float,
-                      "layers": list, "cost": dict}.items():
+    for key, kind in {
+        "dataset": str,
+        "model": str,
+        "n_images": int,
+        "ann_accuracy": float,
+        "shift": str,
+        "threshold": str,
+        "snn_accuracy": dict,
+        "seconds": float,
+        "layers": list,
+        "cost": dict,
+    }.items():
         assert isinstance(res[key], kind), key
     assert res["n_images"] == 10_000 and res["dataset"] == "mnist"
     assert all(0 <= a <= 1 for a in [res["ann_accuracy"], *res["snn_accuracy"].values()])
     assert abs(res["snn_accuracy"]["64"] - res["ann_accuracy"]) <= 0.005
     assert res["ann_accuracy"] > 0.98
-    for name in ("report.md", "accuracy_vs_T.png", "layer_error.png", "firing_rate.png",
-                 "max_activation.png"):
+    for name in (
+        "report.md",
+        "accuracy_vs_T.png",
+        "layer_error.png",
+        "firing_rate.png",
+        "max_activation.png",
+    ):
         assert (out / name).read_bytes()[:4] in (b"\x89PNG", b"# sn"), name
     assert "SOPs/img" in r.stdout and "error grows most at layer" in r.stdout
 
@@ -126,7 +173,7 @@ def test_evaluate_errors_exit_2_and_write_nothing(tmp_path, case):
     ckpt = "cnn-mnist"
     dataset = {"classes": "cifar100", "shape": "cifar10"}.get(case, "mnist")
     if case == "architecture":
-        other = checkpoint.load("cnn-mnist")
+        other = shipped.load_checkpoint("cnn-mnist")
         other["arch"] = dict(other["arch"], name="resnet20")
         ckpt = str(tmp_path / "other.pt")
         torch.save(other, ckpt)
@@ -135,20 +182,49 @@ def test_evaluate_errors_exit_2_and_write_nothing(tmp_path, case):
         out = tmp_path / "file" / "out"
     if case == "missing":
         ckpt = str(tmp_path / "nope.pt")
-    r = run_cli("evaluate", "--checkpoint", ckpt, "--dataset", dataset, "--T", "4",
-                "--limit", "10", "--data-root", str(SHARED_DATA), "--out", str(out))
+    r = run_cli(
+        "evaluate",
+        "--checkpoint",
+        ckpt,
+        "--dataset",
+        dataset,
+        "--T",
+        "4",
+        "--limit",
+        "10",
+        "--data-root",
+        str(SHARED_DATA),
+        "--out",
+        str(out),
+    )
     assert r.returncode == 2, r.stderr
     assert r.stderr.startswith("snnconv: error:") and len(r.stderr.strip().splitlines()) == 1
-    expected = {"classes": "100 classes", "shape": "takes 1x28x28", "architecture": "do not fit",
-                "unwritable": "not a writable folder", "missing": "no checkpoint"}[case]
+    expected = {
+        "classes": "100 classes",
+        "shape": "takes 1x28x28",
+        "architecture": "do not fit",
+        "unwritable": "not a writable folder",
+        "missing": "no checkpoint",
+    }[case]
     assert expected in r.stderr
     assert not out.exists()
 
 
 def test_shift_scan_first_layer_prefers_half_step():
     """A constant current is best rounded, i.e. shifted by V_th/(2T): error(0.5) is minimal."""
-    r = run_cli("shift-scan", "--checkpoint", "cnn-mnist", "--dataset", "mnist", "--T", "8",
-                "--limit", "200", "--data-root", str(SHARED_DATA))
+    r = run_cli(
+        "shift-scan",
+        "--checkpoint",
+        "cnn-mnist",
+        "--dataset",
+        "mnist",
+        "--T",
+        "8",
+        "--limit",
+        "200",
+        "--data-root",
+        str(SHARED_DATA),
+    )
     assert r.returncode == 0, r.stderr
     rows = [l.split() for l in r.stdout.splitlines() if l.startswith("_")]
     first = rows[0]

@@ -1,17 +1,20 @@
 """The fused IF scan computes exactly what the PyTorch loop in IFNeurons.scan computes: the C++
 kernel on the CPU, the Triton kernel with SNNCONV_TEST_DEVICE=cuda."""
+
 import pytest
 import torch
 
 import snnconv
 from conftest import DEVICE
-from snnconv import IFNeurons, fused, models
+from snnconv import IFNeurons
+from snnconv.kernels import cpu
+from snnconv.zoo import models
 
 
 def no_kernels(monkeypatch):
     """Every compiled path off: the PyTorch loop and module convolutions run."""
-    monkeypatch.setattr(fused, "kernel", lambda: None)
-    monkeypatch.setattr(fused, "scan_available", lambda device: False)
+    monkeypatch.setattr(cpu, "kernel", lambda: None)
+    monkeypatch.setattr(cpu, "scan_available", lambda device: False)
 
 
 def scan_both(monkeypatch, shift, current, steps, constant, chunks, v_th=0.7):
@@ -23,7 +26,7 @@ def scan_both(monkeypatch, shift, current, steps, constant, chunks, v_th=0.7):
         layer.reset(steps)
         outs, i = [], 0
         for c in chunks:
-            outs.append(layer.scan(current if constant else current[i:i + c], c, constant))
+            outs.append(layer.scan(current if constant else current[i : i + c], c, constant))
             i += c
         results.append((torch.cat(outs), layer.v, layer.spike_count))
     monkeypatch.undo()
@@ -31,8 +34,8 @@ def scan_both(monkeypatch, shift, current, steps, constant, chunks, v_th=0.7):
 
 
 def test_kernel_builds():
-    assert fused.kernel() is not None, "needs a C++ compiler (c++, g++ or $CXX)"
-    assert fused.scan_available(DEVICE), f"no fused IF scan for {DEVICE} (CUDA needs triton)"
+    assert cpu.kernel() is not None, "needs a C++ compiler (c++, g++ or $CXX)"
+    assert cpu.scan_available(DEVICE), f"no fused IF scan for {DEVICE} (CUDA needs triton)"
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
@@ -42,8 +45,8 @@ def test_fused_equals_pytorch_loop_bitwise(monkeypatch, shift, constant, dtype):
     shape = (5, 6, 7, 3)
     current = torch.randn(shape if constant else (20, *shape), dtype=dtype, device=DEVICE)
     calls = []
-    real = fused.scan_available
-    monkeypatch.setattr(fused, "scan_available", lambda d: calls.append(1) or real(d))
+    real = cpu.scan_available
+    monkeypatch.setattr(cpu, "scan_available", lambda d: calls.append(1) or real(d))
     fast, slow = scan_both(monkeypatch, shift, current, 20, constant, [1, 7, 12])
     assert calls, "the kernel path was taken"
     for a, b in zip(fast, slow):
@@ -52,14 +55,18 @@ def test_fused_equals_pytorch_loop_bitwise(monkeypatch, shift, constant, dtype):
 
 def test_channels_last_and_per_channel_fall_back_correctly(monkeypatch):
     current = torch.randn(12, 4, 6, 5, 5, device=DEVICE).contiguous()
-    cl = torch.randn(48, 6, 5, 5, device=DEVICE).contiguous(
-        memory_format=torch.channels_last).view(12, 4, 6, 5, 5)
+    cl = (
+        torch.randn(48, 6, 5, 5, device=DEVICE)
+        .contiguous(memory_format=torch.channels_last)
+        .view(12, 4, 6, 5, 5)
+    )
     for cur in (current, cl):
         fast, slow = scan_both(monkeypatch, "bias", cur, 12, False, [12])
         assert all(torch.equal(a, b) for a, b in zip(fast, slow))
     v_th = torch.linspace(0.5, 1.5, 6)
-    assert not fused.usable(current, False, None, torch.zeros(4, 6, 5, 5), torch.empty(12, 4, 6, 5, 5),
-                            v_th)  # per-channel thresholds use the PyTorch loop
+    assert not cpu.usable(
+        current, False, None, torch.zeros(4, 6, 5, 5), torch.empty(12, 4, 6, 5, 5), v_th
+    )  # per-channel thresholds use the PyTorch loop
 
 
 def test_whole_network_same_with_and_without_kernel(monkeypatch):
@@ -84,10 +91,10 @@ def test_addend_is_added_exactly_like_a_separate_add(monkeypatch, shift, dtype):
             no_kernels(monkeypatch)
         layer = IFNeurons(0.7, shift).to(DEVICE)
         layer.reset(12)
-        spikes = torch.cat([layer.scan(a[:5], 5, addend=b[:5]) if with_addend
-                            else layer.scan(a[:5] + b[:5], 5)] +
-                           [layer.scan(a[5:], 7, addend=b[5:]) if with_addend
-                            else layer.scan(a[5:] + b[5:], 7)])
+        spikes = torch.cat(
+            [layer.scan(a[:5], 5, addend=b[:5]) if with_addend else layer.scan(a[:5] + b[:5], 5)]
+            + [layer.scan(a[5:], 7, addend=b[5:]) if with_addend else layer.scan(a[5:] + b[5:], 7)]
+        )
         results.append((spikes, layer.v, layer.spike_count))
         monkeypatch.undo()
     assert results[0][1].abs().sum() > 0 and results[0][0].sum() > 0
@@ -117,26 +124,34 @@ def test_residual_add_goes_into_the_scan_and_matches_the_oracle():
     torch.testing.assert_close(fast, snn.stepwise(x, 10), rtol=1e-9, atol=1e-9)
 
 
-@pytest.mark.parametrize("flags", [("-mno-avx512f",),  # AVX2: 16 lanes as two halves
-                                   ("-mno-avx512f", "-mno-avx2", "-mno-fma", "-mno-avx")])  # SSE2
+@pytest.mark.parametrize(
+    "flags",
+    [
+        ("-mno-avx512f",),  # AVX2: 16 lanes as two halves
+        ("-mno-avx512f", "-mno-avx2", "-mno-fma", "-mno-avx"),
+    ],
+)  # SSE2
 def test_kernels_built_without_avx512_agree(monkeypatch, flags):
     """The code paths for older vector units (16-lane vectors in halves or quarters, fewer
     pixels at once, scalar mask extraction) give the same lookup convolution and fused IF
     update as the native build, bit for bit. (CPU only: the C++ kernels.)"""
     from torch import nn
-    from snnconv import spikeconv
+
+    from snnconv.kernels import lookup_conv
+
     torch.manual_seed(0)
     conv = nn.Conv2d(16, 40, 3, 2, 1)  # 8-bit groups, 3 output blocks (the last one partial)
     amp = torch.full((16,), 0.9)
     x = ((torch.rand(4 * 6, 16, 9, 9) < 0.3).float() * 0.9).contiguous(
-        memory_format=torch.channels_last)
-    monkeypatch.setattr(spikeconv, "STREAM_BYTES", 0)  # the streaming stores' path too
+        memory_format=torch.channels_last
+    )
+    monkeypatch.setattr(lookup_conv, "STREAM_BYTES", 0)  # the streaming stores' path too
     results = []
-    for lib in (fused.kernel(), fused._build(flags)):
-        monkeypatch.setattr(fused, "_lib", lib)
+    for lib in (cpu.kernel(), cpu._build(flags)):
+        monkeypatch.setattr(cpu, "_lib", lib)
         layer = IFNeurons(0.5, "membrane")
         layer.reset(8)
-        cur = spikeconv.conv2d(conv, x, amp)
+        cur = lookup_conv.conv2d(conv, x, amp)
         results.append((cur, layer.scan_conv(conv, x, amp, 4), layer.v, layer.spike_count))
     assert all(r[1] is not None for r in results), "the fused path ran on both builds"
     with torch.no_grad():

@@ -1,4 +1,5 @@
 """Tests for snnconv.models: shapes, fx-traceability, one activation module per site, BN placement, ResNet-20."""
+
 import operator
 
 import pytest
@@ -7,15 +8,32 @@ import torch.nn.functional as F
 from torch import fx, nn
 
 from snnconv.activations import ThresholdReLU
-from snnconv.models import NAMES, ShortcutA, activation, build, count_parameters
+from snnconv.zoo import shipped
+from snnconv.zoo.models import NAMES, ShortcutA, activation, build, count_parameters
 
-ALLOWED_MODULES = (nn.Conv2d, nn.BatchNorm2d, nn.BatchNorm1d, nn.Linear, nn.AvgPool2d, nn.AdaptiveAvgPool2d,
-                   nn.Flatten, nn.Dropout, nn.ReLU, ThresholdReLU)
+ALLOWED_MODULES = (
+    nn.Conv2d,
+    nn.BatchNorm2d,
+    nn.BatchNorm1d,
+    nn.Linear,
+    nn.AvgPool2d,
+    nn.AdaptiveAvgPool2d,
+    nn.Flatten,
+    nn.Dropout,
+    nn.ReLU,
+    ThresholdReLU,
+)
 ALLOWED_FUNCTIONS = (operator.add, operator.getitem, F.pad)
 
 # 10 classes, 3x32x32 inputs, default batch_norm; resnet20 is He et al.'s well-known 0.27M.
-PARAMS = {"cnn": 266_162, "cifarnet": 45_003_018, "vgg16": 14_986_698, "vgg16-paper": 35_211_082,
-          "resnet20": 269_722, "resnet20-paper": 11_253_440}
+PARAMS = {
+    "cnn": 266_162,
+    "cifarnet": 45_003_018,
+    "vgg16": 14_986_698,
+    "vgg16-paper": 35_211_082,
+    "resnet20": 269_722,
+    "resnet20-paper": 11_253_440,
+}
 
 
 class LeafActTracer(fx.Tracer):
@@ -64,14 +82,22 @@ def test_vgg16_rejects_too_small_images():
 @pytest.mark.parametrize("name", NAMES)
 def test_one_threshold_relu_per_site(name):
     model = build(name, act="threshold", y_th=0.7)
-    acts = [m for _, m in model.named_modules(remove_duplicate=False) if isinstance(m, ThresholdReLU)]
+    acts = [
+        m for _, m in model.named_modules(remove_duplicate=False) if isinstance(m, ThresholdReLU)
+    ]
     assert acts and all(a.y_th == 0.7 for a in acts)
     assert len({id(a) for a in acts}) == len(acts), "an activation module is shared"
     assert not any(isinstance(m, (nn.ReLU, nn.MaxPool2d, nn.MaxPool1d)) for m in model.modules())
 
     graph, modules = leaf_graph(model)
-    sites = [n.target for n in graph.nodes if n.op == "call_module" and isinstance(modules[n.target], ThresholdReLU)]
-    assert len(sites) == len(set(sites)) == len(acts), "each ThresholdReLU must be called exactly once"
+    sites = [
+        n.target
+        for n in graph.nodes
+        if n.op == "call_module" and isinstance(modules[n.target], ThresholdReLU)
+    ]
+    assert len(sites) == len(set(sites)) == len(acts), (
+        "each ThresholdReLU must be called exactly once"
+    )
     for n in graph.nodes:
         if n.op == "call_module":
             assert isinstance(modules[n.target], ALLOWED_MODULES), n.format_node()
@@ -80,7 +106,9 @@ def test_one_threshold_relu_per_site(name):
         else:
             assert n.op in ("placeholder", "output"), n.format_node()
 
-    plain = fx.symbolic_trace(model).graph  # default tracing too: no relu or max pooling hidden anywhere
+    plain = fx.symbolic_trace(
+        model
+    ).graph  # default tracing too: no relu or max pooling hidden anywhere
     for n in plain.nodes:
         assert n.target not in (F.relu, torch.relu, F.max_pool2d, torch.max_pool2d), n.format_node()
         assert not (n.op == "call_method" and "relu" in n.target), n.format_node()
@@ -98,8 +126,14 @@ def test_relu_sites_are_distinct_modules(name):
 def test_batch_norm_follows_conv(name):
     model = build(name, batch_norm=True)
     graph, modules = leaf_graph(model)
-    bns = [n for n in graph.nodes if n.op == "call_module" and isinstance(modules[n.target], nn.BatchNorm2d)]
-    convs = [n for n in graph.nodes if n.op == "call_module" and isinstance(modules[n.target], nn.Conv2d)]
+    bns = [
+        n
+        for n in graph.nodes
+        if n.op == "call_module" and isinstance(modules[n.target], nn.BatchNorm2d)
+    ]
+    convs = [
+        n for n in graph.nodes if n.op == "call_module" and isinstance(modules[n.target], nn.Conv2d)
+    ]
     assert len(bns) == len(convs) > 0
     for bn in bns:
         conv = bn.args[0]
@@ -108,11 +142,21 @@ def test_batch_norm_follows_conv(name):
         assert modules[conv.target].bias is None
 
 
-@pytest.mark.parametrize("name, default", [("cnn", True), ("cifarnet", False), ("vgg16", True),
-                                           ("vgg16-paper", False), ("resnet20", True), ("resnet20-paper", False)])
+@pytest.mark.parametrize(
+    "name, default",
+    [
+        ("cnn", True),
+        ("cifarnet", False),
+        ("vgg16", True),
+        ("vgg16-paper", False),
+        ("resnet20", True),
+        ("resnet20-paper", False),
+    ],
+)
 def test_batch_norm_default_and_switch(name, default):
     def has_bn(m):
         return any(isinstance(x, nn.BatchNorm2d) for x in m.modules())
+
     assert has_bn(build(name)) == default
     assert has_bn(build(name, batch_norm=not default)) == (not default)
 
@@ -151,7 +195,9 @@ def option_a_reference(x, planes):
 @pytest.mark.parametrize("shape", [(2, 4, 6, 6), (1, 4, 5, 7)])
 def test_option_a_shortcut_matches_reference(shape):
     x = torch.randn(shape)
-    torch.testing.assert_close(ShortcutA(2 * shape[1])(x), option_a_reference(x, 2 * shape[1]), rtol=0, atol=0)
+    torch.testing.assert_close(
+        ShortcutA(2 * shape[1])(x), option_a_reference(x, 2 * shape[1]), rtol=0, atol=0
+    )
 
 
 def test_resnet20_downsampling_block_uses_option_a():
@@ -208,6 +254,7 @@ def test_every_zoo_model_converts_and_simulates(name):
     """Random weights; threshold activations need no data. The SNN runs and, at T=1 with the
     membrane shift, every IF layer fires at most once per neuron."""
     import snnconv
+
     torch.manual_seed(0)
     model = build(name, num_classes=7).eval()
     snn = snnconv.convert(model, shift="membrane")
@@ -220,12 +267,12 @@ def test_every_zoo_model_converts_and_simulates(name):
 
 @pytest.mark.parametrize("name,n_params", [("cnn-mnist", None), ("resnet20-cifar10", 269_722)])
 def test_load_pretrained_and_card(name, n_params):
-    from snnconv import checkpoint, models
-    model = models.load_pretrained(name)
+
+    model = shipped.load_pretrained(name)
     assert not model.training
-    assert "test accuracy" in models.pretrained_card(name)
-    assert name in checkpoint.pretrained_names()
-    assert (checkpoint.PRETRAINED_DIR / f"{name}.pt").stat().st_size < 5 * 2**20
+    assert "test accuracy" in shipped.card(name)
+    assert name in shipped.names()
+    assert (shipped.PRETRAINED_DIR / f"{name}.pt").stat().st_size < 5 * 2**20
     if n_params:
         assert sum(p.numel() for p in model.parameters()) == n_params
 
@@ -234,11 +281,12 @@ def test_shipped_resnet20_classifies_cifar10():
     """The shipped model is the trained one: 2,000 real test images for the ANN; the SNN (T=32)
     on the first 256 of them, compared with the ANN on the same 256."""
     import snnconv
-    from snnconv import data, models
     from conftest import SHARED_DATA
+    from snnconv.io import data
+
     test = data.load("cifar10", "test", root=SHARED_DATA)
     x, y = data.normalize(test.images[:2000], "cifar10"), test.labels[:2000]
-    model = models.load_pretrained("resnet20-cifar10")
+    model = shipped.load_pretrained("resnet20-cifar10")
     with torch.no_grad():
         ann_hit = model(x).argmax(1) == y
         snn_hit = snnconv.convert(model, shift="membrane")(x[:256], 32)[-1].argmax(1) == y[:256]
@@ -252,6 +300,6 @@ def test_shipped_resnet20_classifies_cifar10():
 
 
 def test_unknown_pretrained_name():
-    from snnconv import models
+
     with pytest.raises(ValueError, match="no shipped model"):
-        models.pretrained_card("alexnet-imagenet")
+        shipped.card("alexnet-imagenet")

@@ -1,4 +1,5 @@
 """IF neurons against the closed form rate = (V_th/T) clip(round(T z/V_th), 0, T)."""
+
 import math
 from fractions import Fraction
 
@@ -49,8 +50,9 @@ def test_constant_input_rate_is_rounded_exactly(shift, v_th, use_scan):
             keep = (u - u.round()).abs() > 1e-3
             counts, want = counts[keep], want[keep]
         assert torch.equal(counts, want), (shift, v_th, steps)
-        assert torch.equal(layer.spike_count.double(), counts if v_th != 0.3 else
-                           layer.spike_count.double()), "spike_count tracks the spikes"
+        assert torch.equal(
+            layer.spike_count.double(), counts if v_th != 0.3 else layer.spike_count.double()
+        ), "spike_count tracks the spikes"
 
 
 def test_membrane_shift_rounds_at_every_step():
@@ -82,7 +84,10 @@ def test_per_channel_thresholds():
     z = torch.tensor([0.26, 0.26, 0.26]).view(1, 3, 1, 1).expand(2, 3, 2, 2).contiguous()
     layer.reset(16)
     rate = layer.scan(z, 16, constant=True).mean(0)
-    want = torch.tensor([0.5 * round(16 * 0.26 / 0.5), 1.0 * round(16 * 0.26), 2.0 * round(16 * 0.13)]) / 16
+    want = (
+        torch.tensor([0.5 * round(16 * 0.26 / 0.5), 1.0 * round(16 * 0.26), 2.0 * round(16 * 0.13)])
+        / 16
+    )
     assert torch.allclose(rate[0, :, 0, 0], want)
     with pytest.raises(ValueError, match="per-channel"):
         layer.reset(4)

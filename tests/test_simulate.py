@@ -1,5 +1,6 @@
 """The multi-step simulator: limit exactness (T -> inf gives the ANN) and equality with the
 plain per-step loop (the oracle)."""
+
 import copy
 
 import pytest
@@ -10,7 +11,7 @@ from torch import nn
 import snnconv
 from conftest import DEVICE
 from nets import random_nets
-from snnconv.simulate import _is_zero_pad, _pad_into
+from snnconv.simulation.simulate import _is_zero_pad, _pad_into
 
 NETS = random_nets()
 
@@ -24,8 +25,11 @@ def l2_gains(ann):
     gain[nodes[-1].args[0]] = 1.0
     for n in reversed(nodes[:-1]):
         m = modules.get(n.target) if n.op == "call_module" else None
-        w = (m.weight.detach().flatten(1).norm(dim=1).max().item()
-             if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Linear)) else 1.0)
+        w = (
+            m.weight.detach().flatten(1).norm(dim=1).max().item()
+            if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Linear))
+            else 1.0
+        )
         for a in n.all_input_nodes:
             gain[a] += gain[n] * w
     return {n.name: g for n, g in gain.items()}

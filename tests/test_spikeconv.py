@@ -1,13 +1,15 @@
 """The lookup-table convolution of spike maps equals F.conv2d up to float rounding, refuses what
 is not a spike map, and the simulator uses it where it applies."""
+
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 import snnconv
-from snnconv import models, spikeconv
-from snnconv.neurons import IFNeurons
+from snnconv.kernels import lookup_conv
+from snnconv.simulation.neuron import IFNeurons
+from snnconv.zoo import models
 
 EPS = torch.finfo(torch.float32).eps
 
@@ -18,31 +20,40 @@ def spike_map(n, c, h, w, amp, rate=0.3, seed=0):
     return (fired * amp.view(1, -1, 1, 1)).contiguous(memory_format=torch.channels_last)
 
 
-@pytest.mark.parametrize("c_in,c_out,kernel,stride,padding,size", [
-    (16, 16, 3, 1, 1, 12),        # ResNet-20 stage 1 (8-bit groups)
-    (32, 64, 3, 2, 1, 9),         # strided, odd size, 4-bit groups
-    (3, 5, 3, 2, 0, 9),           # fewer channels than a group, Cout not a multiple of 8
-    (20, 100, 1, 1, 0, 7),        # 1x1, several output blocks, partial last block
-    (70, 64, (3, 1), 1, (1, 0), 8),  # non-square kernel, C not a multiple of 8
-    (8, 13, 5, 1, 2, 11),         # 5x5, padding 2
-    (128, 72, 3, 1, 1, 6),        # several input blocks (partial sums), a partial output block
-    (64, 64, 3, 1, 1, 2),         # tiny images: several images share each table block
-])
+@pytest.mark.parametrize(
+    "c_in,c_out,kernel,stride,padding,size",
+    [
+        (16, 16, 3, 1, 1, 12),  # ResNet-20 stage 1 (8-bit groups)
+        (32, 64, 3, 2, 1, 9),  # strided, odd size, 4-bit groups
+        (3, 5, 3, 2, 0, 9),  # fewer channels than a group, Cout not a multiple of 8
+        (20, 100, 1, 1, 0, 7),  # 1x1, several output blocks, partial last block
+        (70, 64, (3, 1), 1, (1, 0), 8),  # non-square kernel, C not a multiple of 8
+        (8, 13, 5, 1, 2, 11),  # 5x5, padding 2
+        (128, 72, 3, 1, 1, 6),  # several input blocks (partial sums), a partial output block
+        (64, 64, 3, 1, 1, 2),  # tiny images: several images share each table block
+    ],
+)
 @pytest.mark.parametrize("bias", [True, False])
 def test_lookup_conv_equals_conv2d(c_in, c_out, kernel, stride, padding, size, bias):
     torch.manual_seed(0)
     conv = nn.Conv2d(c_in, c_out, kernel, stride, padding, bias=bias)
     amp = torch.rand(c_in) + 0.5  # per-channel amplitudes (per-channel thresholds)
     x = spike_map(4, c_in, size, size, amp)
-    out = spikeconv.conv2d(conv, x, amp)
+    out = lookup_conv.conv2d(conv, x, amp)
     assert out is not None and out.is_contiguous(memory_format=torch.channels_last)
     with torch.no_grad():
         ref = conv(x)
         # Both sides sum the same n = KH*KW*C products (+ bias) in float32 in different orders;
         # the classic bound is |error| <= n * eps * sum |terms| for each side.
         n = conv.weight[0].numel() + 1
-        bound = 2 * n * EPS * F.conv2d(x.abs(), conv.weight.abs(), None if not bias else
-                                       conv.bias.abs(), stride, padding)
+        bound = (
+            2
+            * n
+            * EPS
+            * F.conv2d(
+                x.abs(), conv.weight.abs(), None if not bias else conv.bias.abs(), stride, padding
+            )
+        )
     assert out.shape == ref.shape
     assert ((out - ref).abs() <= bound).all()
     assert (out - ref).abs().max() < 1e-5  # and in practice much closer than the bound
@@ -53,11 +64,11 @@ def test_scalar_amplitude_and_cached_table_follows_weights():
     conv = nn.Conv2d(16, 16, 3, padding=1)
     amp = torch.tensor(0.75)
     x = spike_map(2, 16, 8, 8, amp.expand(16))
-    first = spikeconv.conv2d(conv, x, amp)
+    first = lookup_conv.conv2d(conv, x, amp)
     with torch.no_grad():
         conv.weight.mul_(2)  # in-place change: the cached table must be rebuilt
-        torch.testing.assert_close(spikeconv.conv2d(conv, x, amp), conv(x), rtol=0, atol=1e-5)
-    assert not torch.allclose(first, spikeconv.conv2d(conv, x, amp))
+        torch.testing.assert_close(lookup_conv.conv2d(conv, x, amp), conv(x), rtol=0, atol=1e-5)
+    assert not torch.allclose(first, lookup_conv.conv2d(conv, x, amp))
 
 
 def test_writes_into_a_given_buffer_only_when_it_fits():
@@ -65,15 +76,17 @@ def test_writes_into_a_given_buffer_only_when_it_fits():
     conv = nn.Conv2d(16, 24, 3, padding=1)
     amp = torch.ones(16)
     x = spike_map(3, 16, 8, 8, amp)
-    want = spikeconv.conv2d(conv, x, amp)
+    want = lookup_conv.conv2d(conv, x, amp)
     buf = torch.full((5, 24, 8, 8), float("nan")).contiguous(memory_format=torch.channels_last)
-    got = spikeconv.conv2d(conv, x, amp, out=buf)
+    got = lookup_conv.conv2d(conv, x, amp, out=buf)
     assert got.data_ptr() == buf.data_ptr() and torch.equal(got, want)  # first 3 rows of buf
-    for wrong in (buf[:2], torch.empty(5, 24, 8, 8),  # too few rows; not channels_last
-                  torch.empty(5, 24, 8, 8, dtype=torch.float64).contiguous(
-                      memory_format=torch.channels_last),
-                  torch.empty(5, 24, 7, 8).contiguous(memory_format=torch.channels_last)):
-        got = spikeconv.conv2d(conv, x, amp, out=wrong)
+    for wrong in (
+        buf[:2],
+        torch.empty(5, 24, 8, 8),  # too few rows; not channels_last
+        torch.empty(5, 24, 8, 8, dtype=torch.float64).contiguous(memory_format=torch.channels_last),
+        torch.empty(5, 24, 7, 8).contiguous(memory_format=torch.channels_last),
+    ):
+        got = lookup_conv.conv2d(conv, x, amp, out=wrong)
         assert got.data_ptr() != wrong.data_ptr() and torch.equal(got, want)
 
 
@@ -84,13 +97,15 @@ def test_refuses_what_it_cannot_do():
     conv = nn.Conv2d(8, 8, 3, padding=1)
     not_spikes = x.clone()
     not_spikes[0, 3, 2, 2] = 0.5  # neither 0 nor the amplitude
-    assert spikeconv.conv2d(conv, not_spikes, amp) is None
-    assert spikeconv.conv2d(conv, x.contiguous(), amp) is None  # needs channels_last
-    assert spikeconv.conv2d(conv.double(), x.double(), amp) is None  # float32 only
-    assert spikeconv.conv2d(nn.Conv2d(8, 8, 3, groups=2), x, amp) is None
-    assert spikeconv.conv2d(nn.Conv2d(8, 8, 3, dilation=2), x, amp) is None
-    assert spikeconv.conv2d(nn.Conv2d(8, 8, 3, padding="same"), x, amp) is None
-    assert spikeconv.conv2d(nn.Conv2d(8, 8, 3, padding=1, padding_mode="circular"), x, amp) is None
+    assert lookup_conv.conv2d(conv, not_spikes, amp) is None
+    assert lookup_conv.conv2d(conv, x.contiguous(), amp) is None  # needs channels_last
+    assert lookup_conv.conv2d(conv.double(), x.double(), amp) is None  # float32 only
+    assert lookup_conv.conv2d(nn.Conv2d(8, 8, 3, groups=2), x, amp) is None
+    assert lookup_conv.conv2d(nn.Conv2d(8, 8, 3, dilation=2), x, amp) is None
+    assert lookup_conv.conv2d(nn.Conv2d(8, 8, 3, padding="same"), x, amp) is None
+    assert (
+        lookup_conv.conv2d(nn.Conv2d(8, 8, 3, padding=1, padding_mode="circular"), x, amp) is None
+    )
 
 
 def test_simulation_uses_lookup_where_it_applies(monkeypatch):
@@ -102,14 +117,16 @@ def test_simulation_uses_lookup_where_it_applies(monkeypatch):
     snn = snnconv.convert(models.build("resnet20").eval()).to(memory_format=torch.channels_last)
     x = torch.randn(8, 3, 32, 32).contiguous(memory_format=torch.channels_last)
     calls = []
-    real = spikeconv.conv2d
-    monkeypatch.setattr(spikeconv, "conv2d", lambda *a, **k: calls.append(real(*a, **k)) or calls[-1])
+    real = lookup_conv.conv2d
+    monkeypatch.setattr(
+        lookup_conv, "conv2d", lambda *a, **k: calls.append(real(*a, **k)) or calls[-1]
+    )
     fast = snn(x, 16)
     assert sum(c is not None for c in calls) >= 18  # every spike-fed conv, every chunk
     del calls[:]
     snn.stepwise(x, 3)
     assert not calls  # the oracle runs PyTorch's convolutions only
-    monkeypatch.setattr(spikeconv, "applies", lambda conv, x: False)
+    monkeypatch.setattr(lookup_conv, "applies", lambda conv, x: False)
     dense = snn(x, 16)
     assert (fast - dense).abs().max() < 0.05 * dense.abs().max()
     assert (fast[-1].argmax(1) == dense[-1].argmax(1)).float().mean() >= 0.875
@@ -126,42 +143,47 @@ def test_per_channel_thresholds_give_per_channel_amplitudes():
     spikes = layer.scan(current.view(4, 2, 16, 6, 6), 4).reshape(8, 16, 6, 6)
     spikes = spikes.contiguous(memory_format=torch.channels_last)
     with torch.no_grad():
-        torch.testing.assert_close(spikeconv.conv2d(conv, spikes, layer.v_th), conv(spikes),
-                                   rtol=0, atol=1e-5)
+        torch.testing.assert_close(
+            lookup_conv.conv2d(conv, spikes, layer.v_th), conv(spikes), rtol=0, atol=1e-5
+        )
 
 
 def test_partial_last_input_block(monkeypatch):
     """Input blocks of GR groups, the last one shorter (the table pads it with zero groups)."""
-    monkeypatch.setattr(spikeconv, "TABLE8_BYTES", 0)  # 4-bit groups
-    monkeypatch.setattr(spikeconv, "TABLE_BYTES", 9 * 16 * 64 * 5)  # 5 groups per block
+    monkeypatch.setattr(lookup_conv, "TABLE8_BYTES", 0)  # 4-bit groups
+    monkeypatch.setattr(lookup_conv, "TABLE_BYTES", 9 * 16 * 64 * 5)  # 5 groups per block
     conv = nn.Conv2d(70, 16, 3, padding=1)  # 18 groups = 5 + 5 + 5 + 3
-    assert spikeconv.plan(70, 16, 9) == (4, 1, 5)
+    assert lookup_conv.plan(70, 16, 9) == (4, 1, 5)
     amp = torch.ones(70)
     x = spike_map(3, 70, 7, 7, amp)
     with torch.no_grad():
-        torch.testing.assert_close(spikeconv.conv2d(conv, x, amp), conv(x), rtol=0, atol=1e-5)
+        torch.testing.assert_close(lookup_conv.conv2d(conv, x, amp), conv(x), rtol=0, atol=1e-5)
 
 
 def chunks_of_spikes(steps, batch, c_in, size, amp, seed):
     return [spike_map(c * batch, c_in, size, size, amp, seed=seed + i) for i, c in enumerate(steps)]
 
 
-@pytest.mark.parametrize("c_in,c_out,size,stride,table_bytes", [
-    (16, 24, 6, 1, None),       # 8-bit groups, a partial output block
-    (32, 64, 8, 2, None),       # strided, several samples per tile
-    (70, 16, 5, 1, 9 * 16 * 64 * 5),  # 4-bit groups in input blocks of partial sums
-])
+@pytest.mark.parametrize(
+    "c_in,c_out,size,stride,table_bytes",
+    [
+        (16, 24, 6, 1, None),  # 8-bit groups, a partial output block
+        (32, 64, 8, 2, None),  # strided, several samples per tile
+        (70, 16, 5, 1, 9 * 16 * 64 * 5),  # 4-bit groups in input blocks of partial sums
+    ],
+)
 @pytest.mark.parametrize("shift,stream", [("bias", False), ("membrane", False), ("membrane", True)])
 @pytest.mark.parametrize("with_addend", [False, True])
-def test_conv_and_if_in_one_pass_equal_the_two_apart(monkeypatch, c_in, c_out, size, stride,
-                                                     table_bytes, shift, stream, with_addend):
+def test_conv_and_if_in_one_pass_equal_the_two_apart(
+    monkeypatch, c_in, c_out, size, stride, table_bytes, shift, stream, with_addend
+):
     """IFNeurons.scan_conv (lookup conv + IF update in one kernel) gives bit for bit the spikes,
     membranes and counts of the lookup conv followed by the IF scan, chunk after chunk; also
     when the spikes go out by streaming stores (as for outputs larger than the caches)."""
-    monkeypatch.setattr(spikeconv, "STREAM_BYTES", 0 if stream else 1 << 40)
+    monkeypatch.setattr(lookup_conv, "STREAM_BYTES", 0 if stream else 1 << 40)
     if table_bytes:
-        monkeypatch.setattr(spikeconv, "TABLE8_BYTES", 0)
-        monkeypatch.setattr(spikeconv, "TABLE_BYTES", table_bytes)
+        monkeypatch.setattr(lookup_conv, "TABLE8_BYTES", 0)
+        monkeypatch.setattr(lookup_conv, "TABLE_BYTES", table_bytes)
     torch.manual_seed(0)
     conv = nn.Conv2d(c_in, c_out, 3, stride, 1)
     with torch.no_grad():
@@ -171,12 +193,15 @@ def test_conv_and_if_in_one_pass_equal_the_two_apart(monkeypatch, c_in, c_out, s
     fused_layer.reset(sum(steps))
     apart.reset(sum(steps))
     for c, x in zip(steps, chunks_of_spikes(steps, batch, c_in, size, amp, seed=1)):
-        shape = spikeconv.output_shape(conv, x)
-        add = (torch.randn(shape).contiguous(memory_format=torch.channels_last) if with_addend
-               else None)
+        shape = lookup_conv.output_shape(conv, x)
+        add = (
+            torch.randn(shape).contiguous(memory_format=torch.channels_last)
+            if with_addend
+            else None
+        )
         got = fused_layer.scan_conv(conv, x, amp, c, addend=add)
         assert got is not None, "the fused kernel applies"
-        cur = spikeconv.conv2d(conv, x, amp).view(c, batch, *shape[1:])
+        cur = lookup_conv.conv2d(conv, x, amp).view(c, batch, *shape[1:])
         want = apart.scan(cur, c, addend=None if add is None else add.view(cur.shape))
         assert torch.equal(got, want)
     assert 0 < fused_layer.spike_count.sum() < sum(steps) * fused_layer.spike_count.numel()
@@ -219,8 +244,9 @@ def test_simulation_fuses_convs_into_their_if_layers(monkeypatch):
     x = torch.randn(8, 3, 32, 32).contiguous(memory_format=torch.channels_last)
     calls = []
     real = IFNeurons.scan_conv
-    monkeypatch.setattr(IFNeurons, "scan_conv",
-                        lambda self, *a, **k: calls.append(real(self, *a, **k)) or calls[-1])
+    monkeypatch.setattr(
+        IFNeurons, "scan_conv", lambda self, *a, **k: calls.append(real(self, *a, **k)) or calls[-1]
+    )
     fused_run = snn(x, 12, max_chunk_bytes=20_000_000)
     chunks = len(calls) // 18
     assert chunks >= 2 and len(calls) == 18 * chunks and all(c is not None for c in calls)

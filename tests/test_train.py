@@ -1,4 +1,5 @@
 """Training: schedule, parameter groups, bitwise resume after SIGKILL, two-rank DDP on CPU."""
+
 import os
 import signal
 import socket
@@ -10,11 +11,30 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from snnconv import checkpoint, models, train
 from conftest import SHARED_DATA
+from snnconv import train
+from snnconv.exceptions import CheckpointError
+from snnconv.io import checkpoint
+from snnconv.zoo import models, shipped
 
-SMALL = ["--model", "cnn", "--dataset", "mnist", "--limit-train", "3072", "--val-size", "500",
-         "--batch-size", "64", "--lr", "0.05", "--threads", "1", "--data-root", str(SHARED_DATA)]
+SMALL = [
+    "--model",
+    "cnn",
+    "--dataset",
+    "mnist",
+    "--limit-train",
+    "3072",
+    "--val-size",
+    "500",
+    "--batch-size",
+    "64",
+    "--lr",
+    "0.05",
+    "--threads",
+    "1",
+    "--data-root",
+    str(SHARED_DATA),
+]
 
 
 def test_lr_factor_warmup_cosine_and_step():
@@ -30,14 +50,19 @@ def test_no_weight_decay_on_batchnorm_and_biases():
     model = models.build("resnet20")
     decay, rest = train.parameter_groups(model, 5e-4)
     assert all(p.ndim > 1 for p in decay["params"]) and decay["weight_decay"] == 5e-4
-    bn = {id(p) for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)
-          for p in m.parameters()}
+    bn = {
+        id(p)
+        for m in model.modules()
+        if isinstance(m, torch.nn.BatchNorm2d)
+        for p in m.parameters()
+    }
     assert bn <= {id(p) for p in rest["params"]} and rest["weight_decay"] == 0.0
 
 
 def run_cli(args, **kw):
-    return subprocess.run([sys.executable, "-m", "snnconv", *args], capture_output=True,
-                          text=True, timeout=600, **kw)
+    return subprocess.run(
+        [sys.executable, "-m", "snnconv", *args], capture_output=True, text=True, timeout=600, **kw
+    )
 
 
 def test_resume_after_sigkill_is_bitwise_identical(tmp_path):
@@ -45,9 +70,12 @@ def test_resume_after_sigkill_is_bitwise_identical(tmp_path):
     done = run_cli(["train", *SMALL, "--epochs", "3", "--out", str(full)])
     assert done.returncode == 0, done.stderr
 
-    proc = subprocess.Popen([sys.executable, "-m", "snnconv", "train", *SMALL, "--epochs", "3",
-                             "--out", str(cut)], stderr=subprocess.PIPE, stdout=subprocess.DEVNULL,
-                            text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "snnconv", "train", *SMALL, "--epochs", "3", "--out", str(cut)],
+        stderr=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        text=True,
+    )
     for line in proc.stderr:  # progress lines; kill as soon as epoch 2 is under way
         if line.startswith("epoch 2/3"):
             os.kill(proc.pid, signal.SIGKILL)
@@ -100,8 +128,17 @@ def _rank(rank, world, port, out, result):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world)
     torch.set_num_threads(1)
-    cfg = train.TrainConfig(out=str(out), model="cnn", dataset="mnist", epochs=1, batch_size=64,
-                            lr=0.05, limit_train=1024, val_size=500, data_root=str(SHARED_DATA))
+    cfg = train.TrainConfig(
+        out=str(out),
+        model="cnn",
+        dataset="mnist",
+        epochs=1,
+        batch_size=64,
+        lr=0.05,
+        limit_train=1024,
+        val_size=500,
+        data_root=str(SHARED_DATA),
+    )
     model = train.run(cfg, progress=False)
     torch.save(model.state_dict(), result / f"rank{rank}.pt")
     dist.destroy_process_group()
@@ -124,8 +161,17 @@ def test_two_ranks_with_gloo_end_with_equal_weights(tmp_path):
 
 
 def test_train_cli_errors_are_one_line_and_exit_2(tmp_path):
-    r = run_cli(["train", *SMALL[:-1], str(tmp_path / "nowhere"), "--epochs", "1",
-                 "--out", str(tmp_path / "x")])
+    r = run_cli(
+        [
+            "train",
+            *SMALL[:-1],
+            str(tmp_path / "nowhere"),
+            "--epochs",
+            "1",
+            "--out",
+            str(tmp_path / "x"),
+        ]
+    )
     assert r.returncode == 2 and "snnconv: error: no local copy of mnist train" in r.stderr
     r = run_cli(["train", "--model", "alexnet", "--out", str(tmp_path / "y")])
     assert r.returncode == 2 and "invalid choice" in r.stderr
@@ -138,22 +184,48 @@ def test_checkpoints_load_weights_only(tmp_path):
 
     bad = tmp_path / "evil.pt"
     torch.save({"format": checkpoint.FORMAT, "arch": {}, "x": Evil()}, bad)
-    with pytest.raises(checkpoint.CheckpointError, match="cannot read checkpoint"):
+    with pytest.raises(CheckpointError, match="cannot read checkpoint"):
         checkpoint.load(bad)
     assert not (tmp_path / "pwned").exists()
-    with pytest.raises(checkpoint.CheckpointError, match="no checkpoint"):
+    with pytest.raises(CheckpointError, match="no checkpoint"):
         checkpoint.load(tmp_path / "missing.pt")
 
 
 def test_init_from_a_model_file(tmp_path):
     """--init starts from given weights; a model of another architecture is refused."""
-    r = run_cli(["train", *SMALL, "--epochs", "1", "--lr", "0.0", "--warmup-epochs", "0",
-                 "--init", "cnn-mnist", "--out", str(tmp_path / "a")])
+    r = run_cli(
+        [
+            "train",
+            *SMALL,
+            "--epochs",
+            "1",
+            "--lr",
+            "0.0",
+            "--warmup-epochs",
+            "0",
+            "--init",
+            "cnn-mnist",
+            "--out",
+            str(tmp_path / "a"),
+        ]
+    )
     assert r.returncode == 0, r.stderr
     got = torch.load(tmp_path / "a" / "last.pt", weights_only=True)["model"]
-    want = checkpoint.load("cnn-mnist")["state_dict"]
+    want = shipped.load_checkpoint("cnn-mnist")["state_dict"]
     # lr 0: weights unchanged; BN running statistics keep moving in train mode, so compare weights
     assert all(torch.equal(got[k], want[k]) for k in want if k.endswith("weight"))
-    r = run_cli(["train", *SMALL, "--y-th", "0.5", "--epochs", "1", "--init", "cnn-mnist",
-                 "--out", str(tmp_path / "b")])
+    r = run_cli(
+        [
+            "train",
+            *SMALL,
+            "--y-th",
+            "0.5",
+            "--epochs",
+            "1",
+            "--init",
+            "cnn-mnist",
+            "--out",
+            str(tmp_path / "b"),
+        ]
+    )
     assert r.returncode == 2 and "--init" in r.stderr

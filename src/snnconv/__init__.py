@@ -1,10 +1,35 @@
-"""snnconv: convert threshold-ReLU ANNs into integrate-and-fire SNNs (Deng & Gu, ICLR 2021)."""
-from .activations import ThresholdReLU
-from .convert import SpikingNetwork, convert
-from .graph import ConversionError, inspect
-from .neurons import IFNeurons
-from .simulate import SimulationError
+"""snnconv: convert trained ANNs into integrate-and-fire SNNs (Deng & Gu, ICLR 2021) and measure them.
 
-__all__ = ["ThresholdReLU", "convert", "SpikingNetwork", "ConversionError", "inspect",
-           "IFNeurons", "SimulationError"]
-__version__ = "0.1.0"
+The public API; everything else is reached through its subpackage (``snnconv.io.data``,
+``snnconv.zoo.models``, ...). A map of the modules is in docs/design.md.
+"""
+
+from snnconv.activations import QCFS, ThresholdReLU
+from snnconv.conversion.convert import SpikingNetwork, convert
+from snnconv.conversion.graph import inspect
+from snnconv.exceptions import (
+    CheckpointError,
+    ConversionError,
+    DataError,
+    OptionError,
+    SimulationError,
+    SnnconvError,
+)
+from snnconv.simulation.neuron import IFNeurons
+
+__all__ = [
+    "QCFS",
+    "CheckpointError",
+    "ConversionError",
+    "DataError",
+    "IFNeurons",
+    "OptionError",
+    "SimulationError",
+    "SnnconvError",
+    "SpikingNetwork",
+    "ThresholdReLU",
+    "__version__",
+    "convert",
+    "inspect",
+]
+__version__ = "0.2.0"

@@ -1,4 +1,5 @@
 """Threshold ReLU: the activation the source ANN is trained with (Deng & Gu 2021, eq. 11)."""
+
 from __future__ import annotations
 
 import math

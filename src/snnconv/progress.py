@@ -1,5 +1,6 @@
 """A dependency-free progress bar on stderr: redrawn in place on a terminal, a line per ~10 %
 otherwise (logs, CI)."""
+
 from __future__ import annotations
 
 import sys

@@ -8,6 +8,7 @@ so an interrupted run resumed from its last checkpoint ends with the same weight
 Runs on CPU (channels_last), CUDA (bf16 autocast) and under ``torchrun`` (DistributedDataParallel,
 each rank a disjoint share of every batch, BN statistics averaged across ranks every epoch).
 """
+
 from __future__ import annotations
 
 import json
@@ -22,9 +23,10 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from . import checkpoint, data, models
-from .activations import QCFS
-from .progress import Progress
+from snnconv.activations import QCFS
+from snnconv.io import checkpoint, data
+from snnconv.progress import Progress
+from snnconv.zoo import models, shipped
 
 
 @dataclass
@@ -34,30 +36,36 @@ class TrainConfig:
     dataset: str = "cifar10"
     act: str = "threshold"
     y_th: float = 1.0
-    levels: int | None = None    # quantisation levels L of act="qcfs" (default 8)
+    levels: int | None = None  # quantisation levels L of act="qcfs" (default 8)
     batch_norm: bool | None = None
     epochs: int = 40
-    batch_size: int = 128        # global batch, split evenly across ranks
+    batch_size: int = 128  # global batch, split evenly across ranks
     lr: float = 0.1
     momentum: float = 0.9
     nesterov: bool = True
-    weight_decay: float = 5e-4   # on conv/linear weights only, never on BN parameters or biases
-    schedule: str = "cosine"     # "cosine" | "step" (x0.1 at 50 % and 75 % of training)
+    weight_decay: float = 5e-4  # on conv/linear weights only, never on BN parameters or biases
+    schedule: str = "cosine"  # "cosine" | "step" (x0.1 at 50 % and 75 % of training)
     warmup_epochs: float = 1.0
     label_smoothing: float = 0.0
     val_size: int = 5000
     limit_train: int | None = None  # use only the first N training images (smoke tests)
     seed: int = 0
     data_root: str | None = None
-    device: str = "auto"         # "auto" | "cpu" | "cuda"
+    device: str = "auto"  # "auto" | "cpu" | "cuda"
     channels_last: bool = True
     threads: int | None = None
-    init: str | None = None      # start from this model file's weights (fine-tuning)
+    init: str | None = None  # start from this model file's weights (fine-tuning)
 
     def arch(self, ds: data.Dataset) -> dict:
-        arch = dict(name=self.model, num_classes=len(ds.classes), act=self.act, y_th=self.y_th,
-                    in_channels=ds.images.shape[1], image_size=ds.images.shape[2],
-                    batch_norm=self.batch_norm)
+        arch = dict(
+            name=self.model,
+            num_classes=len(ds.classes),
+            act=self.act,
+            y_th=self.y_th,
+            in_channels=ds.images.shape[1],
+            image_size=ds.images.shape[2],
+            batch_norm=self.batch_norm,
+        )
         if self.act == "qcfs" or self.levels is not None:
             arch["levels"] = self.levels
         return arch
@@ -70,7 +78,7 @@ def load_init(model: nn.Module, path: str, arch: dict) -> None:
     """Copy the weights of model file ``path`` into ``model`` (fine-tuning). The architecture must
     match up to the activation (act, y_th, levels); parameters the source lacks (the thresholds of
     a QCFS model started from a threshold-ReLU one) keep their initial values."""
-    start = checkpoint.load(path)
+    start = shipped.load_checkpoint(path)
     same = {k: v for k, v in arch.items() if k not in ACT_KEYS}
     theirs = {k: v for k, v in start["arch"].items() if k not in ACT_KEYS}
     if same != theirs:
@@ -122,8 +130,13 @@ def pick_device(name: str) -> torch.device:
 
 
 @torch.no_grad()
-def accuracy(model: nn.Module, ds: data.Dataset, device: torch.device, batch_size: int = 1000,
-             channels_last: bool = False) -> float:
+def accuracy(
+    model: nn.Module,
+    ds: data.Dataset,
+    device: torch.device,
+    batch_size: int = 1000,
+    channels_last: bool = False,
+) -> float:
     """Top-1 accuracy of ``model`` (eval mode) on a uint8 dataset."""
     model.eval()
     correct = 0
@@ -142,7 +155,11 @@ def _autocast(device: torch.device):
 
 def _distributed(device: torch.device) -> tuple[int, int]:
     """(rank, world size); joins the process group torchrun describes if not yet joined."""
-    if dist.is_available() and not dist.is_initialized() and int(os.environ.get("WORLD_SIZE", 1)) > 1:
+    if (
+        dist.is_available()
+        and not dist.is_initialized()
+        and int(os.environ.get("WORLD_SIZE", 1)) > 1
+    ):
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
@@ -182,8 +199,13 @@ def run(cfg: TrainConfig, progress: bool = True) -> nn.Module:
     full = data.load(cfg.dataset, "train", cfg.data_root)
     train, val = data.train_val_split(full, cfg.val_size, cfg.seed)
     if cfg.limit_train:
-        train = data.Dataset(train.images[:cfg.limit_train], train.labels[:cfg.limit_train],
-                             train.classes, train.name, train.split)
+        train = data.Dataset(
+            train.images[: cfg.limit_train],
+            train.labels[: cfg.limit_train],
+            train.classes,
+            train.name,
+            train.split,
+        )
     arch = cfg.arch(full)
     torch.manual_seed(cfg.seed)
     model = models.build(**arch)
@@ -192,49 +214,66 @@ def run(cfg: TrainConfig, progress: bool = True) -> nn.Module:
     model = model.to(device)
     memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
     model = model.to(memory_format=memory_format)
-    opt = torch.optim.SGD(parameter_groups(model, cfg.weight_decay), lr=cfg.lr,
-                          momentum=cfg.momentum, nesterov=cfg.nesterov)
+    opt = torch.optim.SGD(
+        parameter_groups(model, cfg.weight_decay),
+        lr=cfg.lr,
+        momentum=cfg.momentum,
+        nesterov=cfg.nesterov,
+    )
     per_rank = cfg.batch_size // world
     steps_per_epoch = len(train) // cfg.batch_size
     if steps_per_epoch == 0:
-        raise ValueError(f"{len(train)} training images are fewer than one batch of {cfg.batch_size}")
+        raise ValueError(
+            f"{len(train)} training images are fewer than one batch of {cfg.batch_size}"
+        )
     total = steps_per_epoch * cfg.epochs
     warmup = int(cfg.warmup_epochs * steps_per_epoch)
     sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: lr_factor(s, total, warmup, cfg.schedule))
+        opt, lambda s: lr_factor(s, total, warmup, cfg.schedule)
+    )
 
     start_epoch, best, history = 0, {"val_accuracy": -1.0, "epoch": -1}, []
     last = out / "last.pt"
     if last.exists():
         state = torch.load(last, map_location="cpu", weights_only=True)
-        saved = {f.name: f.default for f in fields(TrainConfig)} | state["config"]  # options added later
-        if saved != asdict(cfg):                                                  # ran at their default
-            changed = {k for k in saved.keys() | asdict(cfg).keys() if saved.get(k) != asdict(cfg).get(k)}
-            raise ValueError(f"{last} was written with different settings ({sorted(changed)}); "
-                             "resume with the same options or use a new --out")
+        saved = {f.name: f.default for f in fields(TrainConfig)} | state[
+            "config"
+        ]  # options added later
+        if saved != asdict(cfg):  # ran at their default
+            changed = {
+                k for k in saved.keys() | asdict(cfg).keys() if saved.get(k) != asdict(cfg).get(k)
+            }
+            raise ValueError(
+                f"{last} was written with different settings ({sorted(changed)}); "
+                "resume with the same options or use a new --out"
+            )
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
         torch.set_rng_state(state["rng"])
         start_epoch, best = state["epoch"] + 1, state["best"]
-        history = state["history"] if "history" in state else read_log(out / "log.jsonl", start_epoch)
+        history = (
+            state["history"] if "history" in state else read_log(out / "log.jsonl", start_epoch)
+        )
     elif rank == 0:
         checkpoint.save_json(asdict(cfg), out / "config.json")
 
     net = model
     if world > 1:
         net = nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None)
+            model, device_ids=[device.index] if device.type == "cuda" else None
+        )
     for epoch in range(start_epoch, cfg.epochs):
         gen = epoch_generator(cfg.seed, epoch)
-        order = torch.randperm(len(train), generator=gen)[:steps_per_epoch * cfg.batch_size]
+        order = torch.randperm(len(train), generator=gen)[: steps_per_epoch * cfg.batch_size]
         aug_gen = epoch_generator(cfg.seed, epoch, 1 + rank)
         net.train()
-        bar = Progress(steps_per_epoch, f"epoch {epoch + 1}/{cfg.epochs}",
-                       enabled=progress and rank == 0)
+        bar = Progress(
+            steps_per_epoch, f"epoch {epoch + 1}/{cfg.epochs}", enabled=progress and rank == 0
+        )
         t0, seen = time.perf_counter(), 0
         for step in range(steps_per_epoch):
-            idx = order[step * cfg.batch_size:(step + 1) * cfg.batch_size][rank::world]
+            idx = order[step * cfg.batch_size : (step + 1) * cfg.batch_size][rank::world]
             images = data.augment(train.images[idx], aug_gen, **data.AUGMENT[train.name])
             x = data.normalize(images.to(device, non_blocking=True), train.name)
             x = x.contiguous(memory_format=memory_format)
@@ -250,26 +289,45 @@ def run(cfg: TrainConfig, progress: bool = True) -> nn.Module:
             if step % 10 == 0 or step == steps_per_epoch - 1:  # .item() syncs: not every step
                 batch_acc = (logits.argmax(1) == y).float().mean().item()
                 rate = seen * world / (time.perf_counter() - t0)
-                bar.update(step + 1 - bar.done, loss=f"{loss.item():.3f}",
-                           acc=f"{100 * batch_acc:.1f}%", **{"img/s": f"{rate:.0f}"})
+                bar.update(
+                    step + 1 - bar.done,
+                    loss=f"{loss.item():.3f}",
+                    acc=f"{100 * batch_acc:.1f}%",
+                    **{"img/s": f"{rate:.0f}"},
+                )
         if world > 1:
             _average_buffers(model, world)
         seconds = time.perf_counter() - t0
         val_acc = accuracy(model, val, device, channels_last=cfg.channels_last)
-        record = {"epoch": epoch + 1, "lr": opt.param_groups[0]["lr"], "train_loss": loss.item(),
-                  "val_accuracy": val_acc, "seconds": round(seconds, 2),
-                  "images_per_second": round(seen * world / seconds, 1)}
+        record = {
+            "epoch": epoch + 1,
+            "lr": opt.param_groups[0]["lr"],
+            "train_loss": loss.item(),
+            "val_accuracy": val_acc,
+            "seconds": round(seconds, 2),
+            "images_per_second": round(seen * world / seconds, 1),
+        }
         history.append(record)
         if rank == 0:
             if val_acc > best["val_accuracy"]:
                 best = {"val_accuracy": val_acc, "epoch": epoch + 1}
                 checkpoint.save(model_file(model, arch, cfg, best), out / "model.pt")
-            checkpoint.save({"model": model.state_dict(), "optimizer": opt.state_dict(),
-                             "scheduler": sched.state_dict(), "rng": torch.get_rng_state(),
-                             "epoch": epoch, "best": best, "history": history,
-                             "config": asdict(cfg)}, last)
-            checkpoint.save_text("".join(json.dumps(r) + "\n" for r in history),
-                                 out / "log.jsonl")  # rewritten whole: never a torn line
+            checkpoint.save(
+                {
+                    "model": model.state_dict(),
+                    "optimizer": opt.state_dict(),
+                    "scheduler": sched.state_dict(),
+                    "rng": torch.get_rng_state(),
+                    "epoch": epoch,
+                    "best": best,
+                    "history": history,
+                    "config": asdict(cfg),
+                },
+                last,
+            )
+            checkpoint.save_text(
+                "".join(json.dumps(r) + "\n" for r in history), out / "log.jsonl"
+            )  # rewritten whole: never a torn line
             print(json.dumps(record), flush=True)
     return model
 
@@ -277,9 +335,15 @@ def run(cfg: TrainConfig, progress: bool = True) -> nn.Module:
 def model_file(model: nn.Module, arch: dict, cfg: TrainConfig, best: dict) -> dict:
     """The inference checkpoint: architecture, weights (contiguous, CPU) and provenance."""
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    return {"format": checkpoint.FORMAT, "arch": arch, "dataset": cfg.dataset,
-            "state_dict": state, "val_accuracy": best["val_accuracy"], "epoch": best["epoch"],
-            "train_config": asdict(cfg)}
+    return {
+        "format": checkpoint.FORMAT,
+        "arch": arch,
+        "dataset": cfg.dataset,
+        "state_dict": state,
+        "val_accuracy": best["val_accuracy"],
+        "epoch": best["epoch"],
+        "train_config": asdict(cfg),
+    }
 
 
 def config_from_args(args) -> TrainConfig:

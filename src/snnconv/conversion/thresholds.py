@@ -6,6 +6,7 @@ is the maximum. It is found by a few passes over the data: one for min/max/N, th
 narrow the interval holding the k-th value until it holds few values (gathered and sorted) or only
 one distinct value. No per-batch estimate is averaged.
 """
+
 from __future__ import annotations
 
 import math
@@ -23,9 +24,11 @@ def batch_input(batch) -> torch.Tensor:
     """The input tensor of one calibration batch: the batch itself or its first element."""
     x = batch[0] if isinstance(batch, (tuple, list)) else batch
     if not torch.is_tensor(x) or not x.is_floating_point():
-        raise TypeError("calibration batches must be float tensors (or (inputs, labels) pairs with "
-                        f"float inputs), got {type(x).__name__}"
-                        + (f" of dtype {x.dtype}" if torch.is_tensor(x) else ""))
+        raise TypeError(
+            "calibration batches must be float tensors (or (inputs, labels) pairs with "
+            f"float inputs), got {type(x).__name__}"
+            + (f" of dtype {x.dtype}" if torch.is_tensor(x) else "")
+        )
     return x
 
 
@@ -50,8 +53,9 @@ def _for_each_activation(gm, names, data, sink) -> None:
             recorder.run(batch_input(batch))
 
 
-def layer_statistic(gm: fx.GraphModule, names: list[str], data: Iterable,
-                    percentile: float = 100.0) -> dict[str, float]:
+def layer_statistic(
+    gm: fx.GraphModule, names: list[str], data: Iterable, percentile: float = 100.0
+) -> dict[str, float]:
     """Per node name, the ``percentile`` (nearest rank) of its outputs over all of ``data``."""
     if not 0 < percentile <= 100:
         raise ValueError(f"percentile must be in (0, 100], got {percentile}")
@@ -72,16 +76,20 @@ def layer_statistic(gm: fx.GraphModule, names: list[str], data: Iterable,
     if percentile == 100:
         return hi
     if iter(data) is data:
-        raise ValueError("percentile thresholds need several passes over the calibration data: "
-                         "pass a list, a tensor or a DataLoader, not a one-shot iterator")
+        raise ValueError(
+            "percentile thresholds need several passes over the calibration data: "
+            "pass a list, a tensor or a DataLoader, not a one-shot iterator"
+        )
     rank = {n: max(1, math.ceil(Fraction(str(percentile)) / 100 * count[n])) for n in names}
     # search interval [lo, hi) in float64, values below it, values inside it
     state = {n: [lo[n], math.nextafter(hi[n], math.inf), 0, count[n]] for n in names}
     result: dict[str, float] = {}
     while len(result) < len(names):
         active = [n for n in names if n not in result]
-        edges = {n: torch.linspace(state[n][0], state[n][1], BINS + 1, dtype=torch.float64)
-                 for n in active}
+        edges = {
+            n: torch.linspace(state[n][0], state[n][1], BINS + 1, dtype=torch.float64)
+            for n in active
+        }
         for n in active:
             edges[n][0], edges[n][-1] = state[n][0], state[n][1]
         hist = {n: torch.zeros(BINS, dtype=torch.int64) for n in active}
@@ -116,6 +124,10 @@ def layer_statistic(gm: fx.GraphModule, names: list[str], data: Iterable,
             else:
                 cum = below + torch.cumsum(hist[n], 0)
                 j = int(torch.searchsorted(cum, torch.tensor(rank[n]), right=False))
-                state[n] = [edges[n][j].item(), edges[n][j + 1].item(),
-                            int(cum[j - 1]) if j > 0 else below, int(hist[n][j])]
+                state[n] = [
+                    edges[n][j].item(),
+                    edges[n][j + 1].item(),
+                    int(cum[j - 1]) if j > 0 else below,
+                    int(hist[n][j]),
+                ]
     return result

@@ -16,9 +16,10 @@ kernels run on PyTorch's own thread team instead of a second pool competing with
 workers (measured: the scan took 0.55 s with std::thread, 0.33 s with OpenMP, in
 benchmarks/sim_profile.py --T 16 --channels-last).
 
-On CUDA the IF scan runs as a Triton kernel instead (gpuscan.py); ``if_scan`` dispatches on the
+On CUDA the IF scan runs as a Triton kernel instead (triton_scan.py); ``if_scan`` dispatches on the
 device. Set SNNCONV_FUSED=0 to use PyTorch only (the IF loop and dense convolutions).
 """
+
 from __future__ import annotations
 
 import ctypes
@@ -335,8 +336,16 @@ int spike_conv2d_f32(const float* x, int64_t N, int C, int H, int W, const float
 }
 }
 """
-FLAGS = ["-O3", "-march=native", "-fno-trapping-math", "-ffp-contract=off", "-std=c++17",
-         "-shared", "-fPIC", "-fopenmp"]
+FLAGS = [
+    "-O3",
+    "-march=native",
+    "-fno-trapping-math",
+    "-ffp-contract=off",
+    "-std=c++17",
+    "-shared",
+    "-fPIC",
+    "-fopenmp",
+]
 
 _lib = None
 _failed = False
@@ -362,8 +371,9 @@ def _compile(cxx: str, flags: list[str], cache: Path) -> Path:
         with tempfile.TemporaryDirectory(dir=cache) as tmp:
             src, so = Path(tmp) / "kernels.cpp", Path(tmp) / "kernels.so"
             src.write_text(SOURCE)
-            done = subprocess.run([cxx, *flags, str(src), "-o", str(so)], capture_output=True,
-                                  text=True)
+            done = subprocess.run(
+                [cxx, *flags, str(src), "-o", str(so)], capture_output=True, text=True
+            )
             if done.returncode != 0:
                 raise RuntimeError(f"{cxx} failed: {done.stderr.strip()[:300]}")
             os.replace(so, lib)  # atomic: a concurrent build never sees half a library
@@ -373,7 +383,12 @@ def _compile(cxx: str, flags: list[str], cache: Path) -> Path:
 def _build(extra_flags: tuple[str, ...] = ()) -> ctypes.CDLL:
     """Compile (or find cached) and load the kernels; without OpenMP support in the compiler
     they are built serial. ``extra_flags`` (e.g. ``-mno-avx512f``, for the tests) follow FLAGS."""
-    cxx = os.environ.get("CXX") or shutil.which("c++") or shutil.which("g++") or shutil.which("clang++")
+    cxx = (
+        os.environ.get("CXX")
+        or shutil.which("c++")
+        or shutil.which("g++")
+        or shutil.which("clang++")
+    )
     if cxx is None:
         raise RuntimeError("no C++ compiler found (set CXX)")
     cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "snnconv" / "kernels"
@@ -384,15 +399,53 @@ def _build(extra_flags: tuple[str, ...] = ()) -> ctypes.CDLL:
         lib = _compile(cxx, [f for f in flags if f != "-fopenmp"], cache)
     dll = ctypes.CDLL(str(lib))
     for name, c in (("if_scan_f32", ctypes.c_float), ("if_scan_f64", ctypes.c_double)):
-        getattr(dll, name).argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_void_p,
-                                       ctypes.c_void_p, ctypes.c_void_p, c, ctypes.c_void_p,
-                                       ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64,
-                                       ctypes.c_int]
+        getattr(dll, name).argtypes = [
+            ctypes.c_void_p,
+            ctypes.c_int,
+            ctypes.c_void_p,
+            ctypes.c_void_p,
+            ctypes.c_void_p,
+            c,
+            ctypes.c_void_p,
+            ctypes.c_void_p,
+            ctypes.c_int64,
+            ctypes.c_int64,
+            ctypes.c_int,
+        ]
         getattr(dll, name).restype = None
     i, p = ctypes.c_int, ctypes.c_void_p
-    dll.spike_conv2d_f32.argtypes = [p, ctypes.c_int64, i, i, i, p, p, i, i, i, i, i, i, i, i, i,
-                                     i, p, p, i, i, i, p, p, p, p, ctypes.c_float,
-                                     ctypes.c_int64, ctypes.c_int64, ctypes.c_int64]
+    dll.spike_conv2d_f32.argtypes = [
+        p,
+        ctypes.c_int64,
+        i,
+        i,
+        i,
+        p,
+        p,
+        i,
+        i,
+        i,
+        i,
+        i,
+        i,
+        i,
+        i,
+        i,
+        i,
+        p,
+        p,
+        i,
+        i,
+        i,
+        p,
+        p,
+        p,
+        p,
+        ctypes.c_float,
+        ctypes.c_int64,
+        ctypes.c_int64,
+        ctypes.c_int64,
+    ]
     dll.spike_conv2d_f32.restype = ctypes.c_int
     return dll
 
@@ -406,8 +459,10 @@ def kernel():
         _lib = _build()
     except Exception as err:  # no compiler: the PyTorch loop does the same work
         _failed = True
-        warnings.warn(f"snnconv: compiled kernels unavailable ({type(err).__name__}: "
-                      f"{str(err)[:300]}); using PyTorch only")
+        warnings.warn(
+            f"snnconv: compiled kernels unavailable ({type(err).__name__}: "
+            f"{str(err)[:300]}); using PyTorch only"
+        )
     return _lib
 
 
@@ -416,41 +471,82 @@ def scan_available(device: torch.device) -> bool:
     kernel on CUDA (SNNCONV_FUSED=0 turns both off)."""
     if device.type == "cpu":
         return kernel() is not None
-    return (device.type == "cuda" and os.environ.get("SNNCONV_FUSED", "1") != "0"
-            and importlib.util.find_spec("triton") is not None)
+    return (
+        device.type == "cuda"
+        and os.environ.get("SNNCONV_FUSED", "1") != "0"
+        and importlib.util.find_spec("triton") is not None
+    )
 
 
-def if_scan(current: torch.Tensor, constant: bool, addend: torch.Tensor | None, v: torch.Tensor,
-            theta: torch.Tensor, v_th: torch.Tensor, out: torch.Tensor, count: torch.Tensor) -> None:
+def if_scan(
+    current: torch.Tensor,
+    constant: bool,
+    addend: torch.Tensor | None,
+    v: torch.Tensor,
+    theta: torch.Tensor,
+    v_th: torch.Tensor,
+    out: torch.Tensor,
+    count: torch.Tensor,
+) -> None:
     """Run the device's kernel in place on v, out and count (see SOURCE for the arithmetic);
     ``theta`` holds each step's firing threshold, ``v_th`` (0-dim) the spike amplitude."""
     if v.device.type == "cuda":
-        from . import gpuscan  # imports triton
-        return gpuscan.if_scan(current, constant, addend, v, theta, v_th, out, count)
+        from snnconv.kernels import triton_scan  # imports triton
+
+        return triton_scan.if_scan(current, constant, addend, v, theta, v_th, out, count)
     lib = kernel()
     fn = lib.if_scan_f32 if v.dtype == torch.float32 else lib.if_scan_f64
     theta = theta.contiguous()
-    fn(current.data_ptr(), int(constant), None if addend is None else addend.data_ptr(),
-       v.data_ptr(), theta.data_ptr(), v_th.item(), out.data_ptr(), count.data_ptr(), theta.numel(),
-       v.numel(), torch.get_num_threads())
+    fn(
+        current.data_ptr(),
+        int(constant),
+        None if addend is None else addend.data_ptr(),
+        v.data_ptr(),
+        theta.data_ptr(),
+        v_th.item(),
+        out.data_ptr(),
+        count.data_ptr(),
+        theta.numel(),
+        v.numel(),
+        torch.get_num_threads(),
+    )
 
 
 def _dense(t: torch.Tensor) -> bool:
-    return t.is_contiguous() or (t.dim() == 4 and t.is_contiguous(memory_format=torch.channels_last))
+    return t.is_contiguous() or (
+        t.dim() == 4 and t.is_contiguous(memory_format=torch.channels_last)
+    )
 
 
-def usable(current: torch.Tensor, constant: bool, addend: torch.Tensor | None, v: torch.Tensor,
-           out: torch.Tensor, v_th: torch.Tensor) -> bool:
+def usable(
+    current: torch.Tensor,
+    constant: bool,
+    addend: torch.Tensor | None,
+    v: torch.Tensor,
+    out: torch.Tensor,
+    v_th: torch.Tensor,
+) -> bool:
     """A fused scan applies (where scan_available): float tensors, one scalar V_th, dense tensors
     in which flat index i is the same neuron in the current (each step), the addend, the membrane
     and the output."""
     if v.dtype not in (torch.float32, torch.float64) or v_th.dim():
         return False
-    if addend is not None and (constant or addend.dtype != v.dtype or addend.shape != current.shape
-                               or addend.stride() != current.stride()):
+    if addend is not None and (
+        constant
+        or addend.dtype != v.dtype
+        or addend.shape != current.shape
+        or addend.stride() != current.stride()
+    ):
         return False
     n = v.numel()
-    steps_ok = all(t.stride(0) == n and t.stride()[1:] == v.stride()
-                   for t in ([out] if constant else [out, current]))
-    return (current.dtype == v.dtype and _dense(v) and steps_ok
-            and v.dtype == out.dtype == v_th.dtype and (not constant or current.stride() == v.stride()))
+    steps_ok = all(
+        t.stride(0) == n and t.stride()[1:] == v.stride()
+        for t in ([out] if constant else [out, current])
+    )
+    return (
+        current.dtype == v.dtype
+        and _dense(v)
+        and steps_ok
+        and v.dtype == out.dtype == v_th.dtype
+        and (not constant or current.stride() == v.stride())
+    )

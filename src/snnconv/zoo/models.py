@@ -9,16 +9,17 @@ Rules every builder keeps, because the converter relies on them:
 "-paper" models follow the authors' code, Jackn0/snn_optimal_conversion_pipeline on GitHub (file named in each
 builder), with ``num_classes``/``act``/``y_th`` in place of their hard-coded heads and activations.
 """
+
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Callable
 from functools import partial
-from typing import Callable
 
 import torch.nn.functional as F
 from torch import nn
 
-from .activations import QCFS, ThresholdReLU, check_levels
+from snnconv.activations import QCFS, ThresholdReLU, check_levels
 
 ACTS = ("relu", "threshold", "qcfs")
 MakeAct = Callable[[], nn.Module]
@@ -43,14 +44,23 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def _conv(cin: int, cout: int, k: int, bn: bool, stride: int = 1, bias: bool | None = None) -> list[nn.Module]:
+def _conv(
+    cin: int, cout: int, k: int, bn: bool, stride: int = 1, bias: bool | None = None
+) -> list[nn.Module]:
     """k x k conv with 'same' padding, then BN if ``bn``; the conv has a bias only without BN unless told."""
     conv = nn.Conv2d(cin, cout, k, stride, padding=k // 2, bias=not bn if bias is None else bias)
     return [conv, nn.BatchNorm2d(cout)] if bn else [conv]
 
 
-def _conv_act(cin: int, cout: int, k: int, make_act: MakeAct, bn: bool, stride: int = 1,
-              bias: bool | None = None) -> list[nn.Module]:
+def _conv_act(
+    cin: int,
+    cout: int,
+    k: int,
+    make_act: MakeAct,
+    bn: bool,
+    stride: int = 1,
+    bias: bool | None = None,
+) -> list[nn.Module]:
     return [*_conv(cin, cout, k, bn, stride, bias), make_act()]
 
 
@@ -67,9 +77,15 @@ def cnn(c: int, s: int, n: int, make_act: MakeAct, bn: bool) -> nn.Module:
     Kept narrow at full resolution so an MNIST epoch trains in about 20 s on 2 CPU cores.
     """
     return nn.Sequential(
-        *_conv_act(c, 8, 3, make_act, bn), nn.AvgPool2d(2),
-        *_conv_act(8, 32, 3, make_act, bn), nn.AvgPool2d(2),
-        nn.Flatten(), nn.Linear(32 * _side(s, 4, "cnn") ** 2, 128), make_act(), nn.Linear(128, n))
+        *_conv_act(c, 8, 3, make_act, bn),
+        nn.AvgPool2d(2),
+        *_conv_act(8, 32, 3, make_act, bn),
+        nn.AvgPool2d(2),
+        nn.Flatten(),
+        nn.Linear(32 * _side(s, 4, "cnn") ** 2, 128),
+        make_act(),
+        nn.Linear(128, n),
+    )
 
 
 def cifarnet(c: int, s: int, n: int, make_act: MakeAct, bn: bool) -> nn.Module:
@@ -79,14 +95,19 @@ def cifarnet(c: int, s: int, n: int, make_act: MakeAct, bn: bool) -> nn.Module:
     """
     return nn.Sequential(
         *_conv_act(c, 128, 3, make_act, bn),
-        *_conv_act(128, 256, 3, make_act, bn), nn.AvgPool2d(2),
-        *_conv_act(256, 512, 3, make_act, bn), nn.AvgPool2d(2),
+        *_conv_act(128, 256, 3, make_act, bn),
+        nn.AvgPool2d(2),
+        *_conv_act(256, 512, 3, make_act, bn),
+        nn.AvgPool2d(2),
         *_conv_act(512, 1024, 3, make_act, bn),
         *_conv_act(1024, 512, 3, make_act, bn),
         nn.Flatten(),
-        nn.Linear(512 * _side(s, 4, "cifarnet") ** 2, 1024), make_act(),
-        nn.Linear(1024, 512), make_act(),
-        nn.Linear(512, n))
+        nn.Linear(512 * _side(s, 4, "cifarnet") ** 2, 1024),
+        make_act(),
+        nn.Linear(1024, 512),
+        make_act(),
+        nn.Linear(512, n),
+    )
 
 
 def _vgg_features(c: int, cfg: list, make_act: MakeAct, bn: bool) -> list[nn.Module]:
@@ -108,13 +129,34 @@ def vgg16_paper(c: int, s: int, n: int, make_act: MakeAct, bn: bool) -> nn.Modul
 
     Follows models/VGG16.py (VGG16) of the authors' repo.
     """
-    cfg = [64, 64, "A", 128, 128, "A", 256, 256, (256, 1), "A", 512, 512, (512, 1), "A", 512, 512, (512, 1)]
+    cfg = [
+        64,
+        64,
+        "A",
+        128,
+        128,
+        "A",
+        256,
+        256,
+        (256, 1),
+        "A",
+        512,
+        512,
+        (512, 1),
+        "A",
+        512,
+        512,
+        (512, 1),
+    ]
     return nn.Sequential(
         *_vgg_features(c, cfg, make_act, bn),
         nn.Flatten(),
-        nn.Linear(512 * _side(s, 16, "vgg16-paper") ** 2, 4096), make_act(),
-        nn.Linear(4096, 4096), make_act(),
-        nn.Linear(4096, n))
+        nn.Linear(512 * _side(s, 16, "vgg16-paper") ** 2, 4096),
+        make_act(),
+        nn.Linear(4096, 4096),
+        make_act(),
+        nn.Linear(4096, n),
+    )
 
 
 def vgg16(c: int, s: int, n: int, make_act: MakeAct, bn: bool) -> nn.Module:
@@ -124,8 +166,10 @@ def vgg16(c: int, s: int, n: int, make_act: MakeAct, bn: bool) -> nn.Module:
     return nn.Sequential(
         *_vgg_features(c, cfg, make_act, bn),
         nn.Flatten(),
-        nn.Linear(512 * _side(s, 32, "vgg16") ** 2, 512), make_act(),
-        nn.Linear(512, n))
+        nn.Linear(512 * _side(s, 32, "vgg16") ** 2, 512),
+        make_act(),
+        nn.Linear(512, n),
+    )
 
 
 class ShortcutA(nn.Module):
@@ -151,13 +195,23 @@ class BasicBlock(nn.Module):
     The shortcut is the identity when shapes match, else option A (``ShortcutA``) or a 1x1 strided conv [-BN].
     """
 
-    def __init__(self, cin: int, cout: int, stride: int, make_act: MakeAct, bn: bool, *,
-                 option_a: bool, dropout: float = 0.0):
+    def __init__(
+        self,
+        cin: int,
+        cout: int,
+        stride: int,
+        make_act: MakeAct,
+        bn: bool,
+        *,
+        option_a: bool,
+        dropout: float = 0.0,
+    ):
         super().__init__()
         self.residual = nn.Sequential(
             *_conv_act(cin, cout, 3, make_act, bn, stride, bias=False),
             *([nn.Dropout(dropout)] if dropout else []),
-            *_conv(cout, cout, 3, bn, bias=False))
+            *_conv(cout, cout, 3, bn, bias=False),
+        )
         if stride == 1 and cin == cout:
             self.shortcut = nn.Sequential()  # identity; fx traces it to no node at all
         elif option_a:
@@ -171,20 +225,27 @@ class BasicBlock(nn.Module):
 
 
 def _stage(cin: int, cout: int, blocks: int, stride: int, **block_kw) -> nn.Sequential:
-    return nn.Sequential(*[BasicBlock(cin if i == 0 else cout, cout, stride if i == 0 else 1, **block_kw)
-                           for i in range(blocks)])
+    return nn.Sequential(
+        *[
+            BasicBlock(cin if i == 0 else cout, cout, stride if i == 0 else 1, **block_kw)
+            for i in range(blocks)
+        ]
+    )
 
 
 def resnet20(c: int, s: int, n: int, make_act: MakeAct, bn: bool) -> nn.Module:
     """He et al. (2016) CIFAR ResNet-20: 16C3-BN-act, 3 stages x 3 basic blocks (16, 32, 64 channels, stride 2 at
     stages 2 and 3, option-A shortcuts), global average pool, nFC. 269,722 parameters for n = 10."""
     kw = dict(make_act=make_act, bn=bn, option_a=True)
-    return nn.Sequential(OrderedDict(
-        stem=nn.Sequential(*_conv_act(c, 16, 3, make_act, bn, bias=False)),
-        layer1=_stage(16, 16, 3, 1, **kw),
-        layer2=_stage(16, 32, 3, 2, **kw),
-        layer3=_stage(32, 64, 3, 2, **kw),
-        head=nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, n))))
+    return nn.Sequential(
+        OrderedDict(
+            stem=nn.Sequential(*_conv_act(c, 16, 3, make_act, bn, bias=False)),
+            layer1=_stage(16, 16, 3, 1, **kw),
+            layer2=_stage(16, 32, 3, 2, **kw),
+            layer3=_stage(32, 64, 3, 2, **kw),
+            head=nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, n)),
+        )
+    )
 
 
 def resnet20_paper(c: int, s: int, n: int, make_act: MakeAct, bn: bool) -> nn.Module:
@@ -194,17 +255,26 @@ def resnet20_paper(c: int, s: int, n: int, make_act: MakeAct, bn: bool) -> nn.Mo
     Follows models/ResNet20.py (ResNet/BasicBlock, num_blocks=[2, 2, 2, 2]) of the authors' repo.
     """
     kw = dict(make_act=make_act, bn=bn, option_a=False, dropout=0.2)
-    side = -(-_side(s, 2, "resnet20-paper") // 8)  # three stride-2 convs with padding give ceil(side / 2) each
-    return nn.Sequential(OrderedDict(
-        stem=nn.Sequential(
-            *_conv_act(c, 64, 3, make_act, bn, bias=False), nn.Dropout(0.2),
-            *_conv_act(64, 64, 3, make_act, bn, bias=False), nn.Dropout(0.2),
-            *_conv_act(64, 64, 3, make_act, bn, bias=False), nn.AvgPool2d(2)),
-        layer1=_stage(64, 64, 2, 1, **kw),
-        layer2=_stage(64, 128, 2, 2, **kw),
-        layer3=_stage(128, 256, 2, 2, **kw),
-        layer4=_stage(256, 512, 2, 2, **kw),
-        head=nn.Sequential(nn.Flatten(), nn.Linear(512 * side ** 2, n, bias=False))))
+    side = -(
+        -_side(s, 2, "resnet20-paper") // 8
+    )  # three stride-2 convs with padding give ceil(side / 2) each
+    return nn.Sequential(
+        OrderedDict(
+            stem=nn.Sequential(
+                *_conv_act(c, 64, 3, make_act, bn, bias=False),
+                nn.Dropout(0.2),
+                *_conv_act(64, 64, 3, make_act, bn, bias=False),
+                nn.Dropout(0.2),
+                *_conv_act(64, 64, 3, make_act, bn, bias=False),
+                nn.AvgPool2d(2),
+            ),
+            layer1=_stage(64, 64, 2, 1, **kw),
+            layer2=_stage(64, 128, 2, 2, **kw),
+            layer3=_stage(128, 256, 2, 2, **kw),
+            layer4=_stage(256, 512, 2, 2, **kw),
+            head=nn.Sequential(nn.Flatten(), nn.Linear(512 * side**2, n, bias=False)),
+        )
+    )
 
 
 _MODELS = {  # name: (builder, default batch_norm)
@@ -242,8 +312,17 @@ def _init(model: nn.Module, bn_scale: float) -> None:
             nn.init.constant_(m.weight, bn_scale)
 
 
-def build(name: str, *, num_classes: int = 10, act: str = "threshold", y_th: float = 1.0, in_channels: int = 3,
-          image_size: int = 32, batch_norm: bool | None = None, levels: int | None = None) -> nn.Module:
+def build(
+    name: str,
+    *,
+    num_classes: int = 10,
+    act: str = "threshold",
+    y_th: float = 1.0,
+    in_channels: int = 3,
+    image_size: int = 32,
+    batch_norm: bool | None = None,
+    levels: int | None = None,
+) -> nn.Module:
     """Build model ``name`` (one of NAMES) for ``in_channels`` x ``image_size`` x ``image_size`` inputs.
 
     ``act``/``y_th`` choose the activation at every site; ``batch_norm=None`` keeps the model's default
@@ -253,23 +332,12 @@ def build(name: str, *, num_classes: int = 10, act: str = "threshold", y_th: flo
         raise ValueError(f"unknown model {name!r}; expected one of {NAMES}")
     activation(act, y_th, levels)  # validate act, y_th and levels before building anything
     builder, default_bn = _MODELS[name]
-    model = builder(_positive_int(in_channels, "in_channels"), _positive_int(image_size, "image_size"),
-                    _positive_int(num_classes, "num_classes"), partial(activation, act, y_th, levels),
-                    default_bn if batch_norm is None else bool(batch_norm))
+    model = builder(
+        _positive_int(in_channels, "in_channels"),
+        _positive_int(image_size, "image_size"),
+        _positive_int(num_classes, "num_classes"),
+        partial(activation, act, y_th, levels),
+        default_bn if batch_norm is None else bool(batch_norm),
+    )
     _init(model, THRESHOLD_BN_SCALE * y_th if act in ("threshold", "qcfs") else 1.0)
     return model
-
-
-def load_pretrained(name: str) -> nn.Module:
-    """A shipped model ("resnet20-cifar10", "cnn-mnist") or checkpoint path, in eval mode."""
-    from . import checkpoint
-    return checkpoint.build_model(checkpoint.load(name))
-
-
-def pretrained_card(name: str) -> str:
-    """The model card (markdown) of a shipped model: command, wall time, seed, test accuracy."""
-    from . import checkpoint
-    path = checkpoint.PRETRAINED_DIR / f"{name}.md"
-    if not path.is_file():
-        raise ValueError(f"no shipped model {name!r}; shipped: {checkpoint.pretrained_names()}")
-    return path.read_text()

@@ -1,13 +1,14 @@
 """Write an evaluation's results.json, PNG plots and report.md into a folder, atomically: each
 file appears complete or not at all, and nothing is written unless every part could be made."""
+
 from __future__ import annotations
 
 import io
 import os
 from pathlib import Path
 
-from . import checkpoint
-from .evaluate import cost_table, layer_table, table
+from snnconv.evaluation.evaluate import cost_table, layer_table, table
+from snnconv.io import checkpoint
 
 PLOTS = ("accuracy_vs_T.png", "layer_error.png", "firing_rate.png", "max_activation.png")
 
@@ -28,13 +29,15 @@ def check_plotting() -> None:
     try:
         import matplotlib  # noqa: F401
     except ImportError:
-        raise ValueError("plots need matplotlib: pip install 'snnconv[plot]', or pass "
-                         "--plots false") from None
+        raise ValueError(
+            "plots need matplotlib: pip install 'snnconv[plot]', or pass --plots false"
+        ) from None
 
 
 def _figures(results: dict) -> dict[str, bytes]:
     check_plotting()
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -54,8 +57,12 @@ def _figures(results: dict) -> dict[str, bytes]:
     fig, ax = plt.subplots(figsize=(6, 4))
     ax.plot(steps, [100 * a for a in results["snn_accuracy"].values()], "o-", label="SNN")
     ax.axhline(100 * results["ann_accuracy"], color="k", ls="--", label="ANN")
-    ax.set(xscale="log", xlabel="time steps T", ylabel="test accuracy (%)",
-           title=f"accuracy vs T (shift={results['shift']})")
+    ax.set(
+        xscale="log",
+        xlabel="time steps T",
+        ylabel="test accuracy (%)",
+        title=f"accuracy vs T (shift={results['shift']})",
+    )
     ax.set_xticks(steps, [str(t) for t in steps])
     ax.legend()
     save(PLOTS[0], fig)
@@ -82,8 +89,13 @@ def _figures(results: dict) -> dict[str, bytes]:
 
     fig, ax = plt.subplots(figsize=(max(6, 0.35 * len(names)), 4))
     ax.bar(pos, [r["max_activation"] for r in results["layers"]], label="max ANN activation")
-    ax.plot(pos, [max(r["v_th"]) if isinstance(r["v_th"], list) else r["v_th"]
-                  for r in results["layers"]], "r_", markersize=14, label="V_th")
+    ax.plot(
+        pos,
+        [max(r["v_th"]) if isinstance(r["v_th"], list) else r["v_th"] for r in results["layers"]],
+        "r_",
+        markersize=14,
+        label="V_th",
+    )
     ax.set(ylabel="activation", title="max activation per layer")
     ax.set_xticks(list(pos), names, rotation=90, fontsize=7)
     ax.legend()
@@ -93,19 +105,38 @@ def _figures(results: dict) -> dict[str, bytes]:
 
 def markdown(results: dict) -> str:
     last = max(int(t) for t in results["snn_accuracy"])
-    return "\n".join([
-        f"# snnconv evaluation: {results.get('model', '')} on {results.get('dataset', '')}",
-        "",
-        f"{results['n_images']} test images, threshold={results['threshold']}, "
-        f"shift={results['shift']}, readout={results['readout']}, {results['seconds']:.0f} s.",
-        "", "```", table(results), "```", "",
-        f"![accuracy vs T]({PLOTS[0]})", "",
-        "```", layer_table(results, last), "```", "",
-        f"![layer-wise error]({PLOTS[1]})", "", f"![firing rate]({PLOTS[2]})", "",
-        f"![max activation]({PLOTS[3]})", "",
-        "```", cost_table(results, last), "```", "",
-        "Energy: MACs x %.2g pJ + SOPs x %.2g pJ (first layer as MACs, once)."
-        % (results["cost"]["e_mac_pj"], results["cost"]["e_ac_pj"]), ""])
+    return "\n".join(
+        [
+            f"# snnconv evaluation: {results.get('model', '')} on {results.get('dataset', '')}",
+            "",
+            f"{results['n_images']} test images, threshold={results['threshold']}, "
+            f"shift={results['shift']}, readout={results['readout']}, {results['seconds']:.0f} s.",
+            "",
+            "```",
+            table(results),
+            "```",
+            "",
+            f"![accuracy vs T]({PLOTS[0]})",
+            "",
+            "```",
+            layer_table(results, last),
+            "```",
+            "",
+            f"![layer-wise error]({PLOTS[1]})",
+            "",
+            f"![firing rate]({PLOTS[2]})",
+            "",
+            f"![max activation]({PLOTS[3]})",
+            "",
+            "```",
+            cost_table(results, last),
+            "```",
+            "",
+            "Energy: MACs x %.2g pJ + SOPs x %.2g pJ (first layer as MACs, once)."
+            % (results["cost"]["e_mac_pj"], results["cost"]["e_ac_pj"]),
+            "",
+        ]
+    )
 
 
 def write(results: dict, out: str | os.PathLike, plots: bool = True) -> list[Path]:

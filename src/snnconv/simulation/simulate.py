@@ -3,7 +3,7 @@
 ``simulate`` is the fast path. It runs the graph once per chunk of time steps, layer by layer, with
 time folded into the batch (row t*B + b of a [c*B, ...] tensor is sample b at step t of the chunk),
 so each conv runs once over all c*B maps, and each IF layer scans its c steps in a tight loop.
-A conv that reads an IF layer's spikes runs as a table lookup (spikeconv.py) where that applies,
+A conv that reads an IF layer's spikes runs as a table lookup (lookup_conv.py) where that applies,
 and a sum a + b read only by an IF layer is added inside that layer's scan. A lookup conv read
 only by an IF layer (directly or through such a sum) is left pending and run by that layer in
 one pass with its update (IFNeurons.scan_conv). The IF layers', lookup convs' and zero pads'
@@ -19,6 +19,7 @@ only; it is the test oracle.
 Readout after step t: out[t-1] = (1/t) * sum_{s<=t} y[s], where y[s] is the network output at step
 s (the last linear layer's current with readout="current", V_th-amplitude spikes with "spikes").
 """
+
 from __future__ import annotations
 
 import operator
@@ -28,8 +29,9 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
-from . import spikeconv
-from .neurons import IFNeurons
+from snnconv.exceptions import SimulationError
+from snnconv.kernels import lookup_conv
+from snnconv.simulation.neuron import IFNeurons
 
 CPU_CHUNK_BYTES = 1 << 30
 
@@ -52,13 +54,10 @@ ADDS = (operator.add, torch.add)  # a + b nodes the IF scan can take as its two 
 class _Pending:
     """A convolution of spikes (node, its input, its output shape) left for the IF layer that
     reads it, which runs both in one pass (IFNeurons.scan_conv)."""
+
     node: fx.Node
     x: torch.Tensor
     shape: tuple
-
-
-class SimulationError(RuntimeError):
-    """An op failed or broke the time-folded layout during simulation; names the node."""
 
 
 def execute(node: fx.Node, args, kwargs, modules: dict):
@@ -86,7 +85,9 @@ def _call(node, args, kwargs, modules):
         raise
     except Exception as err:
         shapes = [tuple(a.shape) for a in args if torch.is_tensor(a)]
-        raise SimulationError(f"node '{node.name}' failed on input shape(s) {shapes}: {err}") from err
+        raise SimulationError(
+            f"node '{node.name}' failed on input shape(s) {shapes}: {err}"
+        ) from err
 
 
 def _is_zero_pad(node: fx.Node, args, kwargs) -> bool:
@@ -95,10 +96,16 @@ def _is_zero_pad(node: fx.Node, args, kwargs) -> bool:
         return False
     mode, value = kwargs.get("mode", "constant"), kwargs.get("value", None)
     pad = args[1]
-    return (mode == "constant" and value in (None, 0, 0.0) and set(kwargs) <= {"mode", "value"}
-            and torch.is_tensor(args[0]) and isinstance(pad, (tuple, list))
-            and len(pad) % 2 == 0 and len(pad) // 2 <= args[0].dim()
-            and all(isinstance(p, int) and p >= 0 for p in pad))
+    return (
+        mode == "constant"
+        and value in (None, 0, 0.0)
+        and set(kwargs) <= {"mode", "value"}
+        and torch.is_tensor(args[0])
+        and isinstance(pad, (tuple, list))
+        and len(pad) % 2 == 0
+        and len(pad) // 2 <= args[0].dim()
+        and all(isinstance(p, int) and p >= 0 for p in pad)
+    )
 
 
 def _pad_into(x: torch.Tensor, pad, out: torch.Tensor | None) -> torch.Tensor:
@@ -109,10 +116,18 @@ def _pad_into(x: torch.Tensor, pad, out: torch.Tensor | None) -> torch.Tensor:
     for i in range(len(pad) // 2):
         shape[-1 - i] += pad[2 * i] + pad[2 * i + 1]
     st = x.stride()
-    fmt = (torch.channels_last if x.dim() == 4 and st[1] <= st[3] <= st[2] <= st[0]
-           and not x.is_contiguous() else torch.contiguous_format)  # the layout F.pad keeps
-    if (out is None or list(out.shape) != shape or out.dtype != x.dtype or out.device != x.device
-            or not out.is_contiguous(memory_format=fmt)):
+    fmt = (
+        torch.channels_last
+        if x.dim() == 4 and st[1] <= st[3] <= st[2] <= st[0] and not x.is_contiguous()
+        else torch.contiguous_format
+    )  # the layout F.pad keeps
+    if (
+        out is None
+        or list(out.shape) != shape
+        or out.dtype != x.dtype
+        or out.device != x.device
+        or not out.is_contiguous(memory_format=fmt)
+    ):
         out = torch.empty(shape, dtype=x.dtype, device=x.device, memory_format=fmt)
     inside = out
     for i in range(len(pad) // 2):
@@ -128,9 +143,15 @@ def _readout(outputs: list[torch.Tensor]) -> torch.Tensor:
     return y.cumsum(0) / t.view(-1, *([1] * (y.dim() - 1)))
 
 
-def simulate(gm: fx.GraphModule, x: torch.Tensor, steps: int,
-             max_chunk_bytes: int | None = None, marks=(), on_mark=None,
-             workspace: dict | None = None) -> torch.Tensor:
+def simulate(
+    gm: fx.GraphModule,
+    x: torch.Tensor,
+    steps: int,
+    max_chunk_bytes: int | None = None,
+    marks=(),
+    on_mark=None,
+    workspace: dict | None = None,
+) -> torch.Tensor:
     """Readout after every step, [steps, batch, ...], for analog input x [batch, ...].
     ``on_mark(t)`` is called right after step t for each t in ``marks`` (e.g. to read the IF
     layers' spike counts at several T in one run). ``workspace`` (a dict the caller keeps) holds
@@ -142,22 +163,40 @@ def simulate(gm: fx.GraphModule, x: torch.Tensor, steps: int,
         max_chunk_bytes = default_chunk_bytes(x.device)
     modules = dict(gm.named_modules())
     nodes = list(gm.graph.nodes)
-    neurons = {n for n in nodes if n.op == "call_module" and isinstance(modules[n.target], IFNeurons)}
+    neurons = {
+        n for n in nodes if n.op == "call_module" and isinstance(modules[n.target], IFNeurons)
+    }
     for n in neurons:
         modules[n.target].reset(steps)
-    spike_fed = {n: modules[n.args[0].target] for n in nodes  # convs reading an IF layer's spikes
-                 if n.op == "call_module" and isinstance(modules[n.target], nn.Conv2d)
-                 and len(n.args) == 1 and not n.kwargs and n.args[0] in neurons}
+    spike_fed = {
+        n: modules[n.args[0].target]
+        for n in nodes  # convs reading an IF layer's spikes
+        if n.op == "call_module"
+        and isinstance(modules[n.target], nn.Conv2d)
+        and len(n.args) == 1
+        and not n.kwargs
+        and n.args[0] in neurons
+    }
     dynamic = set()  # nodes whose value changes over time: IF layers and everything after them
     for n in nodes:
         if n in neurons or any(a in dynamic for a in n.all_input_nodes):
             dynamic.add(n)
-    into_scan = {n for n in nodes  # a + b feeding only an IF layer: added inside its scan
-                 if n.op == "call_function" and n.target in ADDS and not n.kwargs
-                 and len(n.args) == 2 and all(a in dynamic for a in n.args)
-                 and len(n.users) == 1 and next(iter(n.users)) in neurons}
-    into_fire = {n for n in spike_fed  # convs read only by an IF layer (or its add): fused with it
-                 if len(n.users) == 1 and next(iter(n.users)) in neurons | into_scan}
+    into_scan = {
+        n
+        for n in nodes  # a + b feeding only an IF layer: added inside its scan
+        if n.op == "call_function"
+        and n.target in ADDS
+        and not n.kwargs
+        and len(n.args) == 2
+        and all(a in dynamic for a in n.args)
+        and len(n.users) == 1
+        and next(iter(n.users)) in neurons
+    }
+    into_fire = {
+        n
+        for n in spike_fed  # convs read only by an IF layer (or its add): fused with it
+        if len(n.users) == 1 and next(iter(n.users)) in neurons | into_scan
+    }
     last_use = {}
     for n in nodes:
         for a in n.all_input_nodes:
@@ -187,8 +226,9 @@ def simulate(gm: fx.GraphModule, x: torch.Tensor, steps: int,
 
             def lookup(node, x):
                 """conv(x) for a conv reading spikes: the lookup where it applies, into a kept buffer."""
-                result = spikeconv.conv2d(modules[node.target], x, spike_fed[node].v_th,
-                                          out=buffers.get(node.name))
+                result = lookup_conv.conv2d(
+                    modules[node.target], x, spike_fed[node].v_th, out=buffers.get(node.name)
+                )
                 return _call(node, (x,), {}, modules) if result is None else keep(node.name, result)
 
             def value(a, widen, pending=False):
@@ -208,8 +248,14 @@ def simulate(gm: fx.GraphModule, x: torch.Tensor, steps: int,
             for node in nodes:
                 if node.op == "output":
                     out = node.args[0]
-                    y = env[out] if out in env else static[out].unsqueeze(0).expand(
-                        c, *static[out].shape).reshape(c * batch, *static[out].shape[1:])
+                    y = (
+                        env[out]
+                        if out in env
+                        else static[out]
+                        .unsqueeze(0)
+                        .expand(c, *static[out].shape)
+                        .reshape(c * batch, *static[out].shape[1:])
+                    )
                     outputs.append(y.reshape(c, batch, *y.shape[1:]).clone())
                     break
                 if node in static:
@@ -227,13 +273,18 @@ def simulate(gm: fx.GraphModule, x: torch.Tensor, steps: int,
                     if isinstance(pair[1], _Pending):
                         pair.reverse()  # a + b == b + a exactly: the conv goes first
                     if isinstance(pair[0], _Pending) and not (
-                            torch.is_tensor(pair[1]) and pair[1].dtype == torch.float32
-                            and pair[1].shape == pair[0].shape and pair[1].is_contiguous(
-                                memory_format=torch.channels_last)):
+                        torch.is_tensor(pair[1])
+                        and pair[1].dtype == torch.float32
+                        and pair[1].shape == pair[0].shape
+                        and pair[1].is_contiguous(memory_format=torch.channels_last)
+                    ):
                         pair = [value(a, widen=True) for a in node.args]  # runs the conv
                     if not isinstance(pair[0], _Pending) and (
-                            not all(torch.is_tensor(t) for t in pair) or pair[0].shape != pair[1].shape
-                            or pair[0].dtype != pair[1].dtype or pair[0].stride() != pair[1].stride()):
+                        not all(torch.is_tensor(t) for t in pair)
+                        or pair[0].shape != pair[1].shape
+                        or pair[0].dtype != pair[1].dtype
+                        or pair[0].stride() != pair[1].stride()
+                    ):
                         pair = None
                 if pair is not None:
                     result = tuple(pair)  # a + b, summed by the IF layer that reads it
@@ -246,9 +297,14 @@ def simulate(gm: fx.GraphModule, x: torch.Tensor, steps: int,
                     pending, addend = current if isinstance(current, tuple) else (current, None)
                     if isinstance(pending, _Pending):  # the conv and this layer in one pass
                         conv_node = pending.node
-                        spikes = layer.scan_conv(modules[conv_node.target], pending.x,
-                                                 spike_fed[conv_node].v_th, c, out=buf,
-                                                 addend=addend)
+                        spikes = layer.scan_conv(
+                            modules[conv_node.target],
+                            pending.x,
+                            spike_fed[conv_node].v_th,
+                            c,
+                            out=buf,
+                            addend=addend,
+                        )
                         if spikes is None:  # the kernel declined: the conv, then the scan
                             conv_out = lookup(conv_node, pending.x)
                             current = conv_out if addend is None else (conv_out, addend)
@@ -257,8 +313,9 @@ def simulate(gm: fx.GraphModule, x: torch.Tensor, steps: int,
                             a, b = (t.view(c, batch, *t.shape[1:]) for t in current)
                             spikes = layer.scan(a, c, out=buf, addend=b)
                         elif src in dynamic:
-                            spikes = layer.scan(current.view(c, batch, *current.shape[1:]), c,
-                                                out=buf)
+                            spikes = layer.scan(
+                                current.view(c, batch, *current.shape[1:]), c, out=buf
+                            )
                         else:
                             spikes = layer.scan(current, c, constant=True, out=buf)
                     keep(node.name, spikes)
@@ -266,15 +323,23 @@ def simulate(gm: fx.GraphModule, x: torch.Tensor, steps: int,
                 else:
                     args = fx.node.map_arg(node.args, lambda a: value(a, is_dyn))
                     kwargs = fx.node.map_arg(node.kwargs, lambda a: value(a, is_dyn))
-                    if node in into_fire and torch.is_tensor(args[0]) and args[0].dim() == 4 \
-                            and spikeconv.applies(modules[node.target], args[0]):
-                        result = _Pending(node, args[0],  # run by the IF layer that reads it
-                                          spikeconv.output_shape(modules[node.target], args[0]))
+                    if (
+                        node in into_fire
+                        and torch.is_tensor(args[0])
+                        and args[0].dim() == 4
+                        and lookup_conv.applies(modules[node.target], args[0])
+                    ):
+                        result = _Pending(
+                            node,
+                            args[0],  # run by the IF layer that reads it
+                            lookup_conv.output_shape(modules[node.target], args[0]),
+                        )
                     elif node in spike_fed:
                         result = lookup(node, args[0])
                     elif is_dyn and _is_zero_pad(node, args, kwargs):
-                        result = keep(node.name,
-                                      _pad_into(args[0], args[1], buffers.get(node.name)))
+                        result = keep(
+                            node.name, _pad_into(args[0], args[1], buffers.get(node.name))
+                        )
                     else:
                         result = _call(node, args, kwargs, modules)
                 if not is_dyn:
@@ -288,7 +353,8 @@ def simulate(gm: fx.GraphModule, x: torch.Tensor, steps: int,
                             f"node '{node.name}' changed the batch dimension (got shape "
                             f"{tuple(result.shape)}, expected {c * batch} rows = {c} steps x "
                             f"{batch} samples); reshape with x.flatten(1) or "
-                            f"x.view(x.size(0), -1), never with a fixed batch size")
+                            f"x.view(x.size(0), -1), never with a fixed batch size"
+                        )
                     step_bytes += result.numel() * result.element_size() // c
                 env[node] = result
                 for a in free_after.get(node, ()):
@@ -322,6 +388,9 @@ def simulate_stepwise(gm: fx.GraphModule, x: torch.Tensor, steps: int) -> torch.
                     args = fx.node.map_arg(node.args, env.__getitem__)
                     kwargs = fx.node.map_arg(node.kwargs, env.__getitem__)
                     m = modules.get(node.target) if node.op == "call_module" else None
-                    env[node] = (m.step(args[0]) if isinstance(m, IFNeurons)
-                                 else _call(node, args, kwargs, modules))
+                    env[node] = (
+                        m.step(args[0])
+                        if isinstance(m, IFNeurons)
+                        else _call(node, args, kwargs, modules)
+                    )
     return _readout(outputs)

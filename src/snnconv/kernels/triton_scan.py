@@ -9,6 +9,7 @@ program keeps BLOCK neurons' membranes and counts in registers across the chunk'
 step it reads the current (and the addend) and writes the spikes once, where the loop makes 8
 passes over the layer in 3 launches. V_th and the thresholds are read on the device: no host sync.
 """
+
 from __future__ import annotations
 
 import torch
@@ -19,8 +20,20 @@ BLOCK = 1024
 
 
 @triton.jit
-def _if_scan(cur, add, v, theta, vth_ptr, out, count, steps, n,
-             CONSTANT: tl.constexpr, ADD: tl.constexpr, BLOCK: tl.constexpr):
+def _if_scan(
+    cur,
+    add,
+    v,
+    theta,
+    vth_ptr,
+    out,
+    count,
+    steps,
+    n,
+    CONSTANT: tl.constexpr,
+    ADD: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
     offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < n
     vth = tl.load(vth_ptr)
@@ -44,10 +57,29 @@ def _if_scan(cur, add, v, theta, vth_ptr, out, count, steps, n,
     tl.store(count + offs, cnt, mask=mask)
 
 
-def if_scan(current: torch.Tensor, constant: bool, addend: torch.Tensor | None, v: torch.Tensor,
-            theta: torch.Tensor, v_th: torch.Tensor, out: torch.Tensor, count: torch.Tensor) -> None:
+def if_scan(
+    current: torch.Tensor,
+    constant: bool,
+    addend: torch.Tensor | None,
+    v: torch.Tensor,
+    theta: torch.Tensor,
+    v_th: torch.Tensor,
+    out: torch.Tensor,
+    count: torch.Tensor,
+) -> None:
     """In place on v, out and count; tensors laid out as fused.usable requires."""
     n = v.numel()
     _if_scan[(triton.cdiv(n, BLOCK),)](
-        current, current if addend is None else addend, v, theta.contiguous(), v_th, out, count,
-        theta.numel(), n, CONSTANT=constant, ADD=addend is not None, BLOCK=BLOCK)
+        current,
+        current if addend is None else addend,
+        v,
+        theta.contiguous(),
+        v_th,
+        out,
+        count,
+        theta.numel(),
+        n,
+        CONSTANT=constant,
+        ADD=addend is not None,
+        BLOCK=BLOCK,
+    )

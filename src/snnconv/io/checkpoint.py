@@ -4,6 +4,7 @@ A model file holds ``{"format", "arch", "dataset", "state_dict", ...metadata}``,
 the keyword arguments of ``models.build``. Training checkpoints add optimizer, scheduler, RNG and
 epoch. Every load uses ``torch.load(weights_only=True)``: no code runs from a file.
 """
+
 from __future__ import annotations
 
 import json
@@ -14,14 +15,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from . import models
+from snnconv.exceptions import CheckpointError
+from snnconv.zoo import models
 
 FORMAT = "snnconv-model-1"
-PRETRAINED_DIR = Path(__file__).resolve().parent / "pretrained"
-
-
-class CheckpointError(Exception):
-    """A checkpoint is missing, unreadable or not an snnconv model file; names the file."""
 
 
 def atomic_write(path: str | os.PathLike, write) -> None:
@@ -56,23 +53,16 @@ def save_json(obj, path: str | os.PathLike) -> None:
     save_text(json.dumps(obj, indent=2) + "\n", path)
 
 
-def resolve(name_or_path: str | os.PathLike) -> Path:
-    """A shipped model's name (see ``pretrained_names()``) or a file path -> the file."""
-    shipped = PRETRAINED_DIR / f"{name_or_path}.pt"
-    if shipped.is_file():
-        return shipped
-    path = Path(name_or_path).expanduser()
+def load(path: str | os.PathLike) -> dict:
+    """The model file at ``path`` (weights-only load), checked to be an snnconv model file.
+    Shipped names and training folders: ``snnconv.zoo.shipped.load_checkpoint``."""
+    path = Path(path)
     if path.is_dir() and (path / "model.pt").is_file():
-        return path / "model.pt"
+        path = path / "model.pt"
     if not path.is_file():
-        raise CheckpointError(f"no checkpoint {str(name_or_path)!r}: not a file, not a training "
-                              f"folder with model.pt, and not a shipped model "
-                              f"({', '.join(pretrained_names()) or 'none shipped'})")
-    return path
-
-
-def load(name_or_path: str | os.PathLike) -> dict:
-    path = resolve(name_or_path)
+        raise CheckpointError(
+            f"no checkpoint {str(path)!r}: not a file or a training folder with model.pt"
+        )
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
@@ -88,8 +78,9 @@ def build_model(ckpt: dict) -> nn.Module:
     try:
         model = models.build(**ckpt["arch"])
     except (TypeError, ValueError) as err:
-        raise CheckpointError(f"{ckpt.get('path', 'checkpoint')}: bad architecture record "
-                              f"{ckpt['arch']}: {err}") from err
+        raise CheckpointError(
+            f"{ckpt.get('path', 'checkpoint')}: bad architecture record {ckpt['arch']}: {err}"
+        ) from err
     want = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     got = {k: tuple(v.shape) for k, v in ckpt["state_dict"].items()}
     if want != got:
@@ -98,10 +89,7 @@ def build_model(ckpt: dict) -> nn.Module:
         raise CheckpointError(
             f"{ckpt.get('path', 'checkpoint')}: weights do not fit the recorded architecture "
             f"{ckpt['arch']['name']}: {len(missing)} missing (e.g. {missing[:2]}), {len(extra)} "
-            f"unexpected (e.g. {extra[:2]}), {len(wrong)} of another shape (e.g. {wrong[:2]})")
+            f"unexpected (e.g. {extra[:2]}), {len(wrong)} of another shape (e.g. {wrong[:2]})"
+        )
     model.load_state_dict(ckpt["state_dict"])
     return model.eval()
-
-
-def pretrained_names() -> list[str]:
-    return sorted(p.stem for p in PRETRAINED_DIR.glob("*.pt"))

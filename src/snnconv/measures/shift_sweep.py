@@ -6,14 +6,15 @@ input currents of one run with the paper's shift are recorded, and the layer alo
 them with each f; its error is mean |ANN activation - SNN rate|. Then the whole network is run
 with no shift, with V_th/(2T) everywhere, and with each layer at its own best f.
 """
+
 from __future__ import annotations
 
 import torch
 
-from . import errors
-from .convert import READOUT_LAYER, SpikingNetwork
-from .evaluate import ann_pass
-from .neurons import IFNeurons
+from snnconv.conversion.convert import READOUT_LAYER, SpikingNetwork
+from snnconv.evaluation.evaluate import ann_pass
+from snnconv.measures import error_split
+from snnconv.simulation.neuron import IFNeurons
 
 FRACTIONS = tuple(i / 10 for i in range(11))
 
@@ -26,8 +27,7 @@ def _accuracy(snn: SpikingNetwork, batches, steps: int) -> float:
     return correct / total
 
 
-def shift_scan(snn: SpikingNetwork, batches: list, steps: int,
-               fractions=FRACTIONS) -> dict:
+def shift_scan(snn: SpikingNetwork, batches: list, steps: int, fractions=FRACTIONS) -> dict:
     """Per layer: error at every fraction f, the best f; network accuracy for three settings.
     ``batches``: a list of (inputs, labels)."""
     snn.set_shift("bias")
@@ -49,18 +49,28 @@ def shift_scan(snn: SpikingNetwork, batches: list, steps: int,
                 probe = IFNeurons(m.v_th, "bias", bias_fraction=f)
                 probe.reset(steps)
                 probe.scan(current, steps)
-                sums[name][i] += errors.error_sums(acts[name], probe.spike_count,
-                                                   m.threshold_like(acts[name]), steps, "bias")
+                sums[name][i] += error_split.error_sums(
+                    acts[name], probe.spike_count, m.threshold_like(acts[name]), steps, "bias"
+                )
     rows, best = [], {}
     for name in layers:
-        totals = [errors.split(s, n_elem[name])["total"] for s in sums[name]]
+        totals = [error_split.split(s, n_elem[name])["total"] for s in sums[name]]
         i = min(range(len(fractions)), key=totals.__getitem__)
         best[name] = fractions[i]
-        rows.append({"name": name, "error": dict(zip(map(str, fractions), totals)),
-                     "best_fraction": fractions[i], "best_error": totals[i]})
+        rows.append(
+            {
+                "name": name,
+                "error": dict(zip(map(str, fractions), totals)),
+                "best_fraction": fractions[i],
+                "best_error": totals[i],
+            }
+        )
     accuracy = {}
-    for setting, fraction_of in (("no shift", lambda n: 0.0), ("V_th/2T", lambda n: 0.5),
-                                 ("per-layer best", best.__getitem__)):
+    for setting, fraction_of in (
+        ("no shift", lambda n: 0.0),
+        ("V_th/2T", lambda n: 0.5),
+        ("per-layer best", best.__getitem__),
+    ):
         for name, m in layers.items():
             m.bias_fraction = fraction_of(name)
         accuracy[setting] = _accuracy(snn, batches, steps)
@@ -71,12 +81,17 @@ def shift_scan(snn: SpikingNetwork, batches: list, steps: int,
 
 def table(result: dict) -> str:
     half = "0.5"
-    lines = [f"shift per layer at T={result['T']} (in units of V_th/T; the paper's V_th/(2T) "
-             f"is 0.5)",
-             f"{'layer':<24}{'best':>6}{'err best':>10}{'err 0.5':>10}{'err 0':>10}"]
+    lines = [
+        f"shift per layer at T={result['T']} (in units of V_th/T; the paper's V_th/(2T) is 0.5)",
+        f"{'layer':<24}{'best':>6}{'err best':>10}{'err 0.5':>10}{'err 0':>10}",
+    ]
     for r in result["layers"]:
-        lines.append(f"{r['name'][:23]:<24}{r['best_fraction']:6.1f}{r['best_error']:10.4f}"
-                     f"{r['error'].get(half, float('nan')):10.4f}{r['error']['0.0']:10.4f}")
-    lines.append("network accuracy: " + ", ".join(
-        f"{k} {100 * v:.2f}%" for k, v in result["accuracy"].items()))
+        lines.append(
+            f"{r['name'][:23]:<24}{r['best_fraction']:6.1f}{r['best_error']:10.4f}"
+            f"{r['error'].get(half, float('nan')):10.4f}{r['error']['0.0']:10.4f}"
+        )
+    lines.append(
+        "network accuracy: "
+        + ", ".join(f"{k} {100 * v:.2f}%" for k, v in result["accuracy"].items())
+    )
     return "\n".join(lines)

@@ -16,12 +16,13 @@ i.e. rounding with ties (T*z/V_th exactly k + 1/2) rounded up, because a neuron 
 With "bias" that holds at the final step T only (b is set for T); with "membrane" it holds at every
 t <= T, so the readout after any t steps is the round-quantised value for t steps.
 """
+
 from __future__ import annotations
 
 import torch
 from torch import nn
 
-from . import fused, spikeconv
+from snnconv.kernels import cpu, lookup_conv
 
 SHIFTS = ("bias", "membrane", "none")
 
@@ -40,21 +41,22 @@ class IFNeurons(nn.Module):
         super().__init__()
         v_th = torch.as_tensor(v_th, dtype=torch.float32).detach().clone()
         if v_th.dim() > 1 or v_th.numel() == 0:
-            raise ValueError(f"v_th must be a scalar or a 1-D per-channel tensor, got shape "
-                             f"{tuple(v_th.shape)}")
+            raise ValueError(
+                f"v_th must be a scalar or a 1-D per-channel tensor, got shape {tuple(v_th.shape)}"
+            )
         if not torch.isfinite(v_th).all() or (v_th <= 0).any():
             raise ValueError(f"v_th must be finite and > 0, got {v_th.tolist()}")
         self.register_buffer("v_th", v_th)
         self.shift = check_shift(shift)
         self.bias_fraction = float(bias_fraction)  # b = bias_fraction * V_th / T ("bias" shift)
-        self.record = False        # when True, input currents are kept in `recorded`
+        self.record = False  # when True, input currents are kept in `recorded`
         self.recorded: list[torch.Tensor] = []
-        self.steps = None          # T of the current simulation
-        self.t = 0                 # steps done since reset
-        self.v = None              # membrane potential minus t*b, [batch, ...] (see membrane);
-                                   # its memory is reused by the next simulation
-        self._spare = None         # the last simulation's membrane tensor, reused by the next
-        self.spike_count = None    # spikes per neuron since reset, [batch, ...]
+        self.steps = None  # T of the current simulation
+        self.t = 0  # steps done since reset
+        self.v = None  # membrane potential minus t*b, [batch, ...] (see membrane);
+        # its memory is reused by the next simulation
+        self._spare = None  # the last simulation's membrane tensor, reused by the next
+        self.spike_count = None  # spikes per neuron since reset, [batch, ...]
 
     def extra_repr(self) -> str:
         v = f"{self.v_th.item():g}" if self.v_th.dim() == 0 else f"per-channel[{self.v_th.numel()}]"
@@ -72,8 +74,10 @@ class IFNeurons(nn.Module):
         v_th = self.v_th.to(current.dtype)
         if v_th.dim() == 1:
             if current.dim() < 2 or current.shape[1] != v_th.numel():
-                raise ValueError(f"{v_th.numel()} per-channel thresholds do not fit a current of "
-                                 f"shape {tuple(current.shape)} (channels are dimension 1)")
+                raise ValueError(
+                    f"{v_th.numel()} per-channel thresholds do not fit a current of "
+                    f"shape {tuple(current.shape)} (channels are dimension 1)"
+                )
             v_th = v_th.view(-1, *([1] * (current.dim() - 2)))
         return v_th
 
@@ -92,15 +96,22 @@ class IFNeurons(nn.Module):
         if self.v is None:
             start = v_th / 2 if self.shift == "membrane" else torch.zeros((), dtype=like.dtype)
             spare, self._spare = self._spare, None
-            if (spare is None or spare.shape != like.shape or spare.stride() != like.stride()
-                    or spare.dtype != like.dtype or spare.device != like.device):
+            if (
+                spare is None
+                or spare.shape != like.shape
+                or spare.stride() != like.stride()
+                or spare.dtype != like.dtype
+                or spare.device != like.device
+            ):
                 spare = torch.empty_like(like)
             self.v = spare.zero_().add_(start)
             self.spike_count = torch.zeros_like(like)
 
     def _thresholds(self, v_th: torch.Tensor, steps: int) -> torch.Tensor:
         """Firing thresholds of the next ``steps`` steps, V_th - t*b (see ``membrane``)."""
-        done = torch.arange(self.t + 1, self.t + steps + 1, dtype=self.v.dtype, device=self.v.device)
+        done = torch.arange(
+            self.t + 1, self.t + steps + 1, dtype=self.v.dtype, device=self.v.device
+        )
         return v_th - done * self.bias(v_th)
 
     def step(self, current: torch.Tensor) -> torch.Tensor:
@@ -116,8 +127,14 @@ class IFNeurons(nn.Module):
         self.spike_count = self.spike_count + fired
         return fired * v_th
 
-    def scan(self, current: torch.Tensor, steps: int, constant: bool = False,
-             out: torch.Tensor | None = None, addend: torch.Tensor | None = None) -> torch.Tensor:
+    def scan(
+        self,
+        current: torch.Tensor,
+        steps: int,
+        constant: bool = False,
+        out: torch.Tensor | None = None,
+        addend: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """``steps`` time steps at once: current [steps, batch, ...] (or [batch, ...] held for
         every step when ``constant``) -> spikes [steps, batch, ...], written into ``out`` if
         given (a reused buffer saves the page faults of fresh memory). With ``addend`` (same
@@ -129,42 +146,61 @@ class IFNeurons(nn.Module):
         v_th = self.threshold_like(one)
         self._start(one, v_th)
         if self.record:
-            self.recorded.append(current.expand(steps, *one.shape).clone() if constant
-                                 else current.clone())
+            self.recorded.append(
+                current.expand(steps, *one.shape).clone() if constant else current.clone()
+            )
         b = self.bias(v_th)
-        if (out is None or out.shape != (steps,) + one.shape or out.stride()[1:] != one.stride()
-                or out.dtype != one.dtype or out.device != one.device):
+        if (
+            out is None
+            or out.shape != (steps,) + one.shape
+            or out.stride()[1:] != one.stride()
+            or out.dtype != one.dtype
+            or out.device != one.device
+        ):
             out = _empty_steps(one, steps)
         v = self.v
-        if fused.usable(current, constant, addend, v, out, v_th) and fused.scan_available(v.device):
+        if cpu.usable(current, constant, addend, v, out, v_th) and cpu.scan_available(v.device):
             theta = self._thresholds(v_th, steps)  # the loop's thresholds, same rounding
             with torch.profiler.record_function("snnconv::if_scan (fused)"):
-                fused.if_scan(current, constant, addend, v, theta, v_th, out, self.spike_count)
+                cpu.if_scan(current, constant, addend, v, theta, v_th, out, self.spike_count)
             self.t += steps
             return out
         for k in range(steps):  # three in-place passes per step; out[k] holds 0/1 spikes first
-            v.add_(current if constant else current[k] if addend is None
-                   else current[k] + addend[k])
+            v.add_(
+                current if constant else current[k] if addend is None else current[k] + addend[k]
+            )
             torch.ge(v, v_th - (self.t + k + 1) * b, out=out[k])
             v.addcmul_(out[k], v_th, value=-1)
         self.t += steps
         self.spike_count.add_(out.sum(0))
         return out.mul_(v_th)
 
-    def scan_conv(self, conv: nn.Conv2d, spikes: torch.Tensor, amp: torch.Tensor, steps: int,
-                  out: torch.Tensor | None = None,
-                  addend: torch.Tensor | None = None) -> torch.Tensor | None:
+    def scan_conv(
+        self,
+        conv: nn.Conv2d,
+        spikes: torch.Tensor,
+        amp: torch.Tensor,
+        steps: int,
+        out: torch.Tensor | None = None,
+        addend: torch.Tensor | None = None,
+    ) -> torch.Tensor | None:
         """``scan(conv(spikes) viewed [steps, B, ...], steps, out=out, addend=addend)`` with the
-        lookup convolution (spikeconv.py) and this layer's update in one pass: spikes
+        lookup convolution (lookup_conv.py) and this layer's update in one pass: spikes
         [steps*B, C, H, W] are the previous IF layer's output (amplitudes ``amp``), channels_last.
         The same numbers, bit for bit, as the lookup convolution followed by ``scan``. Returns
         None, having changed nothing, where the fused kernel does not apply (recording,
         per-channel V_th, fewer samples than threads, layouts it does not take, not a spike map)."""
         n = spikes.shape[0] if spikes.dim() == 4 else 0
-        if (self.record or self.v_th.dim() or n == 0 or n % steps
-                or n // steps < torch.get_num_threads() or not spikeconv.applies(conv, spikes)):
+        if (
+            self.record
+            or self.v_th.dim()
+            or n == 0
+            or n % steps
+            or n // steps < torch.get_num_threads()
+            or not lookup_conv.applies(conv, spikes)
+        ):
             return None
-        shape = spikeconv.output_shape(conv, spikes)
+        shape = lookup_conv.output_shape(conv, spikes)
         one = (n // steps, *shape[1:])
         if self.v is None:
             like = torch.empty(one, memory_format=torch.channels_last)
@@ -176,11 +212,11 @@ class IFNeurons(nn.Module):
             if addend.shape != shape:
                 return None
             addend = addend.view(steps, *one)
-        if not fused.usable(out, False, addend, v, out, v_th):
+        if not cpu.usable(out, False, addend, v, out, v_th):
             return None
         theta = self._thresholds(v_th, steps)
         fire = (v, self.spike_count, theta, v_th.item(), addend, steps)
-        done = spikeconv.conv2d(conv, spikes, amp, out=out.view(shape), fire=fire)
+        done = lookup_conv.conv2d(conv, spikes, amp, out=out.view(shape), fire=fire)
         if done is None:
             return None
         self.t += steps
@@ -189,10 +225,17 @@ class IFNeurons(nn.Module):
 
 def _empty_steps(one: torch.Tensor, steps: int) -> torch.Tensor:
     """Uninitialised [steps, *one.shape], in ``one``'s memory format (channels_last stays so)."""
-    if one.dim() == 4 and not one.is_contiguous() and one.is_contiguous(
-            memory_format=torch.channels_last):
-        flat = torch.empty((steps * one.shape[0],) + tuple(one.shape[1:]), dtype=one.dtype,
-                           device=one.device, memory_format=torch.channels_last)
+    if (
+        one.dim() == 4
+        and not one.is_contiguous()
+        and one.is_contiguous(memory_format=torch.channels_last)
+    ):
+        flat = torch.empty(
+            (steps * one.shape[0],) + tuple(one.shape[1:]),
+            dtype=one.dtype,
+            device=one.device,
+            memory_format=torch.channels_last,
+        )
         return flat.view(steps, *one.shape)
     return torch.empty((steps,) + tuple(one.shape), dtype=one.dtype, device=one.device)
 
@@ -201,4 +244,3 @@ def check_finite(name: str, t: torch.Tensor) -> None:
     if not torch.isfinite(t).all():
         bad = (~torch.isfinite(t)).sum().item()
         raise ValueError(f"{name} contains {bad} NaN/inf value(s)")
-

@@ -6,6 +6,7 @@ and can download the official files (md5-checked) when none is there. Every prob
 data raises ``DataError``. Images stay uint8 [N, C, H, W] until ``normalize``; ``augment``,
 ``train_val_split`` and ``batches`` work on those tensors.
 """
+
 from __future__ import annotations
 
 import codecs
@@ -27,6 +28,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from snnconv.exceptions import DataError
+
 NAMES = ("cifar10", "cifar100", "mnist")
 SPLITS = ("train", "test")
 
@@ -41,7 +44,10 @@ MEAN_STD = {
 MIRRORS = {
     "cifar10": ["https://www.cs.toronto.edu/~kriz/"],
     "cifar100": ["https://www.cs.toronto.edu/~kriz/"],
-    "mnist": ["https://ossci-datasets.s3.amazonaws.com/mnist/", "http://yann.lecun.com/exdb/mnist/"],
+    "mnist": [
+        "https://ossci-datasets.s3.amazonaws.com/mnist/",
+        "http://yann.lecun.com/exdb/mnist/",
+    ],
 }
 MD5 = {
     "cifar10": {"cifar-10-python.tar.gz": "c58f30108f718f92721af3b95e74349a"},
@@ -53,10 +59,6 @@ MD5 = {
         "t10k-labels-idx1-ubyte.gz": "ec29112dd5afa0611ce80d1b7f02629c",
     },
 }
-
-
-class DataError(Exception):
-    """A dataset is missing, corrupt or malformed; the message names the file and the fix."""
 
 
 @dataclass(frozen=True, eq=False, repr=False)
@@ -89,7 +91,9 @@ def num_classes(name: str) -> int:
     return 100 if name == "cifar100" else 10
 
 
-def load(name: str, split: str, root: str | os.PathLike | None = None, download: bool = False) -> Dataset:
+def load(
+    name: str, split: str, root: str | os.PathLike | None = None, download: bool = False
+) -> Dataset:
     """Load a split from ``root`` (default: ``default_root()``); fresh tensors on every call."""
     _check_name(name)
     if split not in SPLITS:
@@ -101,11 +105,15 @@ def load(name: str, split: str, root: str | os.PathLike | None = None, download:
         files, looked_for = _find(name, split, root)
     if files is None:
         raise DataError(
-            f"no local copy of {name} {split} under {root}; looked for:\n  " + "\n  ".join(map(str, looked_for))
-            + "\nPass download=True to fetch it, or point root (or the SNNCONV_DATA variable) at a folder holding it.")
+            f"no local copy of {name} {split} under {root}; looked for:\n  "
+            + "\n  ".join(map(str, looked_for))
+            + "\nPass download=True to fetch it, or point root (or the SNNCONV_DATA variable) at a folder holding it."
+        )
     key = tuple((str(p.resolve()), st.st_size, st.st_mtime_ns) for p in files for st in [p.stat()])
     images, labels, classes = _read(name, split, key)
-    return Dataset(torch.from_numpy(images.copy()), torch.from_numpy(labels.copy()), classes, name, split)
+    return Dataset(
+        torch.from_numpy(images.copy()), torch.from_numpy(labels.copy()), classes, name, split
+    )
 
 
 def normalize(images: torch.Tensor, name: str) -> torch.Tensor:
@@ -113,18 +121,24 @@ def normalize(images: torch.Tensor, name: str) -> torch.Tensor:
     _check_name(name)
     mean, std = (torch.tensor(v, device=images.device).view(-1, 1, 1) for v in MEAN_STD[name])
     if images.dtype != torch.uint8 or images.dim() != 4 or images.shape[1] != len(mean):
-        raise ValueError(f"expected uint8 [N, {len(mean)}, H, W] images for {name}, "
-                         f"got {images.dtype} {list(images.shape)}")
+        raise ValueError(
+            f"expected uint8 [N, {len(mean)}, H, W] images for {name}, "
+            f"got {images.dtype} {list(images.shape)}"
+        )
     return images.float().div_(255).sub_(mean).div_(std)
 
 
 # training augmentation per dataset: crop padding and horizontal flips (digits must not be mirrored)
-AUGMENT = {"cifar10": dict(pad=4, flip=True), "cifar100": dict(pad=4, flip=True),
-           "mnist": dict(pad=2, flip=False)}
+AUGMENT = {
+    "cifar10": dict(pad=4, flip=True),
+    "cifar100": dict(pad=4, flip=True),
+    "mnist": dict(pad=2, flip=False),
+}
 
 
-def augment(images: torch.Tensor, generator: torch.Generator, pad: int = 4,
-            flip: bool = True) -> torch.Tensor:
+def augment(
+    images: torch.Tensor, generator: torch.Generator, pad: int = 4, flip: bool = True
+) -> torch.Tensor:
     """Random crop of the ``pad``-zero-padded image back to H x W, then (if ``flip``) a horizontal
     flip with p=1/2.
 
@@ -150,12 +164,20 @@ def train_val_split(ds: Dataset, val_size: int, seed: int) -> tuple[Dataset, Dat
         raise ValueError(f"val_size must be in 1..{len(ds) - 1}, got {val_size}")
     perm = torch.randperm(len(ds), generator=torch.Generator().manual_seed(seed))
     val, rest = perm[:val_size].sort().values, perm[val_size:].sort().values
-    return (replace(ds, images=ds.images[rest], labels=ds.labels[rest]),
-            replace(ds, images=ds.images[val], labels=ds.labels[val], split="val"))
+    return (
+        replace(ds, images=ds.images[rest], labels=ds.labels[rest]),
+        replace(ds, images=ds.images[val], labels=ds.labels[val], split="val"),
+    )
 
 
-def batches(ds: Dataset, batch_size: int, *, shuffle: bool = False,
-            generator: torch.Generator | None = None, drop_last: bool = False):
+def batches(
+    ds: Dataset,
+    batch_size: int,
+    *,
+    shuffle: bool = False,
+    generator: torch.Generator | None = None,
+    drop_last: bool = False,
+):
     """Yield ``(images, labels)`` batches covering ``ds`` once; shuffled order comes from ``generator``."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -166,11 +188,12 @@ def batches(ds: Dataset, batch_size: int, *, shuffle: bool = False,
         order = torch.randperm(n, generator=generator, device=generator.device).to(ds.images.device)
     stop = n - n % batch_size if drop_last else n
     for i in range(0, stop, batch_size):
-        idx = order[i:i + batch_size] if shuffle else slice(i, i + batch_size)
+        idx = order[i : i + batch_size] if shuffle else slice(i, i + batch_size)
         yield ds.images[idx], ds.labels[idx]
 
 
 # ----------------------------------------------------------------------------- locating files
+
 
 class _Cifar(NamedTuple):
     folder: str  # extracted folder, also the members' prefix inside the archive
@@ -182,10 +205,22 @@ class _Cifar(NamedTuple):
 
 
 _CIFAR = {
-    "cifar10": _Cifar("cifar-10-batches-py", "cifar-10-python", "batches.meta", "label_names", "labels",
-                      {"train": tuple(f"data_batch_{i}" for i in range(1, 6)), "test": ("test_batch",)}),
-    "cifar100": _Cifar("cifar-100-python", "cifar-100-python", "meta", "fine_label_names", "fine_labels",
-                       {"train": ("train",), "test": ("test",)}),
+    "cifar10": _Cifar(
+        "cifar-10-batches-py",
+        "cifar-10-python",
+        "batches.meta",
+        "label_names",
+        "labels",
+        {"train": tuple(f"data_batch_{i}" for i in range(1, 6)), "test": ("test_batch",)},
+    ),
+    "cifar100": _Cifar(
+        "cifar-100-python",
+        "cifar-100-python",
+        "meta",
+        "fine_label_names",
+        "fine_labels",
+        {"train": ("train",), "test": ("test",)},
+    ),
 }
 
 
@@ -217,11 +252,14 @@ def _find(name: str, split: str, root: Path) -> tuple[tuple[Path, ...] | None, l
 
 # ----------------------------------------------------------------------------- decoding
 
+
 @functools.lru_cache(maxsize=4)
 def _read(name: str, split: str, key: tuple[tuple[str, int, int], ...]):
     """Decode once per (path, size, mtime) key; the cached arrays are read-only."""
     paths = [Path(p) for p, _, _ in key]
-    images, labels, classes = _read_mnist(*paths) if name == "mnist" else _read_cifar(name, split, paths)
+    images, labels, classes = (
+        _read_mnist(*paths) if name == "mnist" else _read_cifar(name, split, paths)
+    )
     images.setflags(write=False)
     labels.setflags(write=False)
     return images, labels, classes
@@ -242,25 +280,45 @@ def _read_cifar(name: str, split: str, paths: list[Path]):
     classes = meta.get(c.names_key)
     n_classes = num_classes(name)
     if not isinstance(classes, list) or len(classes) != n_classes:
-        raise DataError(f"{source}: {c.meta} must hold {c.names_key} with {n_classes} names; "
-                        "the file is not in the CIFAR format, replace it")
+        raise DataError(
+            f"{source}: {c.meta} must hold {c.names_key} with {n_classes} names; "
+            "the file is not in the CIFAR format, replace it"
+        )
     classes = tuple(s.decode("latin1") if isinstance(s, bytes) else str(s) for s in classes)
-    images, labels = zip(*(_cifar_batch(d, c.labels_key, n_classes, f"{source}:{m}")
-                           for d, m in zip(parts, wanted[1:])))
+    images, labels = zip(
+        *(
+            _cifar_batch(d, c.labels_key, n_classes, f"{source}:{m}")
+            for d, m in zip(parts, wanted[1:])
+        )
+    )
     return np.concatenate(images).reshape(-1, 3, 32, 32), np.concatenate(labels), classes
 
 
 def _cifar_batch(d: dict, labels_key: str, n_classes: int, where: str):
     data, labels = d.get("data"), d.get(labels_key)
-    if not (isinstance(data, np.ndarray) and data.dtype == np.uint8 and data.ndim == 2 and data.shape[1] == 3072):
-        raise DataError(f"{where}: 'data' must be a uint8 array of shape [N, 3072]; the file is corrupt, replace it")
+    if not (
+        isinstance(data, np.ndarray)
+        and data.dtype == np.uint8
+        and data.ndim == 2
+        and data.shape[1] == 3072
+    ):
+        raise DataError(
+            f"{where}: 'data' must be a uint8 array of shape [N, 3072]; the file is corrupt, replace it"
+        )
     try:
         labels = np.asarray(labels, dtype=np.int64)
     except (TypeError, ValueError):
         labels = None
-    if labels is None or labels.shape != (len(data),) or labels.min(initial=0) < 0 or labels.max(initial=0) >= n_classes:
-        raise DataError(f"{where}: {labels_key!r} must be {len(data)} integers in 0..{n_classes - 1}; "
-                        "the file is corrupt, replace it")
+    if (
+        labels is None
+        or labels.shape != (len(data),)
+        or labels.min(initial=0) < 0
+        or labels.max(initial=0) >= n_classes
+    ):
+        raise DataError(
+            f"{where}: {labels_key!r} must be {len(data)} integers in 0..{n_classes - 1}; "
+            "the file is corrupt, replace it"
+        )
     return data, labels
 
 
@@ -279,11 +337,15 @@ def _read_archive(path: Path, members: list[str], what: str) -> dict[str, dict]:
                     if len(decoded) == len(members):
                         return decoded
     except (tarfile.TarError, lzma.LZMAError, zlib.error, EOFError, OSError) as e:
-        raise DataError(f"{path} is truncated or corrupt ({type(e).__name__}: {e}); "
-                        "delete it and download it again") from e
+        raise DataError(
+            f"{path} is truncated or corrupt ({type(e).__name__}: {e}); "
+            "delete it and download it again"
+        ) from e
     missing = [m for m in members if m not in decoded]
-    raise DataError(f"{what} is missing from {path}: it has no {', '.join(missing)} "
-                    f"(it holds {', '.join(seen) or 'nothing'}); use a complete copy of the archive")
+    raise DataError(
+        f"{what} is missing from {path}: it has no {', '.join(missing)} "
+        f"(it holds {', '.join(seen) or 'nothing'}); use a complete copy of the archive"
+    )
 
 
 try:  # numpy >= 2 keeps the array internals in numpy._core
@@ -309,8 +371,10 @@ class _Unpickler(pickle.Unpickler):
 
     def find_class(self, module: str, name: str):
         if (module, name) not in self.allowed:
-            raise DataError(f"refusing to unpickle {module}.{name} from {self.where}: a CIFAR file holds only "
-                            "numpy arrays and builtin containers; the file is not genuine, delete it")
+            raise DataError(
+                f"refusing to unpickle {module}.{name} from {self.where}: a CIFAR file holds only "
+                "numpy arrays and builtin containers; the file is not genuine, delete it"
+            )
         return self.allowed[module, name]
 
 
@@ -321,9 +385,13 @@ def _unpickle(file: IO[bytes], where: str) -> dict:
     except DataError:
         raise
     except Exception as e:  # garbage can make pickle fail in many ways; all mean the same here
-        raise DataError(f"{where} is truncated or corrupt ({type(e).__name__}: {e}); replace it") from e
+        raise DataError(
+            f"{where} is truncated or corrupt ({type(e).__name__}: {e}); replace it"
+        ) from e
     if not isinstance(d, dict):
-        raise DataError(f"{where} holds a {type(d).__name__}, not the dict of a CIFAR file; replace it")
+        raise DataError(
+            f"{where} holds a {type(d).__name__}, not the dict of a CIFAR file; replace it"
+        )
     return {k.decode("latin1") if isinstance(k, bytes) else k: v for k, v in d.items()}
 
 
@@ -331,8 +399,10 @@ def _read_mnist(images_path: Path, labels_path: Path):
     images = _read_idx(images_path, ndim=3)
     labels = _read_idx(labels_path, ndim=1).astype(np.int64)
     if len(images) != len(labels) or labels.max(initial=0) > 9:
-        raise DataError(f"{images_path} and {labels_path} do not match: {len(images)} images, "
-                        f"{len(labels)} labels, largest label {labels.max(initial=0)}; replace them")
+        raise DataError(
+            f"{images_path} and {labels_path} do not match: {len(images)} images, "
+            f"{len(labels)} labels, largest label {labels.max(initial=0)}; replace them"
+        )
     return images[:, None], labels, tuple(str(d) for d in range(10))
 
 
@@ -342,19 +412,26 @@ def _read_idx(path: Path, ndim: int) -> np.ndarray:
         with (gzip.open if path.suffix == ".gz" else open)(path, "rb") as f:
             raw = f.read()
     except (OSError, EOFError, zlib.error) as e:
-        raise DataError(f"{path} is truncated or corrupt ({type(e).__name__}: {e}); replace it") from e
+        raise DataError(
+            f"{path} is truncated or corrupt ({type(e).__name__}: {e}); replace it"
+        ) from e
     magic, header = bytes((0, 0, 8, ndim)), 4 + 4 * ndim
     if len(raw) < header or raw[:4] != magic:
-        raise DataError(f"{path}: bad IDX header {raw[:4].hex()}, expected magic {magic.hex()}; "
-                        "the file is not an MNIST IDX file, replace it")
+        raise DataError(
+            f"{path}: bad IDX header {raw[:4].hex()}, expected magic {magic.hex()}; "
+            "the file is not an MNIST IDX file, replace it"
+        )
     shape = tuple(np.frombuffer(raw, ">i4", ndim, offset=4).tolist())
     if len(raw) != header + int(np.prod(shape)):
-        raise DataError(f"{path}: {len(raw) - header} data bytes do not match the IDX shape {list(shape)}; "
-                        "the file is truncated or corrupt, replace it")
+        raise DataError(
+            f"{path}: {len(raw) - header} data bytes do not match the IDX shape {list(shape)}; "
+            "the file is truncated or corrupt, replace it"
+        )
     return np.frombuffer(raw, np.uint8, offset=header).reshape(shape)
 
 
 # ----------------------------------------------------------------------------- downloading
+
 
 def _download(name: str, split: str, root: Path) -> None:
     """Fetch the missing official files of ``name``/``split`` into ``root``."""
@@ -376,8 +453,10 @@ def _fetch(urls: list[str], md5: str, dest: Path) -> None:
             dest.parent.mkdir(parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
         except OSError as e:
-            raise DataError(f"cannot write the download into {dest.parent} ({e}); "
-                            "pass a writable root or set SNNCONV_DATA") from e
+            raise DataError(
+                f"cannot write the download into {dest.parent} ({e}); "
+                "pass a writable root or set SNNCONV_DATA"
+            ) from e
         try:
             digest = hashlib.md5()
             with os.fdopen(fd, "wb") as f, urllib.request.urlopen(url, timeout=60) as response:
@@ -393,5 +472,8 @@ def _fetch(urls: list[str], md5: str, dest: Path) -> None:
         finally:
             if os.path.exists(tmp):
                 os.remove(tmp)
-    raise DataError(f"could not download {dest.name} into {dest.parent}:\n  " + "\n  ".join(errors)
-                    + f"\nDownload it by hand into {dest.parent}, or point SNNCONV_DATA at a copy.")
+    raise DataError(
+        f"could not download {dest.name} into {dest.parent}:\n  "
+        + "\n  ".join(errors)
+        + f"\nDownload it by hand into {dest.parent}, or point SNNCONV_DATA at a copy."
+    )

@@ -14,6 +14,7 @@ add up exactly (a telescoping sum of mean absolute errors):
 A layer fed a constant current (the first one) fires exactly q, so its unevenness is 0; with
 threshold balancing (V_th = y_th) clipping is 0.
 """
+
 from __future__ import annotations
 
 import torch
@@ -27,8 +28,9 @@ def quantise(c: torch.Tensor, v_th: torch.Tensor, steps: int, shift: str) -> tor
     return torch.floor(c * steps / v_th + offset).clamp_(0, steps) * v_th / steps
 
 
-def error_sums(a: torch.Tensor, count: torch.Tensor, v_th: torch.Tensor, steps: int,
-               shift: str) -> torch.Tensor:
+def error_sums(
+    a: torch.Tensor, count: torch.Tensor, v_th: torch.Tensor, steps: int, shift: str
+) -> torch.Tensor:
     """Sums over all elements of (|a - c|, |a - q|, |a - r|) for ANN activations ``a`` and spike
     counts ``count`` (same shape); float64 for exact accumulation over many batches."""
     a, count, v_th = a.double(), count.double(), v_th.double()
@@ -41,5 +43,9 @@ def error_sums(a: torch.Tensor, count: torch.Tensor, v_th: torch.Tensor, steps: 
 def split(sums: torch.Tensor, n: int) -> dict[str, float]:
     """The three parts and the total, as means over ``n`` elements, from ``error_sums`` totals."""
     clip_, quant_, total = (sums / n).tolist()
-    return {"clipping": clip_, "quantisation": quant_ - clip_, "unevenness": total - quant_,
-            "total": total}
+    return {
+        "clipping": clip_,
+        "quantisation": quant_ - clip_,
+        "unevenness": total - quant_,
+        "total": total,
+    }

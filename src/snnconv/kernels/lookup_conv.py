@@ -28,6 +28,7 @@ checks that the input really is a spike map and reports otherwise, before it wri
 the caller then uses the module itself. benchmarks/spikeconv_speed.py measures it per layer
 shape against oneDNN's convolution.
 """
+
 from __future__ import annotations
 
 import weakref
@@ -37,7 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import fused
+from snnconv.kernels import cpu
 
 MAX_TABLE_BYTES = 64 << 20  # larger tables (very wide layers): use F.conv2d
 
@@ -61,7 +62,7 @@ TABLE_BYTES = int(0.6 * _l2_bytes())
 STREAM_BYTES = 32 << 20  # fused outputs above this bypass the caches (streaming stores): 3 % faster
 TABLE8_BYTES = 8 << 20  # an 8-bit-group table up to this size is read from L3 (a share of it)
 
-_tables: "weakref.WeakKeyDictionary[nn.Conv2d, tuple]" = weakref.WeakKeyDictionary()
+_tables: weakref.WeakKeyDictionary[nn.Conv2d, tuple] = weakref.WeakKeyDictionary()
 
 
 def plan(c_in: int, c_out: int, taps: int) -> tuple[int, int, int]:
@@ -82,7 +83,9 @@ def plan(c_in: int, c_out: int, taps: int) -> tuple[int, int, int]:
     return 4, 1, 1
 
 
-def lookup_table(weight: torch.Tensor, amp: torch.Tensor, gb: int, nv: int, gr: int) -> torch.Tensor:
+def lookup_table(
+    weight: torch.Tensor, amp: torch.Tensor, gb: int, nv: int, gr: int
+) -> torch.Tensor:
     """[ceil(Cout/L)][ceil(G/GR)][KH*KW][GR][2^GB][L] float32 (L = 16*nv, G = ceil(C/GB)) from
     weight [Cout, C, KH, KW] and spike amplitudes amp [C]; padded channels and groups are zero."""
     c_out, c_in, kh, kw = weight.shape
@@ -91,8 +94,9 @@ def lookup_table(weight: torch.Tensor, amp: torch.Tensor, gb: int, nv: int, gr: 
     patterns = torch.arange(1 << gb)
     bits = ((patterns.view(-1, 1) >> torch.arange(gb)) & 1).to(torch.float64)  # [2^GB, GB]
     w = (weight.double() * amp.double().view(1, -1, 1, 1)).permute(2, 3, 1, 0)
-    w = F.pad(w.reshape(kh * kw, c_in, c_out), (0, blocks * lanes - c_out, 0,
-                                                  cblocks * gr * gb - c_in))
+    w = F.pad(
+        w.reshape(kh * kw, c_in, c_out), (0, blocks * lanes - c_out, 0, cblocks * gr * gb - c_in)
+    )
     w = w.view(kh * kw, cblocks * gr, gb, blocks * lanes)
     table = torch.einsum("mb,tgbo->tgmo", bits, w)  # summed in float64, rounded once
     table = table.view(kh * kw, cblocks, gr, 1 << gb, blocks, lanes)
@@ -103,16 +107,23 @@ def _table_for(conv: nn.Conv2d, amp: torch.Tensor):
     """(table, GB, NV, GR, bias) for ``conv`` fed spikes of amplitudes ``amp``, cached per module
     while its weight, bias and the amplitudes are unchanged."""
     bias = conv.bias
-    key = (conv.weight._version, conv.weight.data_ptr(), None if bias is None else bias._version,
-           amp.tolist())
+    key = (
+        conv.weight._version,
+        conv.weight.data_ptr(),
+        None if bias is None else bias._version,
+        amp.tolist(),
+    )
     hit = _tables.get(conv)
     if hit is not None and hit[0] == key:
         return hit[1]
     c_out, c_in, kh, kw = conv.weight.shape
     gb, nv, gr = plan(c_in, c_out, kh * kw)
     table = lookup_table(conv.weight.detach(), amp, gb, nv, gr)
-    b = (bias.detach().float().contiguous() if bias is not None
-         else torch.zeros(c_out, dtype=torch.float32))
+    b = (
+        bias.detach().float().contiguous()
+        if bias is not None
+        else torch.zeros(c_out, dtype=torch.float32)
+    )
     value = (table, gb, nv, gr, b)
     _tables[conv] = (key, value)
     return value
@@ -121,17 +132,25 @@ def _table_for(conv: nn.Conv2d, amp: torch.Tensor):
 def applies(conv: nn.Module, x: torch.Tensor) -> bool:
     """The kernel handles this call: a plain zero-padded Conv2d (groups 1, dilation 1, float32,
     CPU) on a 4-D channels_last input, with a table of at most MAX_TABLE_BYTES."""
-    if not (type(conv) is nn.Conv2d and conv.groups == 1 and conv.dilation == (1, 1)
-            and conv.padding_mode == "zeros" and isinstance(conv.padding, tuple)
-            and x.dim() == 4 and x.dtype == torch.float32 == conv.weight.dtype
-            and x.device.type == "cpu" and conv.weight.device.type == "cpu"
-            and x.is_contiguous(memory_format=torch.channels_last) and x.shape[0] > 0):
+    if not (
+        type(conv) is nn.Conv2d
+        and conv.groups == 1
+        and conv.dilation == (1, 1)
+        and conv.padding_mode == "zeros"
+        and isinstance(conv.padding, tuple)
+        and x.dim() == 4
+        and x.dtype == torch.float32 == conv.weight.dtype
+        and x.device.type == "cpu"
+        and conv.weight.device.type == "cpu"
+        and x.is_contiguous(memory_format=torch.channels_last)
+        and x.shape[0] > 0
+    ):
         return False
     c_out, c_in, kh, kw = conv.weight.shape
     gb, nv, gr = plan(c_in, c_out, kh * kw)
     groups = -(-c_in // gb)
     size = -(-c_out // (16 * nv)) * -(-groups // gr) * kh * kw * gr * (1 << gb) * 64 * nv
-    return size <= MAX_TABLE_BYTES and fused.kernel() is not None
+    return size <= MAX_TABLE_BYTES and cpu.kernel() is not None
 
 
 def output_shape(conv: nn.Conv2d, x: torch.Tensor) -> tuple[int, int, int, int]:
@@ -142,8 +161,13 @@ def output_shape(conv: nn.Conv2d, x: torch.Tensor) -> tuple[int, int, int, int]:
     return n, c_out, (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1
 
 
-def conv2d(conv: nn.Conv2d, x: torch.Tensor, amp: torch.Tensor,
-           out: torch.Tensor | None = None, fire: tuple | None = None) -> torch.Tensor | None:
+def conv2d(
+    conv: nn.Conv2d,
+    x: torch.Tensor,
+    amp: torch.Tensor,
+    out: torch.Tensor | None = None,
+    fire: tuple | None = None,
+) -> torch.Tensor | None:
     """conv(x) for a spike map x (values 0 or amp[c]) in channels_last, or None when the kernel
     does not apply or x turns out not to be a spike map (then use conv(x); nothing was written).
     Written into ``out`` when it has at least as many rows and the same shape otherwise (a reused
@@ -162,9 +186,14 @@ def conv2d(conv: nn.Conv2d, x: torch.Tensor, amp: torch.Tensor,
     ho, wo = output_shape(conv, x)[2:]
     if ho < 1 or wo < 1:
         return None
-    if (out is not None and out.shape[0] >= n and out.shape[1:] == (c_out, ho, wo)
-            and out.dtype == torch.float32 and out.device.type == "cpu"
-            and out.is_contiguous(memory_format=torch.channels_last)):
+    if (
+        out is not None
+        and out.shape[0] >= n
+        and out.shape[1:] == (c_out, ho, wo)
+        and out.dtype == torch.float32
+        and out.device.type == "cpu"
+        and out.is_contiguous(memory_format=torch.channels_last)
+    ):
         out = out[:n]
     else:
         out = torch.empty((n, c_out, ho, wo), memory_format=torch.channels_last)
@@ -174,10 +203,41 @@ def conv2d(conv: nn.Conv2d, x: torch.Tensor, amp: torch.Tensor,
         v, count, theta, v_th, addend, steps = fire
         batch = n // steps
     ptr = lambda t: None if t is None else t.data_ptr()  # noqa: E731
-    with torch.profiler.record_function("snnconv::spike_conv2d (lookup)" if fire is None
-                                        else "snnconv::spike_conv2d + IF (lookup, fused)"):
-        bad = fused.kernel().spike_conv2d_f32(
-            x.data_ptr(), n, c_in, h, w, amp.data_ptr(), table.data_ptr(), nv, gb, gr, c_out, kh, kw,
-            sh, sw, ph, pw, bias.data_ptr(), out.data_ptr(), ho, wo, torch.get_num_threads(),
-            ptr(addend), ptr(v), ptr(count), ptr(theta), v_th, batch, steps, STREAM_BYTES)
+    with torch.profiler.record_function(
+        "snnconv::spike_conv2d (lookup)"
+        if fire is None
+        else "snnconv::spike_conv2d + IF (lookup, fused)"
+    ):
+        bad = cpu.kernel().spike_conv2d_f32(
+            x.data_ptr(),
+            n,
+            c_in,
+            h,
+            w,
+            amp.data_ptr(),
+            table.data_ptr(),
+            nv,
+            gb,
+            gr,
+            c_out,
+            kh,
+            kw,
+            sh,
+            sw,
+            ph,
+            pw,
+            bias.data_ptr(),
+            out.data_ptr(),
+            ho,
+            wo,
+            torch.get_num_threads(),
+            ptr(addend),
+            ptr(v),
+            ptr(count),
+            ptr(theta),
+            v_th,
+            batch,
+            steps,
+            STREAM_BYTES,
+        )
     return None if bad else out

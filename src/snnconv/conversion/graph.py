@@ -4,6 +4,7 @@ Invariant behind the rules: an SNN simulated with time folded into the batch is 
 node other than an activation is *linear* in its tensor inputs (so it commutes with averaging over
 time) and keeps samples apart (it never mixes entries along dimension 0).
 """
+
 from __future__ import annotations
 
 import math
@@ -14,11 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
-from .activations import ThresholdReLU
-
-
-class ConversionError(Exception):
-    """A model (or one of its nodes) cannot be converted; the message names the node and the fix."""
+from snnconv.activations import ThresholdReLU
+from snnconv.exceptions import ConversionError
 
 
 class SnnTracer(fx.Tracer):
@@ -56,39 +54,92 @@ class Role:
     bound: float | None = None
 
 
-LINEAR_MODULES = (nn.Conv1d, nn.Conv2d, nn.Linear, nn.AvgPool1d, nn.AvgPool2d,
-                  nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.Flatten, nn.ZeroPad2d)
+LINEAR_MODULES = (
+    nn.Conv1d,
+    nn.Conv2d,
+    nn.Linear,
+    nn.AvgPool1d,
+    nn.AvgPool2d,
+    nn.AdaptiveAvgPool1d,
+    nn.AdaptiveAvgPool2d,
+    nn.Flatten,
+    nn.ZeroPad2d,
+)
 FOLDABLE = {nn.BatchNorm1d: (nn.Conv1d, nn.Linear), nn.BatchNorm2d: (nn.Conv2d,)}
 REMOVED_MODULES = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.AlphaDropout, nn.Identity)
-MAX_POOLS = {nn.MaxPool1d: nn.AvgPool1d, nn.MaxPool2d: nn.AvgPool2d,
-             nn.AdaptiveMaxPool1d: nn.AdaptiveAvgPool1d, nn.AdaptiveMaxPool2d: nn.AdaptiveAvgPool2d}
-MAX_POOL_FUNCTIONS = {F.max_pool1d: F.avg_pool1d, F.max_pool2d: F.avg_pool2d,
-                      F.adaptive_max_pool1d: F.adaptive_avg_pool1d,
-                      F.adaptive_max_pool2d: F.adaptive_avg_pool2d}
+MAX_POOLS = {
+    nn.MaxPool1d: nn.AvgPool1d,
+    nn.MaxPool2d: nn.AvgPool2d,
+    nn.AdaptiveMaxPool1d: nn.AdaptiveAvgPool1d,
+    nn.AdaptiveMaxPool2d: nn.AdaptiveAvgPool2d,
+}
+MAX_POOL_FUNCTIONS = {
+    F.max_pool1d: F.avg_pool1d,
+    F.max_pool2d: F.avg_pool2d,
+    F.adaptive_max_pool1d: F.adaptive_avg_pool1d,
+    F.adaptive_max_pool2d: F.adaptive_avg_pool2d,
+}
 
 RELU_FUNCTIONS = (F.relu, torch.relu, torch.relu_, F.relu_)
 CLAMP_FUNCTIONS = (torch.clamp, torch.clip, torch.clamp_)
-ADD_FUNCTIONS = (operator.add, operator.iadd, torch.add, operator.sub, operator.isub, torch.sub,
-                 operator.neg, torch.neg)
-SCALE_FUNCTIONS = (operator.mul, operator.imul, torch.mul, operator.truediv, operator.itruediv,
-                   torch.div)
-LINEAR_FUNCTIONS = (F.conv1d, F.conv2d, F.linear, F.avg_pool1d, F.avg_pool2d,
-                    F.adaptive_avg_pool1d, F.adaptive_avg_pool2d, torch.reshape)
+ADD_FUNCTIONS = (
+    operator.add,
+    operator.iadd,
+    torch.add,
+    operator.sub,
+    operator.isub,
+    torch.sub,
+    operator.neg,
+    torch.neg,
+)
+SCALE_FUNCTIONS = (
+    operator.mul,
+    operator.imul,
+    torch.mul,
+    operator.truediv,
+    operator.itruediv,
+    torch.div,
+)
+LINEAR_FUNCTIONS = (
+    F.conv1d,
+    F.conv2d,
+    F.linear,
+    F.avg_pool1d,
+    F.avg_pool2d,
+    F.adaptive_avg_pool1d,
+    F.adaptive_avg_pool2d,
+    torch.reshape,
+)
 DROPOUT_FUNCTIONS = (F.dropout, F.dropout1d, F.dropout2d, F.alpha_dropout)
 META_METHODS = ("size", "dim")
 LINEAR_METHODS = ("view", "reshape", "contiguous", "view_as", "reshape_as")
 DIM_METHODS = ("flatten", "mean", "sum", "permute", "transpose", "squeeze", "unsqueeze")
-DIM_FUNCTIONS = (torch.flatten, torch.cat, torch.concat, torch.mean, torch.sum, torch.permute,
-                 torch.transpose, torch.squeeze, torch.unsqueeze)
+DIM_FUNCTIONS = (
+    torch.flatten,
+    torch.cat,
+    torch.concat,
+    torch.mean,
+    torch.sum,
+    torch.permute,
+    torch.transpose,
+    torch.squeeze,
+    torch.unsqueeze,
+)
 RELU_METHODS = ("relu", "relu_")
 CLAMP_METHODS = ("clamp", "clamp_", "clip", "clip_")
 
-FIX_ACTIVATION = ("replace it by nn.ReLU or snnconv.ThresholdReLU and retrain; only ReLU-like "
-                  "activations clip(x, 0, a) have an integrate-and-fire equivalent")
-FIX_MAXPOOL = ("pass maxpool='avg' to replace it by average pooling (an approximation: the SNN then "
-               "follows a changed ANN), or retrain the model with nn.AvgPool2d")
-FIX_BATCH = ("time is folded into the batch dimension during simulation, so no op may act along "
-             "dimension 0; flatten/concatenate from dimension 1 on")
+FIX_ACTIVATION = (
+    "replace it by nn.ReLU or snnconv.ThresholdReLU and retrain; only ReLU-like "
+    "activations clip(x, 0, a) have an integrate-and-fire equivalent"
+)
+FIX_MAXPOOL = (
+    "pass maxpool='avg' to replace it by average pooling (an approximation: the SNN then "
+    "follows a changed ANN), or retrain the model with nn.AvgPool2d"
+)
+FIX_BATCH = (
+    "time is folded into the batch dimension during simulation, so no op may act along "
+    "dimension 0; flatten/concatenate from dimension 1 on"
+)
 
 
 def arg(node: fx.Node, pos: int, name: str, default=None):
@@ -128,7 +179,9 @@ def _clamp_bound(lo, hi) -> tuple[bool, float | None, str]:
     return True, float(hi), ""
 
 
-def activation_bound(node: fx.Node, modules: dict[str, nn.Module]) -> tuple[bool, float | None, str]:
+def activation_bound(
+    node: fx.Node, modules: dict[str, nn.Module]
+) -> tuple[bool, float | None, str]:
     """(is a ReLU-like activation clip(x, 0, a), a or None, why not) for one node."""
     if node.op == "call_module":
         m = modules[node.target]
@@ -164,9 +217,28 @@ def activation_bound(node: fx.Node, modules: dict[str, nn.Module]) -> tuple[bool
     return False, None, ""
 
 
-OTHER_ACTIVATIONS = ("sigmoid", "tanh", "gelu", "silu", "elu", "selu", "celu", "leaky_relu",
-                     "prelu", "rrelu", "softplus", "mish", "hardswish", "hardsigmoid", "softmax",
-                     "log_softmax", "logsigmoid", "softsign", "tanhshrink", "threshold")
+OTHER_ACTIVATIONS = (
+    "sigmoid",
+    "tanh",
+    "gelu",
+    "silu",
+    "elu",
+    "selu",
+    "celu",
+    "leaky_relu",
+    "prelu",
+    "rrelu",
+    "softplus",
+    "mish",
+    "hardswish",
+    "hardsigmoid",
+    "softmax",
+    "log_softmax",
+    "logsigmoid",
+    "softsign",
+    "tanhshrink",
+    "threshold",
+)
 
 
 def looks_like_activation(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
@@ -174,14 +246,20 @@ def looks_like_activation(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
     hardtanh with bounds other than (0, a)."""
     if node.op == "call_module":
         m = modules[node.target]
-        return (isinstance(m, nn.Hardtanh)
-                or type(m).__name__.lower() in {a.replace("_", "") for a in OTHER_ACTIVATIONS}
-                or type(m).__module__ == "torch.nn.modules.activation")
+        return (
+            isinstance(m, nn.Hardtanh)
+            or type(m).__name__.lower() in {a.replace("_", "") for a in OTHER_ACTIVATIONS}
+            or type(m).__module__ == "torch.nn.modules.activation"
+        )
     if node.op == "call_function":
-        return (node.target in CLAMP_FUNCTIONS + (F.hardtanh, F.hardtanh_, torch.clamp_min)
-                or getattr(node.target, "__name__", "").rstrip("_") in OTHER_ACTIVATIONS)
-    return node.op == "call_method" and (node.target in CLAMP_METHODS + ("clamp_min", "clamp_min_")
-                                         or node.target.rstrip("_") in OTHER_ACTIVATIONS)
+        return (
+            node.target in CLAMP_FUNCTIONS + (F.hardtanh, F.hardtanh_, torch.clamp_min)
+            or getattr(node.target, "__name__", "").rstrip("_") in OTHER_ACTIVATIONS
+        )
+    return node.op == "call_method" and (
+        node.target in CLAMP_METHODS + ("clamp_min", "clamp_min_")
+        or node.target.rstrip("_") in OTHER_ACTIVATIONS
+    )
 
 
 def touches_batch(node: fx.Node) -> bool:
@@ -216,9 +294,11 @@ def _max_pool_role(what: str, maxpool: str, plain: bool) -> Role:
     """Max pooling: replaced by average pooling when asked and the windows allow it."""
     if maxpool == "avg" and plain:
         return Role("approximated", f"{what} replaced by average pooling")
-    return _unsupported(f"{what}: max pooling of spike trains does not preserve rates"
-                        + ("" if plain else " (and dilation/return_indices have no average"
-                           " pooling twin)"), FIX_MAXPOOL)
+    return _unsupported(
+        f"{what}: max pooling of spike trains does not preserve rates"
+        + ("" if plain else " (and dilation/return_indices have no average pooling twin)"),
+        FIX_MAXPOOL,
+    )
 
 
 def _module_role(node: fx.Node, gm: fx.GraphModule, modules: dict, maxpool: str) -> Role:
@@ -227,24 +307,33 @@ def _module_role(node: fx.Node, gm: fx.GraphModule, modules: dict, maxpool: str)
         return Role("removed", f"{what} is the identity at inference")
     if type(m) in FOLDABLE:
         src = node.args[0] if node.args and isinstance(node.args[0], fx.Node) else None
-        foldable = (src is not None and src.op == "call_module"
-                    and isinstance(modules[src.target], FOLDABLE[type(m)])
-                    and len(src.users) == 1
-                    and sum(n.op == "call_module" and n.target == src.target
-                            for n in gm.graph.nodes) == 1
-                    and m.track_running_stats and m.running_mean is not None)
-        return (Role("folded", f"{what} folded into '{src.name}'") if foldable
-                else Role("linear", f"{what} kept as a per-channel affine map"))
+        foldable = (
+            src is not None
+            and src.op == "call_module"
+            and isinstance(modules[src.target], FOLDABLE[type(m)])
+            and len(src.users) == 1
+            and sum(n.op == "call_module" and n.target == src.target for n in gm.graph.nodes) == 1
+            and m.track_running_stats
+            and m.running_mean is not None
+        )
+        return (
+            Role("folded", f"{what} folded into '{src.name}'")
+            if foldable
+            else Role("linear", f"{what} kept as a per-channel affine map")
+        )
     if type(m) in MAX_POOLS:
-        plain = (getattr(m, "dilation", 1) in (1, (1,), (1, 1))
-                 and not getattr(m, "return_indices", False))
+        plain = getattr(m, "dilation", 1) in (1, (1,), (1, 1)) and not getattr(
+            m, "return_indices", False
+        )
         return _max_pool_role(what, maxpool, plain)
     if isinstance(m, nn.Flatten) and m.start_dim == 0:
         return _unsupported(f"{what}(start_dim=0)", FIX_BATCH)
     if isinstance(m, LINEAR_MODULES):
         return Role("linear", f"{what}, linear on spikes")
-    return _unsupported(f"{what} has no spiking equivalent in snnconv",
-                        "replace it by a supported layer (see snnconv.inspect)")
+    return _unsupported(
+        f"{what} has no spiking equivalent in snnconv",
+        "replace it by a supported layer (see snnconv.inspect)",
+    )
 
 
 def _call_role(node: fx.Node, modules: dict, meta: set, maxpool: str) -> Role:
@@ -253,19 +342,26 @@ def _call_role(node: fx.Node, modules: dict, meta: set, maxpool: str) -> Role:
     t, what = node.target, describe(node, modules)
     fn, method = node.op == "call_function", node.op == "call_method"
     args = [a for a in node.args if isinstance(a, fx.Node)]
-    if ((fn and t is getattr and node.args[1] in ("shape", "ndim"))
-            or (method and t in META_METHODS) or (args and all(a in meta for a in args))):
+    if (
+        (fn and t is getattr and node.args[1] in ("shape", "ndim"))
+        or (method and t in META_METHODS)
+        or (args and all(a in meta for a in args))
+    ):
         meta.add(node)
         return Role("meta", f"{what} (shapes)")
     if fn and t is operator.getitem:
-        return (Role("linear", "indexing, linear on spikes") if _getitem_keeps_batch(node.args[1])
-                else _unsupported("indexing along dimension 0", FIX_BATCH))
+        return (
+            Role("linear", "indexing, linear on spikes")
+            if _getitem_keeps_batch(node.args[1])
+            else _unsupported("indexing along dimension 0", FIX_BATCH)
+        )
     if fn and t in DROPOUT_FUNCTIONS:
         return Role("removed", f"{what} is the identity at inference")
     if fn and t in MAX_POOL_FUNCTIONS:
         adaptive = t in (F.adaptive_max_pool1d, F.adaptive_max_pool2d)
         plain = not arg(node, 2 if adaptive else 6, "return_indices", False) and (
-            adaptive or arg(node, 4, "dilation", 1) in (1, (1,), (1, 1)))
+            adaptive or arg(node, 4, "dilation", 1) in (1, (1,), (1, 1))
+        )
         return _max_pool_role(what, maxpool, plain)
     if (fn and t in ADD_FUNCTIONS) or (method and t in ("add", "add_", "sub", "sub_", "neg")):
         return Role("linear", f"{what}, linear on spikes")
@@ -273,11 +369,16 @@ def _call_role(node: fx.Node, modules: dict, meta: set, maxpool: str) -> Role:
         tensors = [x for x in node.args if isinstance(x, fx.Node) and x not in meta]
         constants = [x for x in node.args if _number(x) or x in meta]
         divides = t in (operator.truediv, operator.itruediv, torch.div, "div", "div_")
-        if len(tensors) == 1 and len(constants) == 1 and (not divides
-                                                           or node.args[0] is tensors[0]):
+        if (
+            len(tensors) == 1
+            and len(constants) == 1
+            and (not divides or node.args[0] is tensors[0])
+        ):
             return Role("linear", f"{what} by a constant, linear on spikes")
-        return _unsupported(f"{what} of two activations is not linear",
-                            "only scaling by a constant number is supported")
+        return _unsupported(
+            f"{what} of two activations is not linear",
+            "only scaling by a constant number is supported",
+        )
     if fn and t is F.pad:
         mode, value = arg(node, 2, "mode", "constant"), arg(node, 3, "value", None)
         if mode == "constant" and (value is None or value == 0):
@@ -286,11 +387,16 @@ def _call_role(node: fx.Node, modules: dict, meta: set, maxpool: str) -> Role:
     if (fn and t in LINEAR_FUNCTIONS) or (method and t in LINEAR_METHODS):
         return Role("linear", f"{what}, linear on spikes")
     if (fn and t in DIM_FUNCTIONS) or (method and t in DIM_METHODS):
-        return (_unsupported(f"{what} along dimension 0", FIX_BATCH) if touches_batch(node)
-                else Role("linear", f"{what}, linear on spikes"))
-    return _unsupported(f"{what} has no spiking equivalent in snnconv",
-                        "use only ReLU-like activations and linear ops (conv, linear, average "
-                        "pooling, add, cat, reshape) between them")
+        return (
+            _unsupported(f"{what} along dimension 0", FIX_BATCH)
+            if touches_batch(node)
+            else Role("linear", f"{what}, linear on spikes")
+        )
+    return _unsupported(
+        f"{what} has no spiking equivalent in snnconv",
+        "use only ReLU-like activations and linear ops (conv, linear, average "
+        "pooling, add, cat, reshape) between them",
+    )
 
 
 def classify(gm: fx.GraphModule, maxpool: str = "error") -> dict[fx.Node, Role]:
@@ -304,9 +410,13 @@ def classify(gm: fx.GraphModule, maxpool: str = "error") -> dict[fx.Node, Role]:
         elif node.op == "get_attr":
             roles[node] = Role("constant", "constant tensor")
         elif node.op == "output":
-            roles[node] = (Role("output", "readout") if isinstance(node.args[0], fx.Node)
-                           else _unsupported("the model returns a tuple/dict",
-                                             "return a single tensor of logits"))
+            roles[node] = (
+                Role("output", "readout")
+                if isinstance(node.args[0], fx.Node)
+                else _unsupported(
+                    "the model returns a tuple/dict", "return a single tensor of logits"
+                )
+            )
         else:
             ok, bound, why = activation_bound(node, modules)
             what = describe(node, modules)
@@ -315,7 +425,8 @@ def classify(gm: fx.GraphModule, maxpool: str = "error") -> dict[fx.Node, Role]:
                 roles[node] = Role("neuron", f"IF neurons ({what}), {v}", bound)
             elif why or looks_like_activation(node, modules):
                 roles[node] = _unsupported(
-                    f"{what} is not ReLU-like ({why or 'bounds are not 0..a'})", FIX_ACTIVATION)
+                    f"{what} is not ReLU-like ({why or 'bounds are not 0..a'})", FIX_ACTIVATION
+                )
             elif node.op == "call_module":
                 roles[node] = _module_role(node, gm, modules, maxpool)
             else:
@@ -353,8 +464,11 @@ class Coverage:
         for r in self.rows:
             counts[r[2]] = counts.get(r[2], 0) + 1
         summary = ", ".join(f"{v} {k}" for k, v in counts.items())
-        return "\n".join([fmt(head), fmt(tuple("-" * w for w in width) + ("-" * 8,))]
-                         + [fmt(r) for r in self.rows] + [f"({summary})"])
+        return "\n".join(
+            [fmt(head), fmt(tuple("-" * w for w in width) + ("-" * 8,))]
+            + [fmt(r) for r in self.rows]
+            + [f"({summary})"]
+        )
 
     __repr__ = __str__
 
@@ -365,6 +479,14 @@ def inspect(model: nn.Module, maxpool: str = "error") -> Coverage:
     gm = trace(model)
     modules = dict(gm.named_modules())
     roles = classify(gm, maxpool)
-    return Coverage(tuple((n.name, f"{n.op} {describe(n, modules)}"
-                           if n.op.startswith("call") else n.op, r.kind, r.detail)
-                          for n, r in roles.items()))
+    return Coverage(
+        tuple(
+            (
+                n.name,
+                f"{n.op} {describe(n, modules)}" if n.op.startswith("call") else n.op,
+                r.kind,
+                r.detail,
+            )
+            for n, r in roles.items()
+        )
+    )

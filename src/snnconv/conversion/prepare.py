@@ -2,6 +2,7 @@
 preceding conv/linear, dropout and identities removed, in-place ops made out-of-place, max
 pooling replaced by average pooling where asked. Eval-mode outputs are unchanged up to float rounding (except for the max-pool swap,
 which is recorded as a note)."""
+
 from __future__ import annotations
 
 import operator
@@ -11,16 +12,28 @@ import torch.nn.functional as F
 from torch import fx, nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval, fuse_linear_bn_eval
 
-from .graph import MAX_POOL_FUNCTIONS, MAX_POOLS, Role, arg
+from snnconv.conversion.graph import MAX_POOL_FUNCTIONS, MAX_POOLS, Role, arg
 
-
-OUT_OF_PLACE_FUNCTIONS = {operator.iadd: operator.add, operator.isub: operator.sub,
-                          operator.imul: operator.mul, operator.itruediv: operator.truediv,
-                          torch.relu_: torch.relu, F.relu_: F.relu, torch.clamp_: torch.clamp,
-                          F.hardtanh_: F.hardtanh}
-OUT_OF_PLACE_METHODS = {"add_": "add", "sub_": "sub", "mul_": "mul", "div_": "div",
-                        "relu_": "relu", "clamp_": "clamp", "clip_": "clip",
-                        "clamp_min_": "clamp_min"}
+OUT_OF_PLACE_FUNCTIONS = {
+    operator.iadd: operator.add,
+    operator.isub: operator.sub,
+    operator.imul: operator.mul,
+    operator.itruediv: operator.truediv,
+    torch.relu_: torch.relu,
+    F.relu_: F.relu,
+    torch.clamp_: torch.clamp,
+    F.hardtanh_: F.hardtanh,
+}
+OUT_OF_PLACE_METHODS = {
+    "add_": "add",
+    "sub_": "sub",
+    "mul_": "mul",
+    "div_": "div",
+    "relu_": "relu",
+    "clamp_": "clamp",
+    "clip_": "clip",
+    "clamp_min_": "clamp_min",
+}
 
 
 def _out_of_place(gm: fx.GraphModule) -> None:
@@ -74,13 +87,19 @@ def prepare(gm: fx.GraphModule, roles: dict[fx.Node, Role]) -> list[str]:
                 node.args, node.kwargs = (node.args[0], arg(node, 1, "output_size")), {}
                 node.target = MAX_POOL_FUNCTIONS[node.target]
             else:
-                kwargs = dict(kernel_size=arg(node, 1, "kernel_size"), stride=arg(node, 2, "stride"),
-                              padding=arg(node, 3, "padding", 0),
-                              ceil_mode=arg(node, 5, "ceil_mode", False), count_include_pad=False)
+                kwargs = dict(
+                    kernel_size=arg(node, 1, "kernel_size"),
+                    stride=arg(node, 2, "stride"),
+                    padding=arg(node, 3, "padding", 0),
+                    ceil_mode=arg(node, 5, "ceil_mode", False),
+                    count_include_pad=False,
+                )
                 node.args, node.kwargs = (node.args[0],), kwargs
                 node.target = MAX_POOL_FUNCTIONS[node.target]
-            notes.append(f"max pooling '{node.name}' replaced by average pooling: the SNN follows "
-                         "this changed ANN (snn.ann), not the original model")
+            notes.append(
+                f"max pooling '{node.name}' replaced by average pooling: the SNN follows "
+                "this changed ANN (snn.ann), not the original model"
+            )
     _out_of_place(gm)
     gm.graph.lint()
     gm.delete_all_unused_submodules()

@@ -12,6 +12,7 @@ linear map L~ whose weights are replaced by their non-zero indicators, by one ba
     MACs (ANN)  = sum over the input and every activation of fan-out (one dense pass)
     energy      = MACs x e_mac + SOPs x e_ac   (defaults 4.6 pJ and 0.9 pJ, 45 nm CMOS)
 """
+
 from __future__ import annotations
 
 import operator
@@ -92,11 +93,17 @@ class _FanOut(fx.Interpreter):
         if isinstance(m, nn.Linear):
             return F.linear(x, _indicator(m.weight))
         if isinstance(m, nn.AvgPool2d):
-            return _sum_pool(F.avg_pool2d, (x, m.kernel_size, m.stride, m.padding, m.ceil_mode,
-                                            m.count_include_pad), {})
+            return _sum_pool(
+                F.avg_pool2d,
+                (x, m.kernel_size, m.stride, m.padding, m.ceil_mode, m.count_include_pad),
+                {},
+            )
         if isinstance(m, nn.AvgPool1d):
-            return _sum_pool(F.avg_pool1d, (x, m.kernel_size, m.stride, m.padding, m.ceil_mode,
-                                            m.count_include_pad), {})
+            return _sum_pool(
+                F.avg_pool1d,
+                (x, m.kernel_size, m.stride, m.padding, m.ceil_mode, m.count_include_pad),
+                {},
+            )
         if isinstance(m, (nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d)):
             return _adaptive_sum(x, m.output_size)
         if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):  # an unfolded per-channel affine map
@@ -135,7 +142,9 @@ class _FanOut(fx.Interpreter):
         return super().call_method(target, args, kwargs)
 
 
-def fan_out(ann: fx.GraphModule, layers: list[str], sample: torch.Tensor) -> dict[str, torch.Tensor]:
+def fan_out(
+    ann: fx.GraphModule, layers: list[str], sample: torch.Tensor
+) -> dict[str, torch.Tensor]:
     """Fan-out of every neuron of the input and of each named activation layer, shaped like one
     sample of that layer, as float64 integers. ``sample``: one input, [1, ...]."""
     runner = _FanOut(ann, set(layers))

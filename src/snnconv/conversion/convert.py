@@ -1,6 +1,7 @@
 """ANN -> SNN conversion (Deng & Gu 2021): copy the weights, turn every ReLU-like activation
 clip(x, 0, a) into a layer of IF neurons with V_th = a (threshold balancing), add the shift.
 """
+
 from __future__ import annotations
 
 import copy
@@ -10,11 +11,11 @@ from collections.abc import Iterable
 import torch
 from torch import fx, nn
 
-from .calibrate import batch_input, layer_statistic
-from .graph import ConversionError, check_supported, classify, trace
-from .neurons import IFNeurons, check_finite, check_shift
-from .prepare import prepare
-from .simulate import simulate, simulate_stepwise
+from snnconv.conversion.graph import ConversionError, check_supported, classify, trace
+from snnconv.conversion.prepare import prepare
+from snnconv.conversion.thresholds import batch_input, layer_statistic
+from snnconv.simulation.neuron import IFNeurons, check_finite, check_shift
+from snnconv.simulation.simulate import simulate, simulate_stepwise
 
 THRESHOLDS = ("activation", "max", "percentile")
 READOUTS = ("current", "spikes")
@@ -33,8 +34,17 @@ class SpikingNetwork(nn.Module):
     ``snn.workspace.clear()`` frees them; never saved or copied).
     """
 
-    def __init__(self, ann: fx.GraphModule, graph: fx.GraphModule, *, shift: str, readout: str,
-                 threshold: str, notes: list[str], input_shape: tuple[int, ...] | None):
+    def __init__(
+        self,
+        ann: fx.GraphModule,
+        graph: fx.GraphModule,
+        *,
+        shift: str,
+        readout: str,
+        threshold: str,
+        notes: list[str],
+        input_shape: tuple[int, ...] | None,
+    ):
         super().__init__()
         self.ann, self.graph = ann, graph
         self.shift, self.readout, self.threshold = shift, readout, threshold
@@ -66,18 +76,26 @@ class SpikingNetwork(nn.Module):
         params = next(self.ann.parameters(), None)
         dtype = params.dtype if params is not None else torch.float32
         if x.dtype != dtype:
-            raise TypeError(f"input dtype {x.dtype} does not match the network's {dtype}"
-                            + ("; convert images to float and normalise them first"
-                               if not x.is_floating_point() else ""))
+            raise TypeError(
+                f"input dtype {x.dtype} does not match the network's {dtype}"
+                + (
+                    "; convert images to float and normalise them first"
+                    if not x.is_floating_point()
+                    else ""
+                )
+            )
         if x.dim() < 1 or x.shape[0] == 0:
             raise ValueError(f"input must have a non-empty batch dimension, got {tuple(x.shape)}")
         if self.input_shape is not None and tuple(x.shape[1:]) != self.input_shape:
-            raise ValueError(f"input shape {tuple(x.shape)} does not match the traced model's "
-                             f"[batch, {', '.join(map(str, self.input_shape))}] (from calibration)")
+            raise ValueError(
+                f"input shape {tuple(x.shape)} does not match the traced model's "
+                f"[batch, {', '.join(map(str, self.input_shape))}] (from calibration)"
+            )
         check_finite("input", x)
 
-    def forward(self, x: torch.Tensor, T: int, max_chunk_bytes: int | None = None,
-                marks=(), on_mark=None) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, T: int, max_chunk_bytes: int | None = None, marks=(), on_mark=None
+    ) -> torch.Tensor:
         """Readout after every step t = 1..T, [T, batch, ...]; ``on_mark(t)`` runs after each
         step t in ``marks`` (the IF layers' ``spike_count`` then holds the counts up to t)."""
         self.check_input(x, T)
@@ -89,17 +107,23 @@ class SpikingNetwork(nn.Module):
         return simulate_stepwise(self.graph, x, T)
 
     def extra_repr(self) -> str:
-        return (f"shift={self.shift}, readout={self.readout}, threshold={self.threshold}, "
-                f"{len(self.layers)} IF layers")
+        return (
+            f"shift={self.shift}, readout={self.readout}, threshold={self.threshold}, "
+            f"{len(self.layers)} IF layers"
+        )
 
 
-def _spiking_graph(ann: fx.GraphModule, v_th: dict[str, float], shift: str,
-                   readout_v_th: float | None) -> fx.GraphModule:
+def _spiking_graph(
+    ann: fx.GraphModule, v_th: dict[str, float], shift: str, readout_v_th: float | None
+) -> fx.GraphModule:
     """``ann``'s graph with each named activation node replaced by IF neurons; shares weights."""
     graph = copy.deepcopy(ann.graph)
     modules = dict(ann.named_modules())
-    root = {n.target: (modules[n.target] if n.op == "call_module" else getattr(ann, n.target))
-            for n in graph.nodes if n.op in ("call_module", "get_attr")}
+    root = {
+        n.target: (modules[n.target] if n.op == "call_module" else getattr(ann, n.target))
+        for n in graph.nodes
+        if n.op in ("call_module", "get_attr")
+    }
     for node in list(graph.nodes):
         if node.name in v_th:
             root[f"neurons.{node.name}"] = IFNeurons(v_th[node.name], shift)
@@ -124,9 +148,16 @@ def _check_parameters(model: nn.Module) -> None:
             check_finite(f"parameter '{name}'", t.detach())
 
 
-def convert(model: nn.Module, *, calibration: Iterable | torch.Tensor | None = None,
-            threshold: str = "activation", percentile: float = 99.99, shift: str = "bias",
-            readout: str = "current", maxpool: str = "error") -> SpikingNetwork:
+def convert(
+    model: nn.Module,
+    *,
+    calibration: Iterable | torch.Tensor | None = None,
+    threshold: str = "activation",
+    percentile: float = 99.99,
+    shift: str = "bias",
+    readout: str = "current",
+    maxpool: str = "error",
+) -> SpikingNetwork:
     """Convert a trained ``model`` into a SpikingNetwork.
 
     threshold: "activation" takes V_th from each activation's upper bound (ThresholdReLU's y_th,
@@ -139,8 +170,11 @@ def convert(model: nn.Module, *, calibration: Iterable | torch.Tensor | None = N
     the output layer spiking too, with V_th = the maximum output over ``calibration``.
     maxpool: "error" refuses max pooling, "avg" replaces it by average pooling (noted).
     """
-    for name, value, allowed in (("threshold", threshold, THRESHOLDS),
-                                 ("readout", readout, READOUTS), ("maxpool", maxpool, MAXPOOLS)):
+    for name, value, allowed in (
+        ("threshold", threshold, THRESHOLDS),
+        ("readout", readout, READOUTS),
+        ("maxpool", maxpool, MAXPOOLS),
+    ):
         if value not in allowed:
             raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
     check_shift(shift)
@@ -158,13 +192,18 @@ def convert(model: nn.Module, *, calibration: Iterable | torch.Tensor | None = N
 
     needs_data = [k for k, b in bounds.items() if threshold != "activation" or b is None]
     if calibration is None and (needs_data or readout == "spikes"):
-        why = (f"threshold={threshold!r} measures every layer" if threshold != "activation"
-               else f"layer(s) {needs_data} are unbounded ReLUs with no y_th to use as V_th")
+        why = (
+            f"threshold={threshold!r} measures every layer"
+            if threshold != "activation"
+            else f"layer(s) {needs_data} are unbounded ReLUs with no y_th to use as V_th"
+        )
         if not needs_data:
             why = "readout='spikes' sets the output threshold from the maximum output"
-        raise ValueError(f"calibration data is required: {why}. Pass calibration=<batches of "
-                         "inputs>, or train with snnconv.ThresholdReLU and use "
-                         "threshold='activation'.")
+        raise ValueError(
+            f"calibration data is required: {why}. Pass calibration=<batches of "
+            "inputs>, or train with snnconv.ThresholdReLU and use "
+            "threshold='activation'."
+        )
     if torch.is_tensor(calibration):
         calibration = [calibration]
     q = 100.0 if threshold == "max" else float(percentile)
@@ -175,8 +214,9 @@ def convert(model: nn.Module, *, calibration: Iterable | torch.Tensor | None = N
         if value <= 0:
             fallback = bound or 1.0
             warnings.warn(f"layer '{name}' never fired on the calibration data; V_th={fallback:g}")
-            notes.append(f"layer '{name}' was silent on the calibration data: V_th set to "
-                         f"{fallback:g}")
+            notes.append(
+                f"layer '{name}' was silent on the calibration data: V_th set to {fallback:g}"
+            )
             value = fallback
         v_th[name] = value
     readout_v_th = None
@@ -184,13 +224,22 @@ def convert(model: nn.Module, *, calibration: Iterable | torch.Tensor | None = N
         out = next(n for n in ann.graph.nodes if n.op == "output").args[0]
         readout_v_th = layer_statistic(ann, [out.name], calibration, 100.0)[out.name]
         if readout_v_th <= 0:
-            raise ValueError("readout='spikes' needs a positive maximum output over the "
-                             f"calibration data, got {readout_v_th:g}")
+            raise ValueError(
+                "readout='spikes' needs a positive maximum output over the "
+                f"calibration data, got {readout_v_th:g}"
+            )
     input_shape = None
     if calibration is not None:
         first = next(iter(calibration), None)
         if first is not None:
             input_shape = tuple(batch_input(first).shape[1:])
     graph = _spiking_graph(ann, v_th, shift, readout_v_th)
-    return SpikingNetwork(ann, graph, shift=shift, readout=readout, threshold=threshold,
-                          notes=notes, input_shape=input_shape)
+    return SpikingNetwork(
+        ann,
+        graph,
+        shift=shift,
+        readout=readout,
+        threshold=threshold,
+        notes=notes,
+        input_shape=input_shape,
+    )

@@ -1,0 +1,1 @@
+"""Conversion: trace a model, give every node a role, prepare the inference ANN, set thresholds, build the SNN."""

@@ -1,0 +1,1 @@
+"""Evaluation: ANN and SNN accuracy per T with the measures, results records, reports."""

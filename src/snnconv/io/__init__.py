@@ -1,0 +1,1 @@
+"""Files: datasets, checkpoints, atomic writes."""

@@ -1,0 +1,1 @@
+"""Compiled kernels: C++ sources (csrc/), their build and cache, typed wrappers, the Triton IF scan."""
