@@ -71,16 +71,17 @@ class TrainConfig:
         return arch
 
 
-ACT_KEYS = ("act", "y_th", "levels")  # what a fine-tune (--init) may change
+ACT_KEYS = ("act", "y_th", "levels")  # what a fine-tune (--init) to another activation may change
 
 
 def load_init(model: nn.Module, path: str, arch: dict) -> None:
     """Copy the weights of model file ``path`` into ``model`` (fine-tuning). The architecture must
-    match up to the activation (act, y_th, levels); parameters the source lacks (the thresholds of
+    match, except that a fine-tune to another activation may change act, y_th and levels; parameters the source lacks (the thresholds of
     a QCFS model started from a threshold-ReLU one) keep their initial values."""
     start = shipped.load_checkpoint(path)
-    same = {k: v for k, v in arch.items() if k not in ACT_KEYS}
-    theirs = {k: v for k, v in start["arch"].items() if k not in ACT_KEYS}
+    keys = ACT_KEYS if start["arch"].get("act") != arch.get("act") else ()  # a new activation
+    same = {k: v for k, v in arch.items() if k not in keys}
+    theirs = {k: v for k, v in start["arch"].items() if k not in keys}
     if same != theirs:
         raise ValueError(f"--init {path} is a {start['arch']} model, not {arch}")
     state = checkpoint.build_model(start).state_dict()
