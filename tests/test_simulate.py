@@ -11,7 +11,8 @@ from torch import nn
 import snnconv
 from conftest import DEVICE
 from nets import random_nets
-from snnconv.simulation.simulate import _is_zero_pad, _pad_into
+from snnconv.simulation.executor import is_zero_pad
+from snnconv.simulation.workspace import pad_into
 
 NETS = random_nets()
 
@@ -144,11 +145,11 @@ def test_zero_pad_into_a_kept_buffer_equals_f_pad(layout):
         x = x[:, :, ::2, ::2]  # ResNet's option-A shortcut
     pad = (0, 1, 2, 0, 3, 3)
     want = F.pad(x, pad)
-    got = _pad_into(x, pad, None)
+    got = pad_into(x, pad, None)
     assert torch.equal(got, want) and got.stride() == want.stride()
-    again = _pad_into(-x, pad, got)
+    again = pad_into(-x, pad, got)
     assert again.data_ptr() == got.data_ptr() and torch.equal(again, F.pad(-x, pad))
-    assert _pad_into(x[:2], pad, got).data_ptr() != got.data_ptr()  # another shape: new memory
+    assert pad_into(x[:2], pad, got).data_ptr() != got.data_ptr()  # another shape: new memory
 
 
 def test_only_zero_padding_takes_the_kept_buffer():
@@ -156,8 +157,8 @@ def test_only_zero_padding_takes_the_kept_buffer():
     node = next(iter(gm.graph.nodes))
     x = torch.randn(2, 3, 4, 4)
     pad_node = gm.graph.call_function(F.pad, (node, (1, 1)))
-    assert _is_zero_pad(pad_node, (x, (1, 1)), {})
-    assert _is_zero_pad(pad_node, (x, (1, 1)), {"mode": "constant", "value": 0.0})
-    assert not _is_zero_pad(pad_node, (x, (1, 1)), {"value": 1.0})
-    assert not _is_zero_pad(pad_node, (x, (1, 1)), {"mode": "reflect"})
-    assert not _is_zero_pad(pad_node, (x, (-1, 1)), {})
+    assert is_zero_pad(pad_node, (x, (1, 1)), {})
+    assert is_zero_pad(pad_node, (x, (1, 1)), {"mode": "constant", "value": 0.0})
+    assert not is_zero_pad(pad_node, (x, (1, 1)), {"value": 1.0})
+    assert not is_zero_pad(pad_node, (x, (1, 1)), {"mode": "reflect"})
+    assert not is_zero_pad(pad_node, (x, (-1, 1)), {})

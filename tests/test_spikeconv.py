@@ -219,7 +219,7 @@ def test_scan_conv_declines_without_touching_state(monkeypatch):
     assert per_channel.scan_conv(conv, x, amp, 2) is None  # the kernel takes one scalar V_th
     recording = IFNeurons(1.0)
     recording.reset(4)
-    recording.record = True
+    recording.recorder = []  # recording its input currents
     assert recording.scan_conv(conv, x, amp, 2) is None  # the currents must be kept
     layer = IFNeurons(1.0, "membrane")
     layer.reset(4)

@@ -173,7 +173,7 @@ def cmd_shift_scan(args) -> None:
         f"{args.checkpoint}: shift scan at T={args.T} on {len(test)} {args.dataset} test images",
         flush=True,
     )
-    result = shift_sweep.shift_scan(
+    result = shift_sweep.sweep(
         snn, list(_normalised_batches(test, args.batch_size)), args.T, args.fractions
     )
     print(shift_sweep.table(result))

@@ -15,7 +15,8 @@ from snnconv.conversion.graph import ConversionError, check_supported, classify,
 from snnconv.conversion.prepare import prepare
 from snnconv.conversion.thresholds import batch_input, layer_statistic
 from snnconv.simulation.neuron import IFNeurons, check_finite, check_shift
-from snnconv.simulation.simulate import simulate, simulate_stepwise
+from snnconv.simulation.executor import simulate
+from snnconv.simulation.stepwise import simulate_stepwise
 
 THRESHOLDS = ("activation", "max", "percentile")
 READOUTS = ("current", "spikes")

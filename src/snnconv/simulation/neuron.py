@@ -15,59 +15,39 @@ and v[0] = V_th/2 for shift="membrane", else 0. For a constant current z this gi
 i.e. rounding with ties (T*z/V_th exactly k + 1/2) rounded up, because a neuron fires at v = V_th.
 With "bias" that holds at the final step T only (b is set for T); with "membrane" it holds at every
 t <= T, so the readout after any t steps is the round-quantised value for t steps.
+
+The shift b is never added to the current (that would be one more pass over memory per step): the
+state holds u[t] = v[t] - t*b and the neuron fires when u[t] >= V_th - t*b, the same condition.
+
+Layout of this module (Norse's functional core + module wrapper): ``IFParameters`` and ``IFState``
+are small typed records; ``if_step`` is the pure reference update, *the* definition every faster
+path (``simulation.if_scan``: the PyTorch loop over a chunk, the C++ and Triton kernels, the
+conv-fused kernel) is tested against, bit for bit; ``IFNeurons`` is the nn.Module that holds one
+layer's parameters and state and hands them to those functions.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 
-from snnconv.kernels import cpu, lookup_conv
+from snnconv.options import check_shift, check_steps
 
-SHIFTS = ("bias", "membrane", "none")
-
-
-def check_shift(shift: str) -> str:
-    if shift not in SHIFTS:
-        raise ValueError(f"shift must be one of {SHIFTS}, got {shift!r}")
-    return shift
+__all__ = ["IFNeurons", "IFParameters", "IFState", "check_finite", "if_step", "recording"]
 
 
-class IFNeurons(nn.Module):
-    """A layer of IF neurons. ``v_th``: float, or a 1-D tensor with one threshold per channel
-    (dimension 1 of the current). Call ``reset(T)`` before each simulation of T steps."""
+@dataclass(frozen=True)
+class IFParameters:
+    """One layer's constants: ``v_th`` (0-dim, or 1-D per channel = dimension 1 of the current),
+    the shift, and b = ``bias_fraction`` * V_th / T for shift "bias"."""
 
-    def __init__(self, v_th: float | torch.Tensor, shift: str = "bias", bias_fraction: float = 0.5):
-        super().__init__()
-        v_th = torch.as_tensor(v_th, dtype=torch.float32).detach().clone()
-        if v_th.dim() > 1 or v_th.numel() == 0:
-            raise ValueError(
-                f"v_th must be a scalar or a 1-D per-channel tensor, got shape {tuple(v_th.shape)}"
-            )
-        if not torch.isfinite(v_th).all() or (v_th <= 0).any():
-            raise ValueError(f"v_th must be finite and > 0, got {v_th.tolist()}")
-        self.register_buffer("v_th", v_th)
-        self.shift = check_shift(shift)
-        self.bias_fraction = float(bias_fraction)  # b = bias_fraction * V_th / T ("bias" shift)
-        self.record = False  # when True, input currents are kept in `recorded`
-        self.recorded: list[torch.Tensor] = []
-        self.steps = None  # T of the current simulation
-        self.t = 0  # steps done since reset
-        self.v = None  # membrane potential minus t*b, [batch, ...] (see membrane);
-        # its memory is reused by the next simulation
-        self._spare = None  # the last simulation's membrane tensor, reused by the next
-        self.spike_count = None  # spikes per neuron since reset, [batch, ...]
-
-    def extra_repr(self) -> str:
-        v = f"{self.v_th.item():g}" if self.v_th.dim() == 0 else f"per-channel[{self.v_th.numel()}]"
-        return f"v_th={v}, shift={self.shift}"
-
-    def reset(self, steps: int) -> None:
-        if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
-            raise ValueError(f"T must be an integer >= 1, got {steps!r}")
-        if self.v is not None:
-            self._spare = self.v  # the next simulation's membranes go here: memory already mapped
-        self.steps, self.v, self.spike_count, self.recorded, self.t = steps, None, None, [], 0
+    v_th: torch.Tensor
+    shift: str = "bias"
+    bias_fraction: float = 0.5
 
     def threshold_like(self, current: torch.Tensor) -> torch.Tensor:
         """V_th shaped to broadcast against a one-step current [batch, channels, ...]."""
@@ -81,51 +61,142 @@ class IFNeurons(nn.Module):
             v_th = v_th.view(-1, *([1] * (current.dim() - 2)))
         return v_th
 
+    def bias(self, v_th: torch.Tensor, steps: int) -> torch.Tensor | float:
+        """b, the shift added every step (0 unless shift "bias")."""
+        return v_th * (self.bias_fraction / steps) if self.shift == "bias" else 0.0
+
+    def thresholds(self, v_th: torch.Tensor, steps: int, done: int, n: int) -> torch.Tensor:
+        """Firing thresholds of steps done+1 .. done+n, V_th - t*b (see the module docstring)."""
+        t = torch.arange(done + 1, done + n + 1, dtype=v_th.dtype, device=v_th.device)
+        return v_th - t * self.bias(v_th, steps)
+
+
+@dataclass
+class IFState:
+    """A layer's state during a simulation of ``steps`` steps: ``v`` = membrane minus t*b and
+    ``count`` = spikes so far, both [batch, ...]; ``t`` = steps done."""
+
+    v: torch.Tensor
+    count: torch.Tensor
+    t: int = 0
+
+
+def initial_state(
+    p: IFParameters, like: torch.Tensor, spare: torch.Tensor | None = None
+) -> IFState:
+    """v[0] (V_th/2 for shift "membrane", else 0) and zero counts shaped like ``like`` (one step's
+    current). ``spare``, a membrane tensor of the same shape, layout and dtype, is reused: its
+    memory is already mapped (fresh memory costs page faults)."""
+    v_th = p.threshold_like(like)
+    start = v_th / 2 if p.shift == "membrane" else torch.zeros((), dtype=like.dtype)
+    if (
+        spare is None
+        or spare.shape != like.shape
+        or spare.stride() != like.stride()
+        or spare.dtype != like.dtype
+        or spare.device != like.device
+    ):
+        spare = torch.empty_like(like)
+    return IFState(spare.zero_().add_(start), torch.zeros_like(like))
+
+
+def if_step(
+    p: IFParameters, state: IFState, current: torch.Tensor, steps: int
+) -> tuple[torch.Tensor, IFState]:
+    """The reference update, one step of a simulation of ``steps`` steps: returns the spikes
+    (amplitude V_th) and the next state; ``state`` is not modified."""
+    v_th = p.threshold_like(current)
+    t = state.t + 1
+    v = state.v + current
+    fired = (v >= v_th - t * p.bias(v_th, steps)).to(current.dtype)
+    v = torch.addcmul(v, fired, v_th, value=-1)
+    return fired * v_th, IFState(v, state.count + fired, t)
+
+
+class IFNeurons(nn.Module):
+    """A layer of IF neurons: holds its parameters (``v_th`` buffer, ``shift``, ``bias_fraction``)
+    and, during a simulation, its ``state``. Call ``reset(T)`` before each simulation of T steps.
+
+    >>> layer = IFNeurons(1.0, "membrane")
+    >>> layer.reset(4)
+    >>> layer.scan(torch.tensor([[0.3]]), 4, constant=True).sum(0) / 4  # round(4 * 0.3) / 4
+    tensor([[0.2500]])
+    """
+
+    def __init__(self, v_th: float | torch.Tensor, shift: str = "bias", bias_fraction: float = 0.5):
+        super().__init__()
+        v_th = torch.as_tensor(v_th, dtype=torch.float32).detach().clone()
+        if v_th.dim() > 1 or v_th.numel() == 0:
+            raise ValueError(
+                f"v_th must be a scalar or a 1-D per-channel tensor, got shape {tuple(v_th.shape)}"
+            )
+        if not torch.isfinite(v_th).all() or (v_th <= 0).any():
+            raise ValueError(f"v_th must be finite and > 0, got {v_th.tolist()}")
+        self.register_buffer("v_th", v_th)
+        self.shift = check_shift(shift)
+        self.bias_fraction = float(bias_fraction)
+        self.steps: int | None = None  # T of the current simulation
+        self.state: IFState | None = None
+        self.recorder: list[torch.Tensor] | None = None  # input currents, while recording
+        self._spare: torch.Tensor | None = None  # the last membrane tensor, for the next run
+
     @property
-    def membrane(self) -> torch.Tensor | None:
-        """The membrane potential v[t]. The shift b is never added to the current; ``self.v``
-        holds v[t] - t*b and the neuron fires at V_th - t*b, which is the same condition."""
-        return None if self.v is None else self.v + self.t * self.bias(self.threshold_like(self.v))
+    def params(self) -> IFParameters:
+        return IFParameters(self.v_th, self.shift, self.bias_fraction)
 
-    def bias(self, v_th: torch.Tensor) -> torch.Tensor | float:
-        return v_th * (self.bias_fraction / self.steps) if self.shift == "bias" else 0.0
+    def extra_repr(self) -> str:
+        v = f"{self.v_th.item():g}" if self.v_th.dim() == 0 else f"per-channel[{self.v_th.numel()}]"
+        return f"v_th={v}, shift={self.shift}"
 
-    def _start(self, like: torch.Tensor, v_th: torch.Tensor) -> None:
+    def reset(self, steps: int) -> None:
+        """Start a simulation of ``steps`` steps (state made on the first input)."""
+        check_steps(steps)
+        if self.state is not None:
+            self._spare = self.state.v
+        self.steps, self.state = steps, None
+
+    def start(self, like: torch.Tensor) -> IFState:
+        """The state, made from ``like`` (one step's current) if the simulation has not begun."""
         if self.steps is None:
             raise RuntimeError("IFNeurons.reset(T) must be called before simulating")
-        if self.v is None:
-            start = v_th / 2 if self.shift == "membrane" else torch.zeros((), dtype=like.dtype)
-            spare, self._spare = self._spare, None
-            if (
-                spare is None
-                or spare.shape != like.shape
-                or spare.stride() != like.stride()
-                or spare.dtype != like.dtype
-                or spare.device != like.device
-            ):
-                spare = torch.empty_like(like)
-            self.v = spare.zero_().add_(start)
-            self.spike_count = torch.zeros_like(like)
+        if self.state is None:
+            self.state = initial_state(self.params, like, self._spare)
+            self._spare = None
+        return self.state
 
-    def _thresholds(self, v_th: torch.Tensor, steps: int) -> torch.Tensor:
-        """Firing thresholds of the next ``steps`` steps, V_th - t*b (see ``membrane``)."""
-        done = torch.arange(
-            self.t + 1, self.t + steps + 1, dtype=self.v.dtype, device=self.v.device
-        )
-        return v_th - done * self.bias(v_th)
+    # Read-only views of the state, for measures and tests.
+    @property
+    def v(self) -> torch.Tensor | None:
+        """Membrane minus t*b (what the kernels update)."""
+        return None if self.state is None else self.state.v
+
+    @property
+    def spike_count(self) -> torch.Tensor | None:
+        """Spikes per neuron since ``reset``, [batch, ...]."""
+        return None if self.state is None else self.state.count
+
+    @property
+    def t(self) -> int:
+        return 0 if self.state is None else self.state.t
+
+    @property
+    def membrane(self) -> torch.Tensor | None:
+        """The membrane potential v[t] (the state plus t*b)."""
+        if self.state is None:
+            return None
+        v_th = self.threshold_like(self.state.v)
+        return self.state.v + self.state.t * self.params.bias(v_th, self.steps)
+
+    def threshold_like(self, current: torch.Tensor) -> torch.Tensor:
+        return self.params.threshold_like(current)
 
     def step(self, current: torch.Tensor) -> torch.Tensor:
-        """One time step: current [batch, ...] -> spikes (amplitude V_th), same shape."""
-        v_th = self.threshold_like(current)
-        self._start(current, v_th)
-        if self.record:
-            self.recorded.append(current.unsqueeze(0).clone())
-        self.t += 1
-        self.v = self.v + current
-        fired = (self.v >= v_th - self.t * self.bias(v_th)).to(current.dtype)
-        self.v = torch.addcmul(self.v, fired, v_th, value=-1)  # same rounding as scan()
-        self.spike_count = self.spike_count + fired
-        return fired * v_th
+        """One time step by the reference update: current [batch, ...] -> spikes, same shape."""
+        state = self.start(current)
+        if self.recorder is not None:
+            self.recorder.append(current.unsqueeze(0).clone())
+        spikes, self.state = if_step(self.params, state, current, self.steps)
+        return spikes
 
     def scan(
         self,
@@ -135,45 +206,12 @@ class IFNeurons(nn.Module):
         out: torch.Tensor | None = None,
         addend: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """``steps`` time steps at once: current [steps, batch, ...] (or [batch, ...] held for
-        every step when ``constant``) -> spikes [steps, batch, ...], written into ``out`` if
-        given (a reused buffer saves the page faults of fresh memory). With ``addend`` (same
-        shape as a time-varying current) the input is current + addend, rounded exactly as a
-        separate add would be, but added inside the fused kernel (one pass over memory less)."""
-        if addend is not None and (constant or self.record):
-            current, addend = current + addend, None
-        one = current if constant else current[0]
-        v_th = self.threshold_like(one)
-        self._start(one, v_th)
-        if self.record:
-            self.recorded.append(
-                current.expand(steps, *one.shape).clone() if constant else current.clone()
-            )
-        b = self.bias(v_th)
-        if (
-            out is None
-            or out.shape != (steps,) + one.shape
-            or out.stride()[1:] != one.stride()
-            or out.dtype != one.dtype
-            or out.device != one.device
-        ):
-            out = _empty_steps(one, steps)
-        v = self.v
-        if cpu.usable(current, constant, addend, v, out, v_th) and cpu.scan_available(v.device):
-            theta = self._thresholds(v_th, steps)  # the loop's thresholds, same rounding
-            with torch.profiler.record_function("snnconv::if_scan (fused)"):
-                cpu.if_scan(current, constant, addend, v, theta, v_th, out, self.spike_count)
-            self.t += steps
-            return out
-        for k in range(steps):  # three in-place passes per step; out[k] holds 0/1 spikes first
-            v.add_(
-                current if constant else current[k] if addend is None else current[k] + addend[k]
-            )
-            torch.ge(v, v_th - (self.t + k + 1) * b, out=out[k])
-            v.addcmul_(out[k], v_th, value=-1)
-        self.t += steps
-        self.spike_count.add_(out.sum(0))
-        return out.mul_(v_th)
+        """``steps`` steps at once (``simulation.if_scan.scan``): current [steps, batch, ...], or
+        [batch, ...] held for every step when ``constant``, plus ``addend`` if given -> spikes
+        [steps, batch, ...], written into ``out`` when it fits."""
+        from snnconv.simulation import if_scan
+
+        return if_scan.scan(self, current, steps, constant, out, addend)
 
     def scan_conv(
         self,
@@ -184,60 +222,27 @@ class IFNeurons(nn.Module):
         out: torch.Tensor | None = None,
         addend: torch.Tensor | None = None,
     ) -> torch.Tensor | None:
-        """``scan(conv(spikes) viewed [steps, B, ...], steps, out=out, addend=addend)`` with the
-        lookup convolution (lookup_conv.py) and this layer's update in one pass: spikes
-        [steps*B, C, H, W] are the previous IF layer's output (amplitudes ``amp``), channels_last.
-        The same numbers, bit for bit, as the lookup convolution followed by ``scan``. Returns
-        None, having changed nothing, where the fused kernel does not apply (recording,
-        per-channel V_th, fewer samples than threads, layouts it does not take, not a spike map)."""
-        n = spikes.shape[0] if spikes.dim() == 4 else 0
-        if (
-            self.record
-            or self.v_th.dim()
-            or n == 0
-            or n % steps
-            or n // steps < torch.get_num_threads()
-            or not lookup_conv.applies(conv, spikes)
-        ):
-            return None
-        shape = lookup_conv.output_shape(conv, spikes)
-        one = (n // steps, *shape[1:])
-        if self.v is None:
-            like = torch.empty(one, memory_format=torch.channels_last)
-            self._start(like, self.threshold_like(like))
-        v, v_th = self.v, self.threshold_like(self.v)
-        if out is None or out.shape != (steps, *one) or out.stride()[1:] != v.stride():
-            out = torch.empty(shape, memory_format=torch.channels_last).view(steps, *one)
-        if addend is not None:
-            if addend.shape != shape:
-                return None
-            addend = addend.view(steps, *one)
-        if not cpu.usable(out, False, addend, v, out, v_th):
-            return None
-        theta = self._thresholds(v_th, steps)
-        fire = (v, self.spike_count, theta, v_th.item(), addend, steps)
-        done = lookup_conv.conv2d(conv, spikes, amp, out=out.view(shape), fire=fire)
-        if done is None:
-            return None
-        self.t += steps
-        return done.view(steps, *one)
+        """``scan(conv(spikes))`` in one compiled pass (``simulation.if_scan.scan_conv``), or None
+        where that kernel does not apply (nothing changed then)."""
+        from snnconv.simulation import if_scan
+
+        return if_scan.scan_conv(self, conv, spikes, amp, steps, out, addend)
 
 
-def _empty_steps(one: torch.Tensor, steps: int) -> torch.Tensor:
-    """Uninitialised [steps, *one.shape], in ``one``'s memory format (channels_last stays so)."""
-    if (
-        one.dim() == 4
-        and not one.is_contiguous()
-        and one.is_contiguous(memory_format=torch.channels_last)
-    ):
-        flat = torch.empty(
-            (steps * one.shape[0],) + tuple(one.shape[1:]),
-            dtype=one.dtype,
-            device=one.device,
-            memory_format=torch.channels_last,
-        )
-        return flat.view(steps, *one.shape)
-    return torch.empty((steps,) + tuple(one.shape), dtype=one.dtype, device=one.device)
+@contextmanager
+def recording(layers: Iterable[IFNeurons]) -> Iterator[dict[IFNeurons, list[torch.Tensor]]]:
+    """Record the input currents of ``layers`` while the block runs: yields {layer: [currents]},
+    each [steps, batch, ...] per call. On exit every layer's recorder is what it was before."""
+    layers = list(layers)
+    saved = [m.recorder for m in layers]
+    store: dict[IFNeurons, list[torch.Tensor]] = {m: [] for m in layers}
+    try:
+        for m in layers:
+            m.recorder = store[m]
+        yield store
+    finally:
+        for m, r in zip(layers, saved):
+            m.recorder = r
 
 
 def check_finite(name: str, t: torch.Tensor) -> None:

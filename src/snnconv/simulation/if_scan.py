@@ -1,0 +1,133 @@
+"""An IF layer over a chunk of steps: the faster paths of ``neuron.if_step``, equal to it bit for bit.
+
+``scan`` runs c steps of one layer at once on a current [c, batch, ...] (or a constant one): by the
+compiled kernel of the device where one applies (``kernels.backend``), else by the PyTorch loop
+below, three in-place passes per step (add, compare, subtract V_th on a spike). Both perform the
+float operations of ``if_step`` in the same order. With ``addend`` the input is current + addend,
+rounded exactly as the separate add would be, but summed inside the kernel (one pass over memory
+less). ``scan_conv`` runs the lookup convolution of the previous layer's spikes and this layer's
+update in one compiled pass (``kernels.lookup_conv``), never writing the current to memory.
+
+tests/test_neurons.py and tests/test_fused.py hold these against ``if_step``.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from snnconv.kernels import cpu, lookup_conv
+from snnconv.simulation.neuron import IFNeurons
+
+
+def empty_steps(one: torch.Tensor, steps: int) -> torch.Tensor:
+    """Uninitialised [steps, *one.shape], in ``one``'s memory format (channels_last stays so)."""
+    if (
+        one.dim() == 4
+        and not one.is_contiguous()
+        and one.is_contiguous(memory_format=torch.channels_last)
+    ):
+        flat = torch.empty(
+            (steps * one.shape[0], *one.shape[1:]),
+            dtype=one.dtype,
+            device=one.device,
+            memory_format=torch.channels_last,
+        )
+        return flat.view(steps, *one.shape)
+    return torch.empty((steps, *one.shape), dtype=one.dtype, device=one.device)
+
+
+def _fits(out: torch.Tensor | None, one: torch.Tensor, steps: int) -> bool:
+    """``out`` can hold [steps, *one.shape] spikes with ``one``'s layout at every step."""
+    return (
+        out is not None
+        and out.shape == (steps, *one.shape)
+        and out.stride()[1:] == one.stride()
+        and out.dtype == one.dtype
+        and out.device == one.device
+    )
+
+
+def scan(
+    layer: IFNeurons,
+    current: torch.Tensor,
+    steps: int,
+    constant: bool = False,
+    out: torch.Tensor | None = None,
+    addend: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """``steps`` steps of ``layer``: current [steps, batch, ...] (or [batch, ...] held for every
+    step when ``constant``) -> spikes [steps, batch, ...] (amplitude V_th), in ``out`` if it fits."""
+    recorder = layer.recorder
+    if addend is not None and (constant or recorder is not None):
+        current, addend = current + addend, None
+    one = current if constant else current[0]
+    state = layer.start(one)
+    p, v_th = layer.params, layer.threshold_like(one)
+    if recorder is not None:
+        recorder.append(current.expand(steps, *one.shape).clone() if constant else current.clone())
+    if not _fits(out, one, steps):
+        out = empty_steps(one, steps)
+    v = state.v
+    if cpu.usable(current, constant, addend, v, out, v_th) and cpu.scan_available(v.device):
+        theta = p.thresholds(v_th, layer.steps, state.t, steps)
+        with torch.profiler.record_function("snnconv::if_scan (fused)"):
+            cpu.if_scan(current, constant, addend, v, theta, v_th, out, state.count)
+        state.t += steps
+        return out
+    b = p.bias(v_th, layer.steps)
+    for k in range(steps):  # three in-place passes per step; out[k] holds 0/1 spikes first
+        v.add_(current if constant else current[k] if addend is None else current[k] + addend[k])
+        torch.ge(v, v_th - (state.t + k + 1) * b, out=out[k])
+        v.addcmul_(out[k], v_th, value=-1)
+    state.t += steps
+    state.count.add_(out.sum(0))
+    return out.mul_(v_th)
+
+
+def scan_conv(
+    layer: IFNeurons,
+    conv: nn.Conv2d,
+    spikes: torch.Tensor,
+    amp: torch.Tensor,
+    steps: int,
+    out: torch.Tensor | None = None,
+    addend: torch.Tensor | None = None,
+) -> torch.Tensor | None:
+    """``scan(layer, conv(spikes) viewed [steps, B, ...], steps, out=out, addend=addend)`` with
+    the lookup convolution and the update in one pass: ``spikes`` [steps*B, C, H, W] are the
+    previous IF layer's output (amplitudes ``amp``), channels_last. The same numbers, bit for bit,
+    as the lookup convolution followed by ``scan``. Returns None, having changed nothing, where
+    the fused kernel does not apply (recording, per-channel V_th, fewer samples than threads,
+    layouts it does not take, not a spike map)."""
+    n = spikes.shape[0] if spikes.dim() == 4 else 0
+    if (
+        layer.recorder is not None
+        or layer.v_th.dim()
+        or n == 0
+        or n % steps
+        or n // steps < torch.get_num_threads()
+        or not lookup_conv.applies(conv, spikes)
+    ):
+        return None
+    shape = lookup_conv.output_shape(conv, spikes)
+    one = (n // steps, *shape[1:])
+    if layer.state is None:
+        layer.start(torch.empty(one, memory_format=torch.channels_last))
+    state, p = layer.state, layer.params
+    v, v_th = state.v, layer.threshold_like(state.v)
+    if out is None or out.shape != (steps, *one) or out.stride()[1:] != v.stride():
+        out = torch.empty(shape, memory_format=torch.channels_last).view(steps, *one)
+    if addend is not None:
+        if addend.shape != shape:
+            return None
+        addend = addend.view(steps, *one)
+    if not cpu.usable(out, False, addend, v, out, v_th):
+        return None
+    theta = p.thresholds(v_th, layer.steps, state.t, steps)
+    fire = (v, state.count, theta, v_th.item(), addend, steps)
+    done = lookup_conv.conv2d(conv, spikes, amp, out=out.view(shape), fire=fire)
+    if done is None:
+        return None
+    state.t += steps
+    return done.view(steps, *one)
