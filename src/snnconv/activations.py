@@ -72,4 +72,4 @@ class QCFS(nn.Module):
         return torch.clamp(q, 0.0, 1.0) * lam
 
     def extra_repr(self) -> str:
-        return f"levels={self.levels}, threshold={float(self.threshold):.4g}"
+        return f"levels={self.levels}, threshold={float(self.threshold.detach()):.4g}"

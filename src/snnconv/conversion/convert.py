@@ -11,16 +11,15 @@ from collections.abc import Iterable
 import torch
 from torch import fx, nn
 
+from snnconv import options
+from snnconv.activations import QCFS
 from snnconv.conversion.graph import ConversionError, check_supported, classify, trace
 from snnconv.conversion.prepare import prepare
 from snnconv.conversion.thresholds import batch_input, layer_statistic
-from snnconv.simulation.neuron import IFNeurons, check_finite, check_shift
 from snnconv.simulation.executor import simulate
+from snnconv.simulation.neuron import IFNeurons, check_finite
 from snnconv.simulation.stepwise import simulate_stepwise
 
-THRESHOLDS = ("activation", "max", "percentile")
-READOUTS = ("current", "spikes")
-MAXPOOLS = ("error", "avg")
 READOUT_LAYER = "readout"
 
 
@@ -65,13 +64,12 @@ class SpikingNetwork(nn.Module):
 
     def set_shift(self, shift: str) -> None:
         """Switch every IF layer to shift "bias", "membrane" or "none"."""
-        self.shift = check_shift(shift)
+        self.shift = options.check_shift(shift)
         for m in self.layers.values():
             m.shift = shift
 
     def check_input(self, x: torch.Tensor, steps: int) -> None:
-        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-            raise ValueError(f"T must be an integer >= 1, got {steps!r}")
+        options.check_steps(steps)
         if not torch.is_tensor(x):
             raise TypeError(f"input must be a torch.Tensor, got {type(x).__name__}")
         params = next(self.ann.parameters(), None)
@@ -143,44 +141,15 @@ def _spiking_graph(
     return fx.GraphModule(root, graph, "SpikingGraph")
 
 
-def _check_parameters(model: nn.Module) -> None:
+def _check_parameters(model: nn.Module, when: str = "") -> None:
+    """Every floating parameter and buffer is finite (NaN/inf name the tensor, and when)."""
     for name, t in list(model.named_parameters()) + list(model.named_buffers()):
         if t.is_floating_point():
-            check_finite(f"parameter '{name}'", t.detach())
+            check_finite(f"parameter '{name}'" + (f" ({when})" if when else ""), t.detach())
 
 
-def convert(
-    model: nn.Module,
-    *,
-    calibration: Iterable | torch.Tensor | None = None,
-    threshold: str = "activation",
-    percentile: float = 99.99,
-    shift: str = "bias",
-    readout: str = "current",
-    maxpool: str = "error",
-) -> SpikingNetwork:
-    """Convert a trained ``model`` into a SpikingNetwork.
-
-    threshold: "activation" takes V_th from each activation's upper bound (ThresholdReLU's y_th,
-    ReLU6's 6, clamp's max) without data; unbounded ReLUs then fall back to the ``percentile`` of
-    their activations over ``calibration``. "max" / "percentile" use the maximum / ``percentile``
-    (nearest rank, all values) of each layer's activations over the whole ``calibration`` set
-    (an iterable of input batches or (inputs, labels) pairs, or one tensor).
-    shift: "bias" adds V_th/(2T) to the input current every step, "membrane" starts the membrane
-    at V_th/2, "none" neither. readout: "current" averages the last layer's current; "spikes" makes
-    the output layer spiking too, with V_th = the maximum output over ``calibration``.
-    maxpool: "error" refuses max pooling, "avg" replaces it by average pooling (noted).
-    """
-    for name, value, allowed in (
-        ("threshold", threshold, THRESHOLDS),
-        ("readout", readout, READOUTS),
-        ("maxpool", maxpool, MAXPOOLS),
-    ):
-        if value not in allowed:
-            raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
-    check_shift(shift)
-    if not 0 < float(percentile) <= 100:
-        raise ValueError(f"percentile must be in (0, 100], got {percentile}")
+def _roles(model: nn.Module, maxpool: str):
+    """(traced copy of ``model`` in eval mode, its roles) after the support check."""
     if not isinstance(model, nn.Module):
         raise ConversionError(f"expected a torch.nn.Module, got {type(model).__name__}")
     model = copy.deepcopy(model).eval()
@@ -188,52 +157,128 @@ def convert(
     ann = trace(model)
     roles = classify(ann, maxpool)
     check_supported(roles, dict(ann.named_modules()))
-    bounds = {n.name: r.bound for n, r in roles.items() if r.kind == "neuron"}
-    notes = prepare(ann, roles)
+    return ann, roles
 
-    needs_data = [k for k, b in bounds.items() if threshold != "activation" or b is None]
-    if calibration is None and (needs_data or readout == "spikes"):
-        why = (
-            f"threshold={threshold!r} measures every layer"
-            if threshold != "activation"
-            else f"layer(s) {needs_data} are unbounded ReLUs with no y_th to use as V_th"
-        )
-        if not needs_data:
-            why = "readout='spikes' sets the output threshold from the maximum output"
-        raise ValueError(
-            f"calibration data is required: {why}. Pass calibration=<batches of "
-            "inputs>, or train with snnconv.ThresholdReLU and use "
-            "threshold='activation'."
-        )
-    if torch.is_tensor(calibration):
-        calibration = [calibration]
-    q = 100.0 if threshold == "max" else float(percentile)
+
+def _layers_needing_data(bounds: dict[str, float | None], threshold: str) -> list[str]:
+    """The IF layers whose V_th comes from data: all of them unless threshold="activation",
+    else the unbounded ReLUs (no bound to use)."""
+    return [k for k, b in bounds.items() if threshold != "activation" or b is None]
+
+
+def needs_calibration(
+    model: nn.Module, threshold: str = "activation", readout: str = "current", maxpool: str = "avg"
+) -> bool:
+    """Whether ``convert(model, threshold=..., readout=...)`` needs calibration data: some layer's
+    V_th is measured (threshold "max"/"percentile", or an unbounded ReLU), or the readout spikes."""
+    options.choice("threshold", threshold, options.THRESHOLD_MODES)
+    options.choice("readout", readout, options.READOUTS)
+    _, roles = _roles(model, maxpool)
+    bounds = {n.name: r.bound for n, r in roles.items() if r.kind == "neuron"}
+    return bool(_layers_needing_data(bounds, threshold)) or readout == "spikes"
+
+
+def _require_calibration(needs_data: list[str], threshold: str) -> None:
+    if threshold != "activation":
+        why = f"threshold={threshold!r} measures every layer"
+    elif needs_data:
+        why = f"layer(s) {needs_data} are unbounded ReLUs with no y_th to use as V_th"
+    else:
+        why = "readout='spikes' sets the output threshold from the maximum output"
+    raise ValueError(
+        f"calibration data is required: {why}. Pass calibration=<batches of "
+        "inputs>, or train with snnconv.ThresholdReLU and use threshold='activation'."
+    )
+
+
+def _thresholds(ann, bounds, needs_data, calibration, q, notes) -> dict[str, float]:
+    """V_th per IF layer: the measured statistic where data decides, else the bound."""
     stats = layer_statistic(ann, needs_data, calibration, q) if needs_data else {}
     v_th = {}
     for name, bound in bounds.items():
         value = stats.get(name, bound)
         if value <= 0:
             fallback = bound or 1.0
-            warnings.warn(f"layer '{name}' never fired on the calibration data; V_th={fallback:g}")
+            warnings.warn(
+                f"layer '{name}' never fired on the calibration data; V_th={fallback:g}",
+                stacklevel=3,
+            )
             notes.append(
                 f"layer '{name}' was silent on the calibration data: V_th set to {fallback:g}"
             )
             value = fallback
         v_th[name] = value
-    readout_v_th = None
-    if readout == "spikes":
-        out = next(n for n in ann.graph.nodes if n.op == "output").args[0]
-        readout_v_th = layer_statistic(ann, [out.name], calibration, 100.0)[out.name]
-        if readout_v_th <= 0:
-            raise ValueError(
-                "readout='spikes' needs a positive maximum output over the "
-                f"calibration data, got {readout_v_th:g}"
-            )
-    input_shape = None
-    if calibration is not None:
-        first = next(iter(calibration), None)
-        if first is not None:
-            input_shape = tuple(batch_input(first).shape[1:])
+    return v_th
+
+
+def _readout_threshold(ann, calibration) -> float:
+    out = next(n for n in ann.graph.nodes if n.op == "output").args[0]
+    value = layer_statistic(ann, [out.name], calibration, 100.0)[out.name]
+    if value <= 0:
+        raise ValueError(
+            "readout='spikes' needs a positive maximum output over the "
+            f"calibration data, got {value:g}"
+        )
+    return value
+
+
+def _input_shape(calibration) -> tuple[int, ...] | None:
+    first = None if calibration is None else next(iter(calibration), None)
+    return None if first is None else tuple(batch_input(first).shape[1:])
+
+
+def _default_shift(ann: fx.GraphModule, notes: list[str]) -> str:
+    """shift=None: "membrane" when the model has QCFS activations (their IF form starts at
+    V_th/2, Bu et al. 2022), else the paper's "bias"."""
+    modules = dict(ann.named_modules())
+    if any(isinstance(m, QCFS) for m in modules.values()):
+        notes.append("QCFS activations: shift 'membrane' (membranes start at V_th/2)")
+        return "membrane"
+    return "bias"
+
+
+def convert(
+    model: nn.Module,
+    *,
+    calibration: Iterable | torch.Tensor | None = None,
+    threshold: str = "activation",
+    percentile: float = options.DEFAULT_PERCENTILE,
+    shift: str | None = None,
+    readout: str = "current",
+    maxpool: str = "error",
+) -> SpikingNetwork:
+    """Convert a trained ``model`` into a SpikingNetwork.
+
+    threshold: "activation" takes V_th from each activation's upper bound (ThresholdReLU's y_th,
+    QCFS's learnt threshold, ReLU6's 6, clamp's max) without data; unbounded ReLUs then fall back
+    to the ``percentile`` of their activations over ``calibration``. "max" / "percentile" use the
+    maximum / ``percentile`` (nearest rank, all values) of each layer's activations over the whole
+    ``calibration`` set (an iterable of input batches or (inputs, labels) pairs, or one tensor).
+    shift: "bias" adds V_th/(2T) to the input current every step, "membrane" starts the membrane
+    at V_th/2, "none" neither; None (default): "membrane" for a model with QCFS activations, else
+    "bias". readout: "current" averages the last layer's current; "spikes" makes the output layer
+    spiking too, with V_th = the maximum output over ``calibration``.
+    maxpool: "error" refuses max pooling, "avg" replaces it by average pooling (noted).
+    """
+    options.choice("threshold", threshold, options.THRESHOLD_MODES)
+    options.choice("readout", readout, options.READOUTS)
+    options.choice("maxpool", maxpool, options.MAXPOOLS)
+    if shift is not None:
+        options.check_shift(shift)
+    q = 100.0 if threshold == "max" else options.check_percentile(percentile)
+    ann, roles = _roles(model, maxpool)
+    bounds = {n.name: r.bound for n, r in roles.items() if r.kind == "neuron"}
+    notes = prepare(ann, roles)
+    _check_parameters(ann, "after folding BatchNorm")  # e.g. a negative running_var
+    shift = _default_shift(ann, notes) if shift is None else shift
+
+    needs_data = _layers_needing_data(bounds, threshold)
+    if calibration is None and (needs_data or readout == "spikes"):
+        _require_calibration(needs_data, threshold)
+    if torch.is_tensor(calibration):
+        calibration = [calibration]
+    v_th = _thresholds(ann, bounds, needs_data, calibration, q, notes)
+    readout_v_th = _readout_threshold(ann, calibration) if readout == "spikes" else None
     graph = _spiking_graph(ann, v_th, shift, readout_v_th)
     return SpikingNetwork(
         ann,
@@ -242,5 +287,5 @@ def convert(
         readout=readout,
         threshold=threshold,
         notes=notes,
-        input_shape=input_shape,
+        input_shape=_input_shape(calibration),
     )

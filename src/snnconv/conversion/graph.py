@@ -15,15 +15,15 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
-from snnconv.activations import ThresholdReLU
+from snnconv.activations import QCFS, ThresholdReLU
 from snnconv.exceptions import ConversionError
 
 
 class SnnTracer(fx.Tracer):
-    """The default fx tracer, keeping ThresholdReLU as one leaf node."""
+    """The default fx tracer, keeping ThresholdReLU and QCFS as one leaf node each."""
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-        return isinstance(m, ThresholdReLU) or super().is_leaf_module(m, qualname)
+        return isinstance(m, (ThresholdReLU, QCFS)) or super().is_leaf_module(m, qualname)
 
 
 def trace(model: nn.Module) -> fx.GraphModule:
@@ -187,6 +187,8 @@ def activation_bound(
         m = modules[node.target]
         if isinstance(m, ThresholdReLU):
             return True, m.y_th, ""
+        if isinstance(m, QCFS):  # V_th = the learnt threshold; the ANN keeps the quantisation
+            return True, float(m.threshold.detach()), ""
         if isinstance(m, nn.ReLU6):
             return True, 6.0, ""
         if isinstance(m, nn.ReLU):
