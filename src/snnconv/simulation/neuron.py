@@ -7,7 +7,8 @@ Per step t = 1..T, with input current I[t] and threshold V_th (a scalar or one v
     v[t] = v[t] - s[t] * V_th         soft reset (reset by subtraction), no leak
     output V_th * s[t]                spikes carry amplitude V_th
 
-and v[0] = V_th/2 for shift="membrane", else 0. For a constant current z this gives, after T steps,
+and v[0] = V_th/2 for shift="membrane", else 0, plus ``v_init`` where calibration set one (a
+per-channel or per-neuron offset of the initial membrane). For a constant current z this gives, after T steps,
 
     rate = (V_th/T) * clip(floor(T*z/V_th + 1/2), 0, T)      (shift "bias" or "membrane")
     rate = (V_th/T) * clip(floor(T*z/V_th), 0, T)            (shift "none")
@@ -43,11 +44,14 @@ __all__ = ["IFNeurons", "IFParameters", "IFState", "check_finite", "if_step", "r
 @dataclass(frozen=True)
 class IFParameters:
     """One layer's constants: ``v_th`` (0-dim, or 1-D per channel = dimension 1 of the current),
-    the shift, and b = ``bias_fraction`` * V_th / T for shift "bias"."""
+    the shift, b = ``bias_fraction`` * V_th / T for shift "bias", and ``v_init``, an offset of the
+    initial membrane that broadcasts against one sample's current ([C, 1, 1] per channel, [C, H,
+    W] per neuron; None: no offset)."""
 
     v_th: torch.Tensor
     shift: str = "bias"
     bias_fraction: float = 0.5
+    v_init: torch.Tensor | None = None
 
     def threshold_like(self, current: torch.Tensor) -> torch.Tensor:
         """V_th shaped to broadcast against a one-step current [batch, channels, ...]."""
@@ -84,8 +88,8 @@ class IFState:
 def initial_state(
     p: IFParameters, like: torch.Tensor, spare: torch.Tensor | None = None
 ) -> IFState:
-    """v[0] (V_th/2 for shift "membrane", else 0) and zero counts shaped like ``like`` (one step's
-    current). ``spare``, a membrane tensor of the same shape, layout and dtype, is reused: its
+    """v[0] (V_th/2 for shift "membrane", else 0, plus ``v_init``) and zero counts shaped like
+    ``like`` (one step's current). ``spare``, a membrane tensor of the same shape, layout and dtype, is reused: its
     memory is already mapped (fresh memory costs page faults)."""
     v_th = p.threshold_like(like)
     start = v_th / 2 if p.shift == "membrane" else torch.zeros((), dtype=like.dtype)
@@ -97,7 +101,10 @@ def initial_state(
         or spare.device != like.device
     ):
         spare = torch.empty_like(like)
-    return IFState(spare.zero_().add_(start), torch.zeros_like(like))
+    v = spare.zero_().add_(start)
+    if p.v_init is not None:
+        v.add_(p.v_init.to(like.dtype))
+    return IFState(v, torch.zeros_like(like))
 
 
 def if_step(
@@ -133,6 +140,7 @@ class IFNeurons(nn.Module):
         if not torch.isfinite(v_th).all() or (v_th <= 0).any():
             raise ValueError(f"v_th must be finite and > 0, got {v_th.tolist()}")
         self.register_buffer("v_th", v_th)
+        self.register_buffer("v_init", None)  # set by calibration (conversion.calibrate)
         self.shift = check_shift(shift)
         self.bias_fraction = float(bias_fraction)
         self.steps: int | None = None  # T of the current simulation
@@ -142,7 +150,7 @@ class IFNeurons(nn.Module):
 
     @property
     def params(self) -> IFParameters:
-        return IFParameters(self.v_th, self.shift, self.bias_fraction)
+        return IFParameters(self.v_th, self.shift, self.bias_fraction, self.v_init)
 
     def extra_repr(self) -> str:
         v = f"{self.v_th.item():g}" if self.v_th.dim() == 0 else f"per-channel[{self.v_th.numel()}]"
