@@ -179,43 +179,55 @@ def _clamp_bound(lo, hi) -> tuple[bool, float | None, str]:
     return True, float(hi), ""
 
 
+def _module_bound(m: nn.Module) -> tuple[bool, float | None, str]:
+    if isinstance(m, ThresholdReLU):
+        return True, m.y_th, ""
+    if isinstance(m, QCFS):  # V_th = the learnt threshold; the ANN keeps the quantisation
+        return True, float(m.threshold.detach()), ""
+    if isinstance(m, nn.ReLU6):
+        return True, 6.0, ""
+    if isinstance(m, nn.ReLU):
+        return True, None, ""
+    if isinstance(m, nn.Hardtanh):
+        return _clamp_bound(m.min_val, m.max_val)
+    return False, None, ""
+
+
+def _function_bound(node: fx.Node) -> tuple[bool, float | None, str]:
+    t = node.target
+    if t in RELU_FUNCTIONS:
+        return True, None, ""
+    if t is F.relu6:
+        return True, 6.0, ""
+    if t in (F.hardtanh, F.hardtanh_):
+        return _clamp_bound(arg(node, 1, "min_val", -1.0), arg(node, 2, "max_val", 1.0))
+    if t in CLAMP_FUNCTIONS:
+        return _clamp_bound(arg(node, 1, "min"), arg(node, 2, "max"))
+    if t is torch.clamp_min:
+        return _clamp_bound(arg(node, 1, "min"), None)
+    return False, None, ""
+
+
+def _method_bound(node: fx.Node) -> tuple[bool, float | None, str]:
+    if node.target in RELU_METHODS:
+        return True, None, ""
+    if node.target in CLAMP_METHODS:
+        return _clamp_bound(arg(node, 1, "min"), arg(node, 2, "max"))
+    if node.target in ("clamp_min", "clamp_min_"):
+        return _clamp_bound(arg(node, 1, "min"), None)
+    return False, None, ""
+
+
 def activation_bound(
     node: fx.Node, modules: dict[str, nn.Module]
 ) -> tuple[bool, float | None, str]:
     """(is a ReLU-like activation clip(x, 0, a), a or None, why not) for one node."""
     if node.op == "call_module":
-        m = modules[node.target]
-        if isinstance(m, ThresholdReLU):
-            return True, m.y_th, ""
-        if isinstance(m, QCFS):  # V_th = the learnt threshold; the ANN keeps the quantisation
-            return True, float(m.threshold.detach()), ""
-        if isinstance(m, nn.ReLU6):
-            return True, 6.0, ""
-        if isinstance(m, nn.ReLU):
-            return True, None, ""
-        if isinstance(m, nn.Hardtanh):
-            return _clamp_bound(m.min_val, m.max_val)
-        return False, None, ""
+        return _module_bound(modules[node.target])
     if node.op == "call_function":
-        t = node.target
-        if t in RELU_FUNCTIONS:
-            return True, None, ""
-        if t is F.relu6:
-            return True, 6.0, ""
-        if t in (F.hardtanh, F.hardtanh_):
-            return _clamp_bound(arg(node, 1, "min_val", -1.0), arg(node, 2, "max_val", 1.0))
-        if t in CLAMP_FUNCTIONS:
-            return _clamp_bound(arg(node, 1, "min"), arg(node, 2, "max"))
-        if t is torch.clamp_min:
-            return _clamp_bound(arg(node, 1, "min"), None)
-        return False, None, ""
+        return _function_bound(node)
     if node.op == "call_method":
-        if node.target in RELU_METHODS:
-            return True, None, ""
-        if node.target in CLAMP_METHODS:
-            return _clamp_bound(arg(node, 1, "min"), arg(node, 2, "max"))
-        if node.target in ("clamp_min", "clamp_min_"):
-            return _clamp_bound(arg(node, 1, "min"), None)
+        return _method_bound(node)
     return False, None, ""
 
 
@@ -338,6 +350,26 @@ def _module_role(node: fx.Node, gm: fx.GraphModule, modules: dict, maxpool: str)
     )
 
 
+def _scale_role(node: fx.Node, what: str, meta: set) -> Role:
+    """x * c, c * x, x / c: linear when exactly one operand is an activation."""
+    tensors = [x for x in node.args if isinstance(x, fx.Node) and x not in meta]
+    constants = [x for x in node.args if _number(x) or x in meta]
+    divides = node.target in (operator.truediv, operator.itruediv, torch.div, "div", "div_")
+    if len(tensors) == 1 and len(constants) == 1 and (not divides or node.args[0] is tensors[0]):
+        return Role("linear", f"{what} by a constant, linear on spikes")
+    return _unsupported(
+        f"{what} of two activations is not linear",
+        "only scaling by a constant number is supported",
+    )
+
+
+def _pad_role(node: fx.Node) -> Role:
+    mode, value = arg(node, 2, "mode", "constant"), arg(node, 3, "value", None)
+    if mode == "constant" and (value is None or value == 0):
+        return Role("linear", "zero padding, linear on spikes")
+    return _unsupported(f"F.pad(mode={mode!r}, value={value!r})", "only zero padding is linear")
+
+
 def _call_role(node: fx.Node, modules: dict, meta: set, maxpool: str) -> Role:
     """Role of a call_function / call_method node that is not an activation. Adds the node to
     ``meta`` if it computes shapes/ints rather than activations."""
@@ -368,24 +400,9 @@ def _call_role(node: fx.Node, modules: dict, meta: set, maxpool: str) -> Role:
     if (fn and t in ADD_FUNCTIONS) or (method and t in ("add", "add_", "sub", "sub_", "neg")):
         return Role("linear", f"{what}, linear on spikes")
     if (fn and t in SCALE_FUNCTIONS) or (method and t in ("mul", "mul_", "div", "div_")):
-        tensors = [x for x in node.args if isinstance(x, fx.Node) and x not in meta]
-        constants = [x for x in node.args if _number(x) or x in meta]
-        divides = t in (operator.truediv, operator.itruediv, torch.div, "div", "div_")
-        if (
-            len(tensors) == 1
-            and len(constants) == 1
-            and (not divides or node.args[0] is tensors[0])
-        ):
-            return Role("linear", f"{what} by a constant, linear on spikes")
-        return _unsupported(
-            f"{what} of two activations is not linear",
-            "only scaling by a constant number is supported",
-        )
+        return _scale_role(node, what, meta)
     if fn and t is F.pad:
-        mode, value = arg(node, 2, "mode", "constant"), arg(node, 3, "value", None)
-        if mode == "constant" and (value is None or value == 0):
-            return Role("linear", "zero padding, linear on spikes")
-        return _unsupported(f"F.pad(mode={mode!r}, value={value!r})", "only zero padding is linear")
+        return _pad_role(node)
     if (fn and t in LINEAR_FUNCTIONS) or (method and t in LINEAR_METHODS):
         return Role("linear", f"{what}, linear on spikes")
     if (fn and t in DIM_FUNCTIONS) or (method and t in DIM_METHODS):

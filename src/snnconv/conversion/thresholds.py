@@ -53,6 +53,59 @@ def _for_each_activation(gm, names, data, sink) -> None:
             recorder.run(batch_input(batch))
 
 
+def _extremes(gm, names, data) -> tuple[dict, dict, dict]:
+    """(min, max, number of values) of each named node's outputs over ``data``."""
+    lo = {n: math.inf for n in names}
+    hi = {n: -math.inf for n in names}
+    count = dict.fromkeys(names, 0)
+
+    def sink(name, t):
+        lo[name] = min(lo[name], t.min().item())
+        hi[name] = max(hi[name], t.max().item())
+        count[name] += t.numel()
+
+    _for_each_activation(gm, names, data, sink)
+    if any(c == 0 for c in count.values()):
+        raise ValueError("calibration data is empty")
+    return lo, hi, count
+
+
+class _Search:
+    """One layer's search for its k-th smallest value: the interval [a, b) that holds it, the
+    number of values below a and inside [a, b); a histogram of the values inside (or the values
+    themselves, once at most GATHER are inside) is made by one pass over the data."""
+
+    def __init__(self, a: float, b: float, below: int, inside: int):
+        self.a, self.b, self.below, self.inside = a, b, below, inside
+        self.edges = torch.linspace(a, b, BINS + 1, dtype=torch.float64)
+        self.edges[0], self.edges[-1] = a, b
+        self.hist = torch.zeros(BINS, dtype=torch.int64)
+        self.lo, self.hi, self.gathered = math.inf, -math.inf, []
+
+    def add(self, t: torch.Tensor) -> None:
+        v = t.flatten().double()
+        v = v[(v >= self.a) & (v < self.b)]
+        if v.numel() == 0:
+            return
+        if self.inside <= GATHER:
+            self.gathered.append(v)
+            return
+        self.lo, self.hi = min(self.lo, v.min().item()), max(self.hi, v.max().item())
+        idx = torch.bucketize(v, self.edges[1:-1], right=True)
+        self.hist += torch.bincount(idx, minlength=BINS)
+
+    def result(self, rank: int) -> float | _Search:
+        """The k-th value if this pass found it, else the narrower search for the next pass."""
+        if self.inside <= GATHER:
+            return torch.sort(torch.cat(self.gathered)).values[rank - self.below - 1].item()
+        if self.lo == self.hi:
+            return self.lo
+        cum = self.below + torch.cumsum(self.hist, 0)
+        j = int(torch.searchsorted(cum, torch.tensor(rank), right=False))
+        below = int(cum[j - 1]) if j > 0 else self.below
+        return _Search(self.edges[j].item(), self.edges[j + 1].item(), below, int(self.hist[j]))
+
+
 def layer_statistic(
     gm: fx.GraphModule, names: list[str], data: Iterable, percentile: float = 100.0
 ) -> dict[str, float]:
@@ -61,18 +114,7 @@ def layer_statistic(
         raise ValueError(f"percentile must be in (0, 100], got {percentile}")
     if torch.is_tensor(data):
         data = [data]
-    lo = {n: math.inf for n in names}
-    hi = {n: -math.inf for n in names}
-    count = dict.fromkeys(names, 0)
-
-    def extremes(name, t):
-        lo[name] = min(lo[name], t.min().item())
-        hi[name] = max(hi[name], t.max().item())
-        count[name] += t.numel()
-
-    _for_each_activation(gm, names, data, extremes)
-    if any(c == 0 for c in count.values()):
-        raise ValueError("calibration data is empty")
+    lo, hi, count = _extremes(gm, names, data)
     if percentile == 100:
         return hi
     if iter(data) is data:
@@ -81,53 +123,17 @@ def layer_statistic(
             "pass a list, a tensor or a DataLoader, not a one-shot iterator"
         )
     rank = {n: max(1, math.ceil(Fraction(str(percentile)) / 100 * count[n])) for n in names}
-    # search interval [lo, hi) in float64, values below it, values inside it
-    state = {n: [lo[n], math.nextafter(hi[n], math.inf), 0, count[n]] for n in names}
+    search = {n: _Search(lo[n], math.nextafter(hi[n], math.inf), 0, count[n]) for n in names}
     result: dict[str, float] = {}
-    while len(result) < len(names):
-        active = [n for n in names if n not in result]
-        edges = {
-            n: torch.linspace(state[n][0], state[n][1], BINS + 1, dtype=torch.float64)
-            for n in active
-        }
-        for n in active:
-            edges[n][0], edges[n][-1] = state[n][0], state[n][1]
-        hist = {n: torch.zeros(BINS, dtype=torch.int64) for n in active}
-        inside_lo = dict.fromkeys(active, math.inf)
-        inside_hi = dict.fromkeys(active, -math.inf)
-        gathered = {n: [] for n in active}
-
-        def narrow(name, t):
-            if name not in hist:
-                return
-            v = t.flatten().double()
-            a, b = state[name][0], state[name][1]
-            v = v[(v >= a) & (v < b)]
-            if v.numel() == 0:
-                return
-            if state[name][3] <= GATHER:
-                gathered[name].append(v)
-                return
-            inside_lo[name] = min(inside_lo[name], v.min().item())
-            inside_hi[name] = max(inside_hi[name], v.max().item())
-            idx = torch.bucketize(v, edges[name][1:-1], right=True)
-            hist[name] += torch.bincount(idx, minlength=BINS)
-
-        _for_each_activation(gm, names, data, narrow)
-        for n in active:
-            a, b, below, inside = state[n]
-            if inside <= GATHER:
-                values = torch.sort(torch.cat(gathered[n])).values
-                result[n] = values[rank[n] - below - 1].item()
-            elif inside_lo[n] == inside_hi[n]:
-                result[n] = inside_lo[n]
+    while search:
+        _for_each_activation(
+            gm, list(search), data, lambda n, t: search[n].add(t) if n in search else None
+        )
+        for n, s in list(search.items()):
+            found = s.result(rank[n])
+            if isinstance(found, _Search):
+                search[n] = found
             else:
-                cum = below + torch.cumsum(hist[n], 0)
-                j = int(torch.searchsorted(cum, torch.tensor(rank[n]), right=False))
-                state[n] = [
-                    edges[n][j].item(),
-                    edges[n][j + 1].item(),
-                    int(cum[j - 1]) if j > 0 else below,
-                    int(hist[n][j]),
-                ]
-    return result
+                result[n] = found
+                del search[n]
+    return {n: result[n] for n in names}
