@@ -1,7 +1,8 @@
 """The kernel cache loads only what this user built (kernels/build.py), and the loader refuses a
 library whose ABI disagrees with cpu.py's ctypes mirrors.
 
-The cache tests build a one-function library (fast) in a temporary XDG_CACHE_HOME."""
+The cache tests build a one-function library (fast) in a temporary XDG_CACHE_HOME; the ABI
+tests use the real kernels."""
 
 import ctypes
 import hashlib
@@ -13,9 +14,10 @@ import warnings
 from pathlib import Path
 
 import pytest
+import torch
 
 from snnconv.exceptions import SnnconvError
-from snnconv.kernels import build
+from snnconv.kernels import backend, build, cpu
 
 FLAGS = ("-O0", "-shared", "-fPIC")
 ANSWER = 'extern "C" int answer(void) { return 42; }\n'
@@ -185,3 +187,73 @@ def test_compile_error_names_the_source_line_and_key_follows_every_file(tmp_path
     (src / "shared.h").write_text("// a header the sources include\n")
     assert recipe.key() != key  # headers are part of the key, not only the .cpp files
     assert build.Recipe(src, "c++", (*FLAGS, "-mno-avx512f")).key() != recipe.key()
+
+
+@pytest.mark.parametrize("cxx", ["/nonexistent/c++", "false"])
+def test_no_compiler_falls_back_to_pytorch_with_one_warning(cache, monkeypatch, cxx):
+    """No compiler (or one that fails): one warning with the reason, then PyTorch everywhere."""
+    monkeypatch.setenv("CXX", cxx)
+    monkeypatch.setattr(backend, "_cpp", backend.CppState())
+    with pytest.warns(UserWarning, match="compiled kernels unavailable") as caught:
+        assert backend.scan_backend(torch.device("cpu")) == "torch"
+        assert cpu.kernel() is None and not cpu.scan_available(torch.device("cpu"))
+        assert backend.describe()["conv"] == "torch"
+    assert len(caught) == 1
+    reason = "is not an executable" if cxx.startswith("/") else "failed"
+    assert reason in str(caught[0].message)
+
+
+# ---- the ABI: library and ctypes mirrors agree, or the library is refused ----
+
+
+def test_library_reports_the_abi_of_its_mirrors():
+    kernels = cpu.load()
+    cpu.check_abi(kernels.dll)
+    assert kernels.dll.snnconv_abi() == cpu.ABI
+    for name, mirror in cpu.MIRRORS.items():
+        assert kernels.dll.snnconv_sizeof(name.encode(), None) == ctypes.sizeof(mirror) > 0
+    assert kernels.dll.snnconv_sizeof(b"fire", b"vth") == 4
+    assert kernels.dll.snnconv_sizeof(b"nothing", None) == -1
+    assert kernels.dll.snnconv_offsetof(b"fire", b"nothing") == -1
+
+
+class SwappedGeometry(ctypes.Structure):  # c and h exchanged: same size, wrong offsets
+    _fields_ = [(n, t) for n, t in cpu.ConvGeometry._fields_]
+    _fields_[1], _fields_[2] = ("h", ctypes.c_int32), ("c", ctypes.c_int32)
+
+
+class LongerFire(ctypes.Structure):  # a field the C side does not have
+    _fields_ = [*cpu.Fire._fields_, ("extra", ctypes.c_int64)]
+
+
+class RenamedFire(ctypes.Structure):
+    _fields_ = [("spikes" if n == "count" else n, t) for n, t in cpu.Fire._fields_]
+
+
+class DoubleFire(ctypes.Structure):  # vth a double: same size and offsets (padding), wrong field
+    _fields_ = [(n, ctypes.c_double if n == "vth" else t) for n, t in cpu.Fire._fields_]
+
+
+@pytest.mark.parametrize(
+    "struct,mirror,message",
+    [
+        ("conv_geometry", SwappedGeometry, r"has field h at offset 12, 4 bytes .*, at 8, 4 bytes"),
+        ("fire", LongerFire, r"snnconv_fire is 56 bytes in the library, 64 in cpu\.LongerFire"),
+        ("fire", RenamedFire, r"has field spikes at offset -1, -1 bytes in the library \(-1: abs"),
+        ("fire", DoubleFire, r"has field vth at offset 32, 4 bytes .*, at 32, 8 bytes"),
+    ],
+)
+def test_mirror_that_disagrees_with_the_library_is_refused(monkeypatch, struct, mirror, message):
+    monkeypatch.setitem(cpu.MIRRORS, struct, mirror)
+    with pytest.raises(SnnconvError, match=message):
+        cpu.load()
+
+
+def test_abi_version_mismatch_is_refused_then_pytorch_runs(monkeypatch):
+    monkeypatch.setattr(cpu, "ABI", cpu.ABI + 1)
+    with pytest.raises(SnnconvError, match=f"ABI version {cpu.ABI - 1}, cpu.py expects {cpu.ABI}"):
+        cpu.load()
+    monkeypatch.setattr(backend, "_cpp", backend.CppState())
+    with pytest.warns(UserWarning, match="compiled kernels unavailable .*ABI version"):
+        assert backend.describe()["scan"] == "torch"
+    assert cpu.kernel() is None
