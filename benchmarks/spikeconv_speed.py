@@ -1,8 +1,8 @@
-"""Lookup-table convolution of spike maps (snnconv.spikeconv) against PyTorch's dense conv, per
-layer shape: 3x3 convs, padding 1, batch 256 (two time steps of 128), random spike maps with
-firing rate 0.2 (the number of lookups does not depend on the rate; their cost a little, through
-cache hits: 64->64 channels at 8x8, 64 maps, 4.7 us per map at rate 0, 6.6 at 0.15, 7.6 at 0.3),
-channels_last, float32.
+"""Lookup-table convolution of spike maps (snnconv.kernels.lookup_conv) against PyTorch's dense
+conv, per layer shape: 3x3 convs, padding 1, batch 256 (two time steps of 128), random spike maps
+with firing rate 0.2 (the number of lookups does not depend on the rate; their cost a little,
+through cache hits: 64->64 channels at 8x8, 64 maps, 4.7 us per map at rate 0, 6.6 at 0.15, 7.6
+at 0.3), channels_last, float32.
 Median of 5 runs after a warm-up, the two interleaved.
 
     python benchmarks/spikeconv_speed.py

@@ -7,14 +7,13 @@ import torch
 import snnconv
 from conftest import DEVICE
 from snnconv import IFNeurons
-from snnconv.kernels import cpu
+from snnconv.kernels import backend, cpu, lookup_conv
 from snnconv.zoo import models
 
 
 def no_kernels(monkeypatch):
     """Every compiled path off: the PyTorch loop and module convolutions run."""
-    monkeypatch.setattr(cpu, "kernel", lambda: None)
-    monkeypatch.setattr(cpu, "scan_available", lambda device: False)
+    monkeypatch.setenv("SNNCONV_FUSED", "0")
 
 
 def scan_both(monkeypatch, shift, current, steps, constant, chunks, v_th=0.7):
@@ -67,6 +66,24 @@ def test_channels_last_and_per_channel_fall_back_correctly(monkeypatch):
     assert not cpu.usable(
         current, False, None, torch.zeros(4, 6, 5, 5), torch.empty(12, 4, 6, 5, 5), v_th
     )  # per-channel thresholds use the PyTorch loop
+
+
+def test_snnconv_fused_0_turns_every_kernel_off(monkeypatch):
+    """SNNCONV_FUSED=0: backend chooses PyTorch for the scan and the convolution (read at each
+    decision, so it also applies after the kernels were loaded), and the simulation still runs."""
+    from torch import nn
+
+    assert cpu.kernel() is not None  # loaded before: the switch must still win
+    monkeypatch.setenv("SNNCONV_FUSED", "0")
+    assert cpu.kernel() is None and not cpu.scan_available(torch.device("cpu"))
+    assert backend.describe("cpu")["scan"] == backend.describe("cpu")["conv"] == "torch"
+    x = torch.ones(2, 8, 5, 5).contiguous(memory_format=torch.channels_last)
+    assert not lookup_conv.applies(nn.Conv2d(8, 8, 3), x)
+    monkeypatch.setattr(cpu, "if_scan", lambda *args: pytest.fail("the kernel ran"))
+    layer = IFNeurons(0.5, "none")
+    layer.reset(3)
+    spikes = layer.scan(torch.full((3, 4), 0.3), 3)
+    assert torch.equal(spikes, torch.tensor([[0.0] * 4, [0.5] * 4, [0.0] * 4]))  # 0.3, 0.6, 0.4
 
 
 def test_whole_network_same_with_and_without_kernel(monkeypatch):
@@ -137,8 +154,6 @@ def test_kernels_built_without_avx512_agree(monkeypatch, flags):
     update as the native build, bit for bit. (CPU only: the C++ kernels.)"""
     from torch import nn
 
-    from snnconv.kernels import lookup_conv
-
     torch.manual_seed(0)
     conv = nn.Conv2d(16, 40, 3, 2, 1)  # 8-bit groups, 3 output blocks (the last one partial)
     amp = torch.full((16,), 0.9)
@@ -147,8 +162,8 @@ def test_kernels_built_without_avx512_agree(monkeypatch, flags):
     )
     monkeypatch.setattr(lookup_conv, "STREAM_BYTES", 0)  # the streaming stores' path too
     results = []
-    for lib in (cpu.kernel(), cpu._build(flags)):
-        monkeypatch.setattr(cpu, "_lib", lib)
+    for lib in (cpu.kernel(), cpu.load(flags)):
+        monkeypatch.setattr(backend, "_cpp", backend.CppState(kernels=lib))
         layer = IFNeurons(0.5, "membrane")
         layer.reset(8)
         cur = lookup_conv.conv2d(conv, x, amp)
@@ -158,3 +173,27 @@ def test_kernels_built_without_avx512_agree(monkeypatch, flags):
         torch.testing.assert_close(results[1][0], conv(x), rtol=0, atol=1e-5)
     for a, b in zip(*results):
         assert torch.equal(a, b)
+
+
+def test_scan_wrapper_refuses_tensors_that_do_not_fit():
+    """The typed wrapper checks each tensor before passing its pointer: a wrong size, dtype or
+    layout is an error, never a read or write past the tensor."""
+    from snnconv.exceptions import SimulationError
+
+    kernels = cpu.kernel()
+    v, count, out = torch.zeros(10), torch.zeros(10), torch.empty(3, 10)
+    theta = torch.full((3,), 0.5)
+    kernels.if_scan(torch.full((3, 10), 0.3), False, None, v, theta, 0.5, out, count)
+    assert torch.equal(count, torch.ones(10))  # v = 0.3, 0.6 (fires), 0.4: one spike each
+    for bad in (
+        torch.ones(2, 10),  # fewer steps than theta
+        torch.ones(3, 10, dtype=torch.float64),
+        torch.ones(1, 10).expand(3, 10),  # right shape, 10 floats of memory
+        torch.ones(3, 20)[:, ::2],  # right shape, gaps
+    ):
+        with pytest.raises(SimulationError, match="kernel argument current"):
+            kernels.if_scan(bad, False, None, v, theta, 0.5, out, count)
+    with pytest.raises(SimulationError, match="kernel argument out"):
+        kernels.if_scan(torch.ones(3, 10), False, None, v, theta, 0.5, out[:2], count)
+    with pytest.raises(SimulationError, match="float32 or float64"):
+        kernels.if_scan(torch.ones(3, 10), False, None, v.half(), theta, 0.5, out, count)

@@ -252,3 +252,46 @@ def test_simulation_fuses_convs_into_their_if_layers(monkeypatch):
     assert chunks >= 2 and len(calls) == 18 * chunks and all(c is not None for c in calls)
     monkeypatch.setattr(IFNeurons, "scan_conv", lambda self, *a, **k: None)
     assert torch.equal(fused_run, snn(x, 12, max_chunk_bytes=20_000_000))
+
+
+def test_conv_wrapper_refuses_what_does_not_fit_its_geometry():
+    """The typed wrapper checks the geometry (output size, plan) and every tensor against it
+    before the kernel runs: a mistake is an error, never an access out of bounds."""
+    from snnconv.exceptions import SimulationError
+    from snnconv.kernels import backend, cpu
+
+    conv, amp = nn.Conv2d(8, 16, 3, padding=1), torch.ones(8)
+    x = spike_map(2, 8, 6, 6, amp)
+    table, gb, nv, gr, bias = lookup_conv._table_for(conv, amp)
+    geometry = lookup_conv.geometry(conv, x, (gb, nv, gr))
+    out = torch.empty(2, 16, 6, 6).contiguous(memory_format=torch.channels_last)
+    kernels = backend.cpp()
+    assert kernels.spike_conv2d(x, amp, table, bias, out, geometry)
+
+    def changed(**fields):
+        g = cpu.ConvGeometry.from_buffer_copy(geometry)
+        for name, value in fields.items():
+            setattr(g, name, value)
+        return g
+
+    for g in (changed(ho=7), changed(nv=5), changed(gb=6), changed(sh=0), changed(n=0)):
+        with pytest.raises(SimulationError, match="impossible geometry"):
+            kernels.spike_conv2d(x, amp, table, bias, out, g)
+    for args, name in [
+        ((x[:1], amp, table, bias, out), "x"),
+        ((x, amp[:4], table, bias, out), "amp"),
+        ((x, amp, table.flatten()[1:], bias, out), "table"),
+        ((x, amp, table, bias, out.contiguous()), "out"),  # not channels_last
+    ]:
+        with pytest.raises(SimulationError, match=f"kernel argument {name}"):
+            kernels.spike_conv2d(*args, geometry)
+    v = torch.zeros(1, 16, 6, 6).contiguous(memory_format=torch.channels_last)
+    fire = cpu.FusedIF(v, v.clone(), torch.ones(2), 1.0, None, 2)  # 2 images = 2 steps x 1
+    assert kernels.spike_conv2d(x, amp, table, bias, out, geometry, fire)
+    for bad, message in [
+        (cpu.FusedIF(v, v.clone(), torch.ones(3), 1.0, None, 3), "not steps=3"),
+        (cpu.FusedIF(v[:, :8], v.clone(), torch.ones(2), 1.0, None, 2), "kernel argument v"),
+        (cpu.FusedIF(v, v.clone(), torch.ones(2), 1.0, v, 2), "kernel argument addend"),
+    ]:
+        with pytest.raises(SimulationError, match=message):
+            kernels.spike_conv2d(x, amp, table, bias, out, geometry, bad)

@@ -1,10 +1,13 @@
 """Which implementation runs each kernel, chosen here and nowhere else.
 
-- IF scan: "cpp" (compiled C++ on the CPU), "triton" (CUDA with triton installed), or "torch"
-  (PyTorch's loop: the reference, and the fallback everywhere else).
+- IF scan: "cpp" (the compiled C++ kernels, CPU), "triton" (CUDA with triton installed), or
+  "torch" (PyTorch's loop: the reference, and the fallback everywhere else).
 - Spike convolution: "lookup" (the C++ table-lookup kernel, CPU) or "torch" (the module itself).
 
-``SNNCONV_FUSED=0`` in the environment forces "torch" for both.
+``SNNCONV_FUSED=0`` in the environment forces "torch" for both (read at each decision). The C++
+kernels are loaded once per process, on first use (``cpp``); if that fails (no compiler, a
+failed build, a library that disagrees with cpu.py's ABI) one warning says why and PyTorch runs.
+The simulator asks through cpu.kernel, cpu.scan_available and lookup_conv.applies, which ask here.
 """
 
 from __future__ import annotations
@@ -12,8 +15,19 @@ from __future__ import annotations
 import importlib.util
 import os
 import platform
+import subprocess
+import threading
+import warnings
+from dataclasses import dataclass
+from typing import Literal
 
 import torch
+
+from snnconv.exceptions import SnnconvError
+from snnconv.kernels import build, cpu
+
+ScanBackend = Literal["cpp", "triton", "torch"]
+ConvBackend = Literal["lookup", "torch"]
 
 
 def enabled() -> bool:
@@ -21,27 +35,60 @@ def enabled() -> bool:
     return os.environ.get("SNNCONV_FUSED", "1") != "0"
 
 
-def scan_backend(device: torch.device) -> str:
-    """The IF scan's implementation on ``device``."""
-    from snnconv.kernels import cpu
+@dataclass
+class CppState:
+    """This process's C++ kernels: loaded, or the reason they could not be (not retried)."""
 
+    kernels: cpu.Kernels | None = None
+    error: str | None = None
+
+
+_cpp = CppState()
+_loading = threading.Lock()
+
+
+def cpp() -> cpu.Kernels | None:
+    """The compiled CPU kernels, loaded (built if needed) on first use; None when SNNCONV_FUSED=0
+    or when they cannot be had (warned once, with the reason)."""
+    state = _cpp
+    if not enabled():
+        return None
+    if state.kernels is None and state.error is None:
+        with _loading:
+            if state.kernels is None and state.error is None:
+                try:
+                    state.kernels = cpu.load()
+                except (SnnconvError, OSError, subprocess.SubprocessError) as err:
+                    state.error = f"{type(err).__name__}: {str(err)[:2000]}"
+                    warnings.warn(
+                        f"snnconv: compiled kernels unavailable ({state.error}); "
+                        "using PyTorch only",
+                        stacklevel=2,
+                    )
+    return state.kernels
+
+
+def scan_backend(device: torch.device) -> ScanBackend:
+    """The IF scan's implementation on ``device``."""
     if not enabled():
         return "torch"
     if device.type == "cpu":
-        return "cpp" if cpu.kernel() is not None else "torch"
+        return "cpp" if cpp() is not None else "torch"
     if device.type == "cuda" and importlib.util.find_spec("triton") is not None:
         return "triton"
     return "torch"
 
 
+def conv_backend(device: torch.device) -> ConvBackend:
+    """The implementation of a convolution that reads spikes, on ``device`` (where
+    lookup_conv.applies also admits the module and its input)."""
+    return "lookup" if device.type == "cpu" and scan_backend(device) == "cpp" else "torch"
+
+
 def cpu_isa() -> str:
     """The widest x86 vector instruction set the CPU has ("avx512", "avx2", "sse2"), or the
     machine name elsewhere (e.g. "aarch64")."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = next((line for line in f if line.startswith("flags")), "").split()
-    except OSError:
-        flags = []
+    flags = build.cpu_features().split()
     for isa, flag in (("avx512", "avx512f"), ("avx2", "avx2"), ("sse2", "sse2")):
         if flag in flags:
             return isa
@@ -53,7 +100,7 @@ def describe(device: torch.device | str = "cpu") -> dict:
     device = torch.device(device)
     return {
         "scan": scan_backend(device),
-        "conv": "lookup" if device.type == "cpu" and scan_backend(device) == "cpp" else "torch",
+        "conv": conv_backend(device),
         "cpu_isa": cpu_isa(),
         "threads": torch.get_num_threads(),
         "device": str(device),

@@ -27,6 +27,10 @@ The result equals F.conv2d up to float rounding (the sums are grouped differentl
 checks that the input really is a spike map and reports otherwise, before it writes anything;
 the caller then uses the module itself. benchmarks/spikeconv_speed.py measures it per layer
 shape against oneDNN's convolution.
+
+This module plans and builds the tables; the kernel is csrc/spike_conv.cpp, called through
+``cpu.Kernels.spike_conv2d`` with the shapes as one struct (``geometry``). It runs where
+``backend.conv_backend`` says "lookup" (the C++ kernels are loaded and SNNCONV_FUSED is not 0).
 """
 
 from __future__ import annotations
@@ -38,7 +42,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from snnconv.kernels import cpu
+from snnconv.kernels import backend, cpu
 
 MAX_TABLE_BYTES = 64 << 20  # larger tables (very wide layers): use F.conv2d
 
@@ -71,12 +75,12 @@ def plan(c_in: int, c_out: int, taps: int) -> tuple[int, int, int]:
     most TABLE8_BYTES: half the lookups of 4-bit groups, and measured faster even from L3 (64->64
     channels at 8x8: 3.9 ms vs 4.8 ms per 512 maps). Else 4-bit groups in input blocks of
     at most TABLE_BYTES (taps * GR * 16 * 16NV floats each)."""
-    nv = min(4, -(-c_out // 16))
+    widest = min(4, -(-c_out // 16))
     groups = -(-c_in // 8)
-    if -(-c_out // (16 * nv)) * taps * groups * 256 * 64 * nv <= TABLE8_BYTES:
-        return 8, nv, groups
+    if -(-c_out // (16 * widest)) * taps * groups * 256 * 64 * widest <= TABLE8_BYTES:
+        return 8, widest, groups
     groups = -(-c_in // 4)
-    for nv in range(nv, 0, -1):
+    for nv in range(widest, 0, -1):
         gr = TABLE_BYTES // (taps * 16 * 64 * nv)
         if gr >= 1:
             return 4, nv, min(gr, groups)
@@ -150,7 +154,7 @@ def applies(conv: nn.Module, x: torch.Tensor) -> bool:
     gb, nv, gr = plan(c_in, c_out, kh * kw)
     groups = -(-c_in // gb)
     size = -(-c_out // (16 * nv)) * -(-groups // gr) * kh * kw * gr * (1 << gb) * 64 * nv
-    return size <= MAX_TABLE_BYTES and cpu.kernel() is not None
+    return size <= MAX_TABLE_BYTES and backend.conv_backend(x.device) == "lookup"
 
 
 def output_shape(conv: nn.Conv2d, x: torch.Tensor) -> tuple[int, int, int, int]:
@@ -161,83 +165,80 @@ def output_shape(conv: nn.Conv2d, x: torch.Tensor) -> tuple[int, int, int, int]:
     return n, c_out, (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1
 
 
+def geometry(conv: nn.Conv2d, x: torch.Tensor, plan: tuple[int, int, int]) -> cpu.ConvGeometry:
+    """The kernel's geometry of ``conv`` applied to ``x`` with the table's ``plan`` (GB, NV, GR)."""
+    n, c_in, h, w = x.shape
+    c_out, _, kh, kw = conv.weight.shape
+    (sh, sw), (ph, pw) = conv.stride, conv.padding
+    ho, wo = output_shape(conv, x)[2:]
+    gb, nv, gr = plan
+    return cpu.ConvGeometry(
+        n=n,
+        c=c_in,
+        h=h,
+        w=w,
+        cout=c_out,
+        kh=kh,
+        kw=kw,
+        sh=sh,
+        sw=sw,
+        ph=ph,
+        pw=pw,
+        ho=ho,
+        wo=wo,
+        gb=gb,
+        nv=nv,
+        gr=gr,
+    )
+
+
+def _reusable(out: torch.Tensor | None, shape: tuple[int, int, int, int]) -> bool:
+    """``out`` can hold a result of ``shape``: at least as many rows, the same shape otherwise,
+    float32 channels_last on the CPU."""
+    return (
+        out is not None
+        and out.shape[0] >= shape[0]
+        and out.shape[1:] == shape[1:]
+        and out.dtype == torch.float32
+        and out.device.type == "cpu"
+        and out.is_contiguous(memory_format=torch.channels_last)
+    )
+
+
 def conv2d(
     conv: nn.Conv2d,
     x: torch.Tensor,
     amp: torch.Tensor,
     out: torch.Tensor | None = None,
-    fire: tuple | None = None,
+    fire: cpu.FusedIF | tuple | None = None,
 ) -> torch.Tensor | None:
     """conv(x) for a spike map x (values 0 or amp[c]) in channels_last, or None when the kernel
     does not apply or x turns out not to be a spike map (then use conv(x); nothing was written).
     Written into ``out`` when it has at least as many rows and the same shape otherwise (a reused
     buffer saves the page faults of fresh memory); the result is then a view of it.
 
-    ``fire = (v, count, theta, v_th, addend, steps)`` runs the IF layer that reads the result in
-    the same pass (IFNeurons.scan_conv sets it up): rows are n = k*B + b (step k < steps, sample
-    b), v and count [B, ...] are updated in place, and the result holds the spikes."""
+    ``fire`` (a cpu.FusedIF, or the tuple ``(v, count, theta, v_th, addend, steps)`` of its
+    fields) runs the IF layer that reads the result in the same pass (IFNeurons.scan_conv sets it
+    up): rows are n = k*B + b (step k < steps, sample b), v and count [B, ...] are updated in
+    place, and the result holds the spikes."""
     if not applies(conv, x):
         return None
-    n, c_in, h, w = x.shape
-    amp = amp.to(torch.float32).expand(c_in).contiguous()
+    amp = amp.to(torch.float32).expand(x.shape[1]).contiguous()
     table, gb, nv, gr, bias = _table_for(conv, amp)
-    c_out, _, kh, kw = conv.weight.shape
-    (sh, sw), (ph, pw) = conv.stride, conv.padding
-    ho, wo = output_shape(conv, x)[2:]
-    if ho < 1 or wo < 1:
+    shape = output_shape(conv, x)
+    if shape[2] < 1 or shape[3] < 1:
         return None
-    if (
-        out is not None
-        and out.shape[0] >= n
-        and out.shape[1:] == (c_out, ho, wo)
-        and out.dtype == torch.float32
-        and out.device.type == "cpu"
-        and out.is_contiguous(memory_format=torch.channels_last)
-    ):
-        out = out[:n]
-    else:
-        out = torch.empty((n, c_out, ho, wo), memory_format=torch.channels_last)
-    v = count = theta = addend = None
-    v_th, batch, steps = 0.0, n, 1
-    if fire is not None:
-        v, count, theta, v_th, addend, steps = fire
-        batch = n // steps
-    ptr = lambda t: None if t is None else t.data_ptr()  # noqa: E731
+    out = out[: shape[0]] if _reusable(out, shape) else None
+    if out is None:
+        out = torch.empty(shape, memory_format=torch.channels_last)
+    if isinstance(fire, tuple):
+        fire = cpu.FusedIF(*fire)
     with torch.profiler.record_function(
         "snnconv::spike_conv2d (lookup)"
         if fire is None
         else "snnconv::spike_conv2d + IF (lookup, fused)"
     ):
-        bad = cpu.kernel().spike_conv2d_f32(
-            x.data_ptr(),
-            n,
-            c_in,
-            h,
-            w,
-            amp.data_ptr(),
-            table.data_ptr(),
-            nv,
-            gb,
-            gr,
-            c_out,
-            kh,
-            kw,
-            sh,
-            sw,
-            ph,
-            pw,
-            bias.data_ptr(),
-            out.data_ptr(),
-            ho,
-            wo,
-            torch.get_num_threads(),
-            ptr(addend),
-            ptr(v),
-            ptr(count),
-            ptr(theta),
-            v_th,
-            batch,
-            steps,
-            STREAM_BYTES,
+        done = backend.cpp().spike_conv2d(
+            x, amp, table, bias, out, geometry(conv, x, (gb, nv, gr)), fire, STREAM_BYTES
         )
-    return None if bad else out
+    return out if done else None

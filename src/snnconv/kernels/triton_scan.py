@@ -1,6 +1,6 @@
-"""The IF scan on CUDA as one Triton kernel per chunk. fused.py imports this module only for CUDA
-tensors, and only when triton is installed (PyTorch's CUDA builds ship it; importing it costs
-~0.3 s).
+"""The IF scan on CUDA as one Triton kernel per chunk. cpu.if_scan imports this module only when
+backend.scan_backend chose "triton" (CUDA tensors, triton installed: PyTorch's CUDA builds ship
+it; importing it costs ~0.3 s).
 
 It computes what ``IFNeurons.scan``'s PyTorch loop computes, with the same float operations in
 the same order (tests/test_fused.py compares them bit for bit with SNNCONV_TEST_DEVICE=cuda):
@@ -67,7 +67,7 @@ def if_scan(
     out: torch.Tensor,
     count: torch.Tensor,
 ) -> None:
-    """In place on v, out and count; tensors laid out as fused.usable requires."""
+    """In place on v, out and count; tensors laid out as cpu.usable requires."""
     n = v.numel()
     _if_scan[(triton.cdiv(n, BLOCK),)](
         current,

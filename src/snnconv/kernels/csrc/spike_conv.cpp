@@ -1,0 +1,286 @@
+// The convolution of spike maps by table lookup (kernels/lookup_conv.py builds the tables and
+// states the equation), alone or with the IF update of the layer that reads it (fire).
+//
+// x [N,H,W,C] spike maps (channels_last), amp [C] spike amplitudes, bias [Cout],
+// out [N,Ho,Wo,Cout], table [ceil(Cout/L)][ceil(G/GR)][KH*KW][GR][2^GB][L] with L = 16*NV and
+// G = ceil(C/GB): output block b covers channels [b*L, min(Cout, (b+1)*L)), input block c the
+// groups [c*GR, min(G, (c+1)*GR)). With fire, out then holds the IF layer's spikes (N = steps *
+// batch).
+#include <algorithm>
+#include <cstdint>
+#include <cstring>
+#include <vector>
+#if defined(__SSE2__)
+#include <immintrin.h>
+#endif
+
+#include "if_update.h"
+#include "snnconv_kernels.h"
+
+namespace snnconv {
+
+typedef float v16 __attribute__((vector_size(64)));  // 16 lanes: one zmm, or two ymm on AVX2
+static inline v16 ld16(const float* p) { v16 r; std::memcpy(&r, p, sizeof r); return r; }
+static inline void st16(float* p, v16 r) { std::memcpy(p, &r, sizeof r); }
+#ifdef __AVX512F__
+static constexpr int ACC = 16;  // v16 accumulators that fit the 32 zmm registers with room
+#else
+static constexpr int ACC = 4;   // 8 of the 16 ymm registers
+#endif
+
+// Masks of one pixel's C channels in groups of GB (4 or 8) bits: bit b of m[g] is set iff
+// x[g*GB + b] != 0. Returns nonzero if a nonzero value is not its channel's amplitude amp[c]
+// (the input is not a spike map).
+template <int GB>
+static inline unsigned spike_masks(const float* x, const float* amp, int C, uint8_t* m) {
+  int c = 0;
+  unsigned bad = 0;
+#ifdef __AVX512F__
+  const __m512 zero16 = _mm512_setzero_ps();
+  for (; c + 16 <= C; c += 16) {
+    __m512 v = _mm512_loadu_ps(x + c);
+    __mmask16 nz = _mm512_cmp_ps_mask(v, zero16, _CMP_NEQ_UQ);
+    bad |= _mm512_mask_cmp_ps_mask(nz, v, _mm512_loadu_ps(amp + c), _CMP_NEQ_UQ);
+    uint32_t k = nz;
+    if (GB == 8) {
+      uint16_t w = k;
+      std::memcpy(m + c / 8, &w, 2);
+    } else {  // four nibbles, one per byte
+      uint32_t w = (k & 0xF) | (k & 0xF0) << 4 | (k & 0xF00) << 8 | (k & 0xF000) << 12;
+      std::memcpy(m + c / 4, &w, 4);
+    }
+  }
+#endif
+#ifdef __AVX2__
+  const __m256 zero = _mm256_setzero_ps();
+  for (; c + 8 <= C; c += 8) {
+    __m256 v = _mm256_loadu_ps(x + c);
+    __m256 nz = _mm256_cmp_ps(v, zero, _CMP_NEQ_UQ);
+    __m256 wrong = _mm256_and_ps(nz, _mm256_cmp_ps(v, _mm256_loadu_ps(amp + c), _CMP_NEQ_UQ));
+    bad |= _mm256_movemask_ps(wrong);
+    int k = _mm256_movemask_ps(nz);
+    if (GB == 8) m[c / 8] = k; else { m[c / 4] = k & 15; m[c / 4 + 1] = k >> 4; }
+  }
+#endif
+  for (; c < C; c += GB) {
+    int k = 0;
+    for (int b = 0; b < GB && c + b < C; ++b) {
+      float v = x[c + b];
+      k |= (v != 0.f) << b;
+      bad |= !(v == 0.f || v == amp[c + b]);
+    }
+    m[c / GB] = k;
+  }
+  return bad;
+}
+
+// The masks of image x [H][W][C] into m [Hp][Wp][G] with a zero border of (ph, pw).
+template <int GB>
+static bool image_masks(const float* x, const float* amp, int C, int H, int W, int ph, int pw,
+                        int Wp, int G, int64_t size, uint8_t* m) {
+  std::memset(m, 0, size);
+  unsigned bad = 0;
+  for (int h = 0; h < H; ++h) {
+    uint8_t* row = m + ((int64_t)(h + ph) * Wp + pw) * G;
+    const float* xr = x + (int64_t)h * W * C;
+    for (int w = 0; w < W; ++w) bad |= spike_masks<GB>(xr + (int64_t)w * C, amp, C, row + w * G);
+  }
+  return bad == 0;
+}
+
+// dst[0..n) = src[0..n), with non-temporal stores where the vector ISA has them.
+static void copy_streaming(float* dst, const float* src, int64_t n) {
+  int64_t i = 0;
+#ifdef __AVX512F__
+  for (; i < n && (reinterpret_cast<uintptr_t>(dst + i) & 63); ++i) dst[i] = src[i];
+  for (; i + 16 <= n; i += 16) _mm512_stream_ps(dst + i, _mm512_loadu_ps(src + i));
+#elif defined(__AVX__)
+  for (; i < n && (reinterpret_cast<uintptr_t>(dst + i) & 31); ++i) dst[i] = src[i];
+  for (; i + 8 <= n; i += 8) _mm256_stream_ps(dst + i, _mm256_loadu_ps(src + i));
+#endif
+  for (; i < n; ++i) dst[i] = src[i];
+}
+
+// One convolution's shape. Masks are stored per image as [Hp][Wp][G] bytes with a zero border
+// of the padding's width, so every tap reads a mask (the all-zero pattern's table row is 0 and
+// adds nothing): no bounds tests in the inner loops. tap_off[t] = (kh*Wp + kw)*G.
+struct LutGeom {
+  int G, GR, E, Hp, Wp, taps, sh, sw, Ho, Wo, Cout;
+  const int64_t* tap_off;
+};
+
+// P output pixels of a row at once (consecutive wo), one block of L = 16*NV output channels and
+// of input groups [g0, g0+gn), gn <= GR (mp points at the first pixel's window corner, group g0):
+// sum = over taps t and groups g of table[t][g][mask][0..L), out = bias + sum for the first
+// input block, else out += sum. The P*NV accumulators are independent, which keeps many table
+// loads in flight.
+template <int NV, int P>
+static inline void lut_pixels(const float* table, const uint8_t* mp, const LutGeom& q, int gn,
+                              const float* bias, int cw, bool accumulate, float* o) {
+  constexpr int L = 16 * NV;
+  v16 a[P][NV] = {};
+  const int64_t step = (int64_t)q.sw * q.G, rows = (int64_t)q.E * L;
+  for (int t = 0; t < q.taps; ++t) {
+    const uint8_t* m = mp + q.tap_off[t];
+    const float* tt = table + t * q.GR * rows;  // a block holds GR groups (zero-padded)
+    for (int g = 0; g < gn; ++g, tt += rows)
+      for (int p = 0; p < P; ++p) {
+        const float* r = tt + (int64_t)m[p * step + g] * L;
+        for (int j = 0; j < NV; ++j) a[p][j] += ld16(r + 16 * j);
+      }
+  }
+  for (int p = 0; p < P; ++p) {
+    float* op = o + (int64_t)p * q.Cout;
+    if (cw == L) {
+      for (int j = 0; j < NV; ++j)
+        st16(op + 16 * j, accumulate ? ld16(op + 16 * j) + a[p][j] : a[p][j] + ld16(bias + 16 * j));
+    } else {
+      float tmp[L];
+      for (int j = 0; j < NV; ++j) st16(tmp + 16 * j, a[p][j]);
+      if (accumulate)
+        for (int k = 0; k < cw; ++k) op[k] += tmp[k];
+      else
+        for (int k = 0; k < cw; ++k) op[k] = tmp[k] + bias[k];
+    }
+  }
+}
+
+// One image (masks m at group g0, output on at channel co).
+template <int NV>
+static void lut_image(const float* table, const uint8_t* m, const LutGeom& q, int gn,
+                      const float* bias, int cw, bool accumulate, float* on) {
+  constexpr int P = ACC / NV > 8 ? 8 : (ACC / NV < 1 ? 1 : ACC / NV);
+  for (int ho = 0; ho < q.Ho; ++ho) {
+    const uint8_t* mrow = m + (int64_t)ho * q.sh * q.Wp * q.G;
+    float* orow = on + (int64_t)ho * q.Wo * q.Cout;
+    int wo = 0;
+    for (; wo + P <= q.Wo; wo += P)
+      lut_pixels<NV, P>(table, mrow + (int64_t)wo * q.sw * q.G, q, gn, bias, cw, accumulate,
+                        orow + (int64_t)wo * q.Cout);
+    for (; wo < q.Wo; ++wo)
+      lut_pixels<NV, 1>(table, mrow + (int64_t)wo * q.sw * q.G, q, gn, bias, cw, accumulate,
+                        orow + (int64_t)wo * q.Cout);
+  }
+}
+
+typedef void (*lut_fn)(const float*, const uint8_t*, const LutGeom&, int, const float*, int, bool,
+                       float*);
+static const lut_fn lut_images[5] = {nullptr, lut_image<1>, lut_image<2>, lut_image<3>,
+                                     lut_image<4>};
+
+// With fire (snnconv_fire), after image n = k*batch + s's current is complete, out[n] =
+// IF(current (+ addend[n])) exactly as the scan computes it (block, if_update.h).
+
+// One call's sizes, derived once from the geometry (the names of the comments above).
+struct Conv {
+  explicit Conv(const snnconv_conv_geometry& g)
+      : N(g.n), C(g.c), H(g.h), W(g.w), Cout(g.cout), ph(g.ph), pw(g.pw), GB(g.gb), GR(g.gr),
+        G((C + GB - 1) / GB), L(16 * g.nv), cblocks((G + GR - 1) / GR), Hp(H + 2 * ph),
+        Wp(W + 2 * pw), Ho(g.ho), Wo(g.wo), fn(lut_images[g.nv]) {
+    const int E = 1 << GB;
+    for (int kh = 0; kh < g.kh; ++kh)
+      for (int kw = 0; kw < g.kw; ++kw) tap_off.push_back(((int64_t)kh * Wp + kw) * G);
+    q = LutGeom{G, GR, E, Hp, Wp, g.kh * g.kw, g.sh, g.sw, Ho, Wo, Cout, tap_off.data()};
+    tblock = (int64_t)g.kh * g.kw * GR * E * L;
+    mimg = (int64_t)Hp * Wp * G;
+    opix = (int64_t)Ho * Wo * Cout;
+  }
+  Conv(const Conv&) = delete;  // q points into tap_off
+
+  const int64_t N;
+  const int C, H, W, Cout, ph, pw, GB, GR, G, L, cblocks, Hp, Wp, Ho, Wo;
+  const lut_fn fn;
+  std::vector<int64_t> tap_off;
+  LutGeom q;
+  int64_t tblock, mimg, opix;
+};
+
+// The masks of all N images into mk [N][Hp][Wp][G]; false if an image is not a spike map.
+static bool all_masks(const Conv& p, const float* x, const float* amp, int threads, uint8_t* mk) {
+  int bad = 0;
+#pragma omp parallel for schedule(static) num_threads(threads) reduction(|| : bad)
+  for (int64_t n = 0; n < p.N; ++n) {
+    const float* xi = x + n * p.H * p.W * p.C;
+    uint8_t* mi = mk + n * p.mimg;
+    bad |= !(p.GB == 8 ? image_masks<8>(xi, amp, p.C, p.H, p.W, p.ph, p.pw, p.Wp, p.G, p.mimg, mi)
+                       : image_masks<4>(xi, amp, p.C, p.H, p.W, p.ph, p.pw, p.Wp, p.G, p.mimg, mi));
+  }
+  return !bad;
+}
+
+// Samples [s0, s1) for all steps in order: each image's current, then (with fire) its IF update.
+// o is the current's buffer: out, or with stream a scratch of (s1 - s0) images that stays in L2,
+// from which the spikes are streamed to out.
+static void tile_steps(const Conv& p, const float* table, const uint8_t* mk, const float* bias,
+                       float* out, const snnconv_fire* fire, int64_t s0, int64_t s1,
+                       int64_t batch, int64_t steps, float* scratch) {
+  for (int64_t k = 0; k < steps; ++k) {
+    for (int b = 0, co = 0; co < p.Cout; ++b, co += p.L)
+      for (int c = 0; c < p.cblocks; ++c)
+        for (int64_t s = s0; s < s1; ++s) {
+          const int64_t n = k * batch + s;
+          float* o = scratch ? scratch + (s - s0) * p.opix : out + n * p.opix;
+          p.fn(table + (int64_t)(b * p.cblocks + c) * p.tblock, mk + n * p.mimg + c * p.GR, p.q,
+               std::min(p.GR, p.G - c * p.GR), bias + co, std::min(p.L, p.Cout - co), c > 0,
+               o + co);
+        }
+    if (fire)
+      for (int64_t s = s0; s < s1; ++s) {
+        const int64_t n = k * batch + s, opix = p.opix;
+        float* o = scratch ? scratch + (s - s0) * opix : out + n * opix;
+        if (fire->addend)
+          block<float, true>(o, fire->addend + n * opix, fire->v + s * opix, o,
+                             fire->count + s * opix, fire->theta[k], fire->vth, opix);
+        else
+          block<float, false>(o, nullptr, fire->v + s * opix, o, fire->count + s * opix,
+                              fire->theta[k], fire->vth, opix);
+        if (scratch) copy_streaming(out + n * opix, o, opix);
+      }
+  }
+}
+
+// Returns 0, or 1 if x holds a value that is neither 0 nor its channel's amplitude (out, and
+// fire's state, are then untouched).
+static int spike_conv2d(const float* x, const float* amp, const float* table, const float* bias,
+                        float* out, const snnconv_conv_geometry& g, const snnconv_fire* fire,
+                        int threads, int64_t stream_bytes) {
+  const Conv p(g);
+  thread_local std::vector<uint8_t> masks;  // kept between calls: no fresh pages each time
+  if ((int64_t)masks.size() < p.N * p.mimg) masks.resize(p.N * p.mimg);
+  uint8_t* mk = masks.data();
+  if (!all_masks(p, x, amp, threads, mk)) return 1;
+  const int64_t batch = fire ? fire->batch : p.N, steps = fire ? fire->steps : 1;
+  // tiles of samples whose images share each table block (a small image alone would reload the
+  // whole table from memory for a handful of pixels); with fire, a tile runs its steps in order
+  int64_t tile = std::max<int64_t>(1, 512 / ((int64_t)p.Ho * p.Wo));
+  if (fire) tile = std::max<int64_t>(1, std::min(tile, batch / std::max(threads, 1)));
+  const int64_t tiles = (batch + tile - 1) / tile;
+  // With fire and an output of more than stream_bytes (larger than the caches), currents go to a
+  // per-thread scratch that stays in L2 and the spikes are streamed out: the output's lines are
+  // not read from memory before they are written.
+  const bool stream = fire && p.N * p.opix * 4 > stream_bytes;
+#pragma omp parallel for schedule(static) num_threads(threads)
+  for (int64_t t = 0; t < tiles; ++t) {
+    const int64_t s0 = t * tile, s1 = std::min(batch, s0 + tile);
+    thread_local std::vector<float> scratch;
+    if (stream && (int64_t)scratch.size() < tile * p.opix) scratch.resize(tile * p.opix);
+    tile_steps(p, table, mk, bias, out, fire, s0, s1, batch, steps,
+               stream ? scratch.data() : nullptr);
+  }
+#if defined(__SSE2__)
+  if (stream) _mm_sfence();  // streaming stores are weakly ordered: done before we return
+#endif
+  return 0;
+}
+
+}  // namespace snnconv
+
+extern "C" int32_t snnconv_spike_conv2d_f32(const float* x, const float* amp, const float* table,
+                                            const float* bias, float* out,
+                                            const snnconv_conv_geometry* geometry,
+                                            const snnconv_fire* fire, int32_t threads,
+                                            int64_t stream_bytes) {
+  const snnconv_conv_geometry& g = *geometry;
+  if ((g.gb != 4 && g.gb != 8) || g.nv < 1 || g.nv > 4 || g.gr < 1) return 2;
+  return snnconv::spike_conv2d(x, amp, table, bias, out, g, fire, threads, stream_bytes);
+}
