@@ -27,5 +27,10 @@ class CheckpointError(SnnconvError):
     """A checkpoint is missing, unreadable or not an snnconv model file; names the file."""
 
 
+class KernelError(SnnconvError, RuntimeError):
+    """A compiled kernel cannot be built, loaded or trusted (ABI mismatch, damaged cache entry,
+    bad arguments); the PyTorch path takes over where that is possible."""
+
+
 class DataError(SnnconvError):
     """A dataset file is missing, corrupt or not in the expected format; names the file."""

@@ -23,7 +23,7 @@ from typing import Literal
 
 import torch
 
-from snnconv.exceptions import SnnconvError
+from snnconv.exceptions import KernelError
 from snnconv.kernels import build, cpu
 
 ScanBackend = Literal["cpp", "triton", "torch"]
@@ -58,7 +58,7 @@ def cpp() -> cpu.Kernels | None:
             if state.kernels is None and state.error is None:
                 try:
                     state.kernels = cpu.load()
-                except (SnnconvError, OSError, subprocess.SubprocessError) as err:
+                except (KernelError, OSError, subprocess.SubprocessError) as err:
                     state.error = f"{type(err).__name__}: {str(err)[:2000]}"
                     warnings.warn(
                         f"snnconv: compiled kernels unavailable ({state.error}); "

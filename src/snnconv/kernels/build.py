@@ -40,7 +40,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from snnconv.exceptions import SnnconvError
+from snnconv.exceptions import KernelError
 
 try:
     import fcntl
@@ -56,11 +56,11 @@ def compiler() -> str:
     if os.environ.get("CXX"):
         cxx = os.environ["CXX"]
         if shutil.which(cxx) is None:
-            raise SnnconvError(f"the C++ compiler CXX={cxx!r} is not an executable")
+            raise KernelError(f"the C++ compiler CXX={cxx!r} is not an executable")
         return cxx
     cxx = shutil.which("c++") or shutil.which("g++") or shutil.which("clang++")
     if cxx is None:
-        raise SnnconvError("no C++ compiler found (install one, or set CXX)")
+        raise KernelError("no C++ compiler found (install one, or set CXX)")
     return cxx
 
 
@@ -212,7 +212,7 @@ def _write_durably(path: Path, data: bytes) -> None:
 
 
 def _compile(recipe: Recipe, library: Path) -> None:
-    """Build ``library`` and then its checksum (see the module docstring); raises SnnconvError
+    """Build ``library`` and then its checksum (see the module docstring); raises KernelError
     with the compiler's message (which names the source files and lines) if it fails."""
     with tempfile.TemporaryDirectory(prefix=".build-", dir=library.parent) as tmp:
         output = Path(tmp) / library.name
@@ -220,7 +220,7 @@ def _compile(recipe: Recipe, library: Path) -> None:
             recipe.command(output), capture_output=True, text=True, timeout=COMPILE_TIMEOUT_S
         )
         if done.returncode != 0:
-            raise SnnconvError(
+            raise KernelError(
                 f"building {recipe.name} from {recipe.source_dir} failed "
                 f"({' '.join(recipe.command(output))}):\n{done.stderr.strip()[-3000:]}"
             )
@@ -266,7 +266,7 @@ def library(recipe: Recipe, folder: Path) -> Path:
         _compile(recipe, path)
         problem = _verify(path)
     if problem is not None:
-        raise SnnconvError(f"the library just built in {folder} fails its check: {problem}")
+        raise KernelError(f"the library just built in {folder} fails its check: {problem}")
     return path
 
 
@@ -297,7 +297,7 @@ def _load_from(recipe: Recipe, folder: Path, optional: Sequence[str]) -> ctypes.
     refuses those flags, the one without them."""
     try:
         path = library(replace(recipe, flags=recipe.flags + tuple(optional)), folder)
-    except SnnconvError:
+    except KernelError:
         if not optional:
             raise
         path = library(recipe, folder)
@@ -309,7 +309,7 @@ def load(
 ) -> ctypes.CDLL:
     """The library built from ``source_dir`` with ``flags`` (and ``optional`` flags where the
     compiler takes them, e.g. -fopenmp), from the cache or built now; see the module docstring
-    for what is checked. Raises SnnconvError (no compiler, the build failed) or OSError."""
+    for what is checked. Raises KernelError (no compiler, the build failed) or OSError."""
     recipe = Recipe(Path(source_dir), compiler(), tuple(flags), name)
     folder = _private_cache()
     if folder is not None:

@@ -37,7 +37,7 @@ from pathlib import Path
 
 import torch
 
-from snnconv.exceptions import SimulationError, SnnconvError
+from snnconv.exceptions import KernelError, SimulationError
 from snnconv.kernels import build
 
 CSRC = Path(__file__).with_name("csrc")
@@ -123,23 +123,23 @@ def _layout_disagreement(dll: ctypes.CDLL, name: str, mirror: type[ctypes.Struct
 
 
 def check_abi(dll: ctypes.CDLL) -> None:
-    """Declare the entry points' types (SIGNATURES) on ``dll``, then raise SnnconvError unless it
+    """Declare the entry points' types (SIGNATURES) on ``dll``, then raise KernelError unless it
     exports every one and agrees with this module on the ABI version and on each struct's size,
     field offsets and field sizes."""
     missing = [name for name in SIGNATURES if not hasattr(dll, name)]
     if missing:
-        raise SnnconvError(f"kernel library {dll._name} lacks {', '.join(missing)}")
+        raise KernelError(f"kernel library {dll._name} lacks {', '.join(missing)}")
     for name, (restype, argtypes) in SIGNATURES.items():
         getattr(dll, name).restype = restype
         getattr(dll, name).argtypes = argtypes
     if dll.snnconv_abi() != ABI:
-        raise SnnconvError(
+        raise KernelError(
             f"kernel library {dll._name} has ABI version {dll.snnconv_abi()}, cpu.py expects {ABI}"
         )
     for name, mirror in MIRRORS.items():
         problem = _layout_disagreement(dll, name, mirror)
         if problem:
-            raise SnnconvError(f"struct snnconv_{name} {problem} (library {dll._name})")
+            raise KernelError(f"struct snnconv_{name} {problem} (library {dll._name})")
 
 
 def _packed(t: torch.Tensor) -> bool:
@@ -312,7 +312,7 @@ class Kernels:
 
 def load(extra_flags: Sequence[str] = ()) -> Kernels:
     """The kernels built from csrc/ with FLAGS + ``extra_flags`` (e.g. -mno-avx512f, for the
-    tests), from the cache or compiled now, their ABI checked. Raises SnnconvError (no
+    tests), from the cache or compiled now, their ABI checked. Raises KernelError (no
     compiler, the build failed, an ABI mismatch) or OSError (the library does not load)."""
     return Kernels(build.load(CSRC, FLAGS + tuple(extra_flags), OPTIONAL_FLAGS))
 
