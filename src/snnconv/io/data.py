@@ -5,6 +5,11 @@
 and can download the official files (md5-checked) when none is there. Every problem with the
 data raises ``DataError``. Images stay uint8 [N, C, H, W] until ``normalize``; ``augment``,
 ``train_val_split`` and ``batches`` work on those tensors.
+
+Invariant: a data file is data. A CIFAR pickle can build nothing but builtin containers and plain
+integer numpy arrays (``_Unpickler``); an MNIST IDX header (magic, 28 x 28, matching counts) is
+checked before its payload is decompressed, and no more than the header's size is read; an
+archive holding a wanted member twice is refused.
 """
 
 from __future__ import annotations
