@@ -1,7 +1,11 @@
 import gzip
 import hashlib
+import io
 import os
 import pickle
+import pickletools
+import subprocess
+import sys
 import tarfile
 from pathlib import Path
 
@@ -12,6 +16,11 @@ import torch.nn.functional as F
 
 from snnconv.io import data
 from snnconv.io.data import DataError
+
+try:  # numpy >= 2 keeps the array internals in numpy._core
+    from numpy._core.multiarray import _reconstruct
+except ImportError:
+    from numpy.core.multiarray import _reconstruct
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"  # real datasets, read-only
 CIFAR10_CLASSES = (
@@ -93,6 +102,7 @@ def small_dataset(n):
 # ----------------------------------------------------------------------------- real data
 
 
+@pytest.mark.slow  # ~10 s: decompresses the whole CIFAR-10 archive
 def test_cifar10_train(cifar10_train):
     ds = cifar10_train
     assert (len(ds), ds.name, ds.split) == (50_000, "cifar10", "train")
@@ -106,6 +116,7 @@ def test_cifar10_train(cifar10_train):
     )
 
 
+@pytest.mark.slow  # ~8 s: test_batch is the archive's last member
 def test_cifar10_test():
     ds = data.load("cifar10", "test", root=DATA)
     assert ds.images.shape == (10_000, 3, 32, 32) and ds.split == "test"
@@ -113,6 +124,7 @@ def test_cifar10_test():
     assert ds.classes == CIFAR10_CLASSES
 
 
+@pytest.mark.slow  # the cifar10_train fixture
 def test_normalize_cifar10_train(cifar10_train):
     x = data.normalize(cifar10_train.images, "cifar10")
     assert x.dtype == torch.float32 and x.shape == cifar10_train.images.shape
@@ -219,6 +231,116 @@ def test_malicious_pickle_is_refused(tmp_path):
     assert not pwned.exists()
 
 
+class Forged:
+    """Pickles as ``func(*args)`` then BUILD ``state``: any call and state a file can ask for."""
+
+    def __init__(self, func, args, state):
+        self.func, self.args, self.state = func, args, state
+
+    def __reduce__(self):
+        return self.func, self.args, self.state
+
+
+def forged_labels(dtype_args, dtype_state, n, pointer):
+    """An ndarray pickle as numpy writes one, with the dtype's args and BUILD state forged; the
+    raw bytes repeat ``pointer`` (8 bytes): for an object dtype numpy would take each as a
+    PyObject*. ``pointer`` 0 keeps the old, broken loader alive (NULL reads as None)."""
+    dtype = Forged(np.dtype, dtype_args, dtype_state)
+    raw = pointer.to_bytes(8, "little") * n
+    return Forged(_reconstruct, (np.ndarray, (0,), b"b"), (1, (n,), dtype, False, raw))
+
+
+OBJECT = np.dtype("O")
+FORGED_DTYPES = {  # (dtype args, BUILD state), each a way to make numpy read bytes as pointers
+    # a V8 dtype made structured with an object field, flags claiming "no objects"
+    "structured-V8": (("V8", False, True), (3, "|", None, ("a",), {"a": (OBJECT, 0)}, 8, 1, 0)),
+    # an object dtype whose flags (63: holds references) are cleared
+    "O8-cleared-flags": (("O8", False, True), (3, "|", None, None, None, -1, -1, 0)),
+    # an allowed integer code with the structured state of the first variant
+    "i8-structured-state": (
+        ("i8", False, True),
+        (3, "|", None, ("a",), {"a": (OBJECT, 0)}, 8, 1, 0),
+    ),
+    # an allowed code, a state numpy writes, but BUILD twice: a second state is never applied
+    "u1-second-build": (("u1", False, True), (3, "|", None, None, None, -1, -1, 0)),
+}
+
+
+def forged_batch(variant, n=2, pointer=0):
+    args, state = FORGED_DTYPES[variant]
+    labels = forged_labels(args, state, n, pointer)
+    batch = pickle.dumps({"data": np.zeros((n, 3072), np.uint8), "labels": labels}, 2)
+    if variant == "u1-second-build":  # after the dtype's BUILD: its state again, BUILD again
+        first_build = next(p for op, _, p in pickletools.genops(batch) if op.name == "BUILD")
+        buf = io.BytesIO()
+        pickler = pickle.Pickler(buf, 2)
+        pickler.fast = True  # no memo entries, so the file's own memo indices stay valid
+        pickler.dump(state)
+        again = buf.getvalue()[2:-1] + pickle.BUILD  # without PROTO and STOP
+        batch = batch[: first_build + 1] + again + batch[first_build + 1 :]
+    return batch
+
+
+@pytest.mark.parametrize("archive", [False, True], ids=["folder", "tar.gz"])
+@pytest.mark.parametrize("variant", list(FORGED_DTYPES))
+def test_forged_dtype_is_refused(tmp_path, variant, archive):
+    """Issue 16, defect 1: a pickle must never build a dtype with state of its choosing."""
+    folder = tmp_path / "src" / "cifar-10-batches-py"
+    write_cifar10_folder(folder)
+    (folder / "test_batch").write_bytes(forged_batch(variant))
+    if archive:
+        with tarfile.open(tmp_path / "cifar-10-python.tar.gz", "w:gz") as tar:
+            tar.add(folder, arcname="cifar-10-batches-py")
+    root = tmp_path if archive else tmp_path / "src"
+    with pytest.raises(DataError, match=r"refusing .*dtype.* in .*test_batch") as err:
+        data.load("cifar10", "test", root=root)
+    assert "not genuine" in str(err.value)
+
+
+@pytest.mark.slow  # a fresh interpreter importing torch: ~3 s
+@pytest.mark.parametrize("variant", ["structured-V8", "O8-cleared-flags"])
+def test_forged_pointers_do_not_crash(tmp_path, variant):
+    """With non-NULL forged pointers the old loader died with SIGSEGV; now: a DataError."""
+    folder = tmp_path / "cifar-10-batches-py"
+    write_cifar10_folder(folder)
+    (folder / "test_batch").write_bytes(forged_batch(variant, n=4, pointer=0x4141414141414141))
+    code = (
+        "import sys\nfrom snnconv.io import data\n"
+        f"try:\n    data.load('cifar10', 'test', root={str(tmp_path)!r})\n"
+        "except data.DataError as e:\n    print(e)\n    sys.exit(3)\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(Path(data.__file__).parents[2])}  # this snnconv
+    r = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env
+    )
+    assert r.returncode == 3, (r.returncode, r.stderr[-2000:])
+    assert "refusing" in r.stdout and "test_batch" in r.stdout
+
+
+def test_genuine_integer_arrays_still_load(tmp_path):
+    """The stand-ins build what numpy would: labels as a big-endian int32 array, Fortran data."""
+    folder = tmp_path / "cifar-10-batches-py"
+    expected = write_cifar10_folder(folder)
+    images, labels = expected["test"]
+    flat = np.asfortranarray(images.reshape(len(images), 3072))
+    for protocol in (2, 4):
+        batch = {"data": flat, "labels": labels.astype(">i4")}
+        (folder / "test_batch").write_bytes(pickle.dumps(batch, protocol))
+        data._read.cache_clear()
+        assert_matches(data.load("cifar10", "test", root=tmp_path), images, labels)
+
+
+def test_duplicate_tar_member_is_refused(tmp_path):
+    """tar x keeps the last copy of a member; rather than pick one, the loader refuses both."""
+    folder = tmp_path / "src" / "cifar-10-batches-py"
+    write_cifar10_folder(folder)
+    with tarfile.open(tmp_path / "cifar-10-python.tar.gz", "w:gz") as tar:
+        tar.add(folder, arcname="cifar-10-batches-py")
+        tar.add(folder / "batches.meta", arcname="./cifar-10-batches-py/test_batch")
+    with pytest.raises(DataError, match=r"holds cifar-10-batches-py/test_batch twice"):
+        data.load("cifar10", "test", root=tmp_path)
+
+
 def test_truncated_archive(tmp_path):
     real = (DATA / "cifar-100-python.tar.xz").read_bytes()
     path = tmp_path / "cifar-100-python.tar.xz"
@@ -243,6 +365,10 @@ def test_garbage_archive(tmp_path):
         ({"data": np.zeros((2, 3072), np.float32), "labels": [0, 1]}, "uint8"),
         ({"data": np.zeros((2, 3072), np.uint8), "labels": [0]}, "labels"),
         ({"data": np.zeros((2, 3072), np.uint8), "labels": [0, 10]}, "labels"),
+        ({"data": np.zeros((2, 3072), np.uint8), "labels": [0, 2**70]}, r"labels.*got 11805"),
+        ({"data": np.zeros((2, 3072), np.uint8), "labels": [0.0, 1.5]}, r"labels.*got a float"),
+        ({"data": np.zeros((2, 3072), np.uint8), "labels": [0, True]}, r"labels.*got a bool"),
+        ({"data": np.zeros((2, 3072), np.uint8), "labels": np.ones(2, np.float64)}, "dtype 'f8'"),
         (["not", "a", "dict"], "dict"),
     ],
 )
@@ -272,6 +398,75 @@ def test_corrupt_idx(tmp_path, corrupt, problem):
     with pytest.raises(DataError, match=problem) as err:
         data.load("mnist", "train", root=tmp_path)
     assert str(path) in str(err.value)
+
+
+class CountingGzip:
+    """Wraps gzip.open: records how many decompressed bytes the loader asked for and got."""
+
+    def __init__(self, monkeypatch):
+        self.read = {}
+        real = gzip.open
+
+        def counting_open(path, mode="rb"):
+            f = real(path, mode)
+            inner = f.read
+
+            def read(n=-1):
+                out = inner(n)
+                self.read[Path(path).name] = self.read.get(Path(path).name, 0) + len(out)
+                return out
+
+            f.read = read
+            return f
+
+        monkeypatch.setattr(gzip, "open", counting_open)
+
+
+def write_idx_gz(path, header_shape, payload):
+    """A .gz IDX file whose header claims ``header_shape`` whatever ``payload`` holds."""
+    header = bytes((0, 0, 8, len(header_shape))) + np.array(header_shape, ">i4").tobytes()
+    path.write_bytes(gzip.compress(header + payload, compresslevel=1))
+
+
+BOMB = bytes(20 * 2**20)  # 20 MB of zeros: ~20 kB once compressed
+
+
+@pytest.mark.parametrize(
+    "images_shape,labels_shape,problem",
+    [
+        ((3, 28, 29), (3,), r"28x29 images, MNIST's are 28x28"),
+        ((3, -28, 28), (3,), "negative size"),
+        ((-1, 28, 28), (-1,), "negative size"),
+        ((3, 28, 28), (4,), "3 images, 4 labels"),
+        ((2_000_000, 28, 28), (2_000_000,), "at most 1,000,000 each"),
+    ],
+)
+def test_idx_header_checked_before_decompressing(
+    tmp_path, monkeypatch, images_shape, labels_shape, problem
+):
+    """Issue 16, defect 5: a 20 kB .gz whose header is wrong is refused after reading the headers
+    (16 + 8 bytes), not after inflating its 20 MB."""
+    raw = tmp_path / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    write_idx_gz(raw / "t10k-images-idx3-ubyte.gz", images_shape, BOMB)
+    write_idx_gz(raw / "t10k-labels-idx1-ubyte.gz", labels_shape, bytes(4))
+    counter = CountingGzip(monkeypatch)
+    with pytest.raises(DataError, match=problem):
+        data.load("mnist", "test", root=tmp_path)
+    assert counter.read["t10k-images-idx3-ubyte.gz"] == 16  # its header only
+    assert counter.read.get("t10k-labels-idx1-ubyte.gz", 0) <= 8  # at most its header
+
+
+def test_idx_decompression_bounded_by_header(tmp_path, monkeypatch):
+    """A header claiming 3 images followed by 20 MB: at most 3 x 784 bytes + 1 are inflated."""
+    raw = tmp_path / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    write_idx_gz(raw / "t10k-images-idx3-ubyte.gz", (3, 28, 28), BOMB)
+    write_idx_gz(raw / "t10k-labels-idx1-ubyte.gz", (3,), bytes(3))
+    counter = CountingGzip(monkeypatch)
+    with pytest.raises(DataError, match=r"more data bytes than the IDX shape \[3, 28, 28\]"):
+        data.load("mnist", "test", root=tmp_path)
+    assert counter.read["t10k-images-idx3-ubyte.gz"] <= 16 + 3 * 784 + 1
 
 
 def test_unknown_name_split_and_missing_files(tmp_path):
@@ -425,8 +620,8 @@ def test_batches():
     assert all(torch.equal(images[:, 0, 0, 0].long(), labels) for images, labels in epoch(0))
     assert torch.equal(order, torch.cat([labels for _, labels in epoch(0)]))
     assert not torch.equal(order, torch.cat([labels for _, labels in epoch(1)]))
-    assert [len(l) for _, l in data.batches(ds, 3)] == [3, 3, 3, 1]
-    assert [len(l) for _, l in data.batches(ds, 3, drop_last=True)] == [3, 3, 3]
-    assert torch.cat([l for _, l in data.batches(ds, 4)]).tolist() == list(range(10))
+    assert [len(y) for _, y in data.batches(ds, 3)] == [3, 3, 3, 1]
+    assert [len(y) for _, y in data.batches(ds, 3, drop_last=True)] == [3, 3, 3]
+    assert torch.cat([y for _, y in data.batches(ds, 4)]).tolist() == list(range(10))
     with pytest.raises(ValueError, match="Generator"):
         next(data.batches(ds, 3, shuffle=True))

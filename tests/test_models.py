@@ -1,4 +1,5 @@
-"""Tests for snnconv.models: shapes, fx-traceability, one activation module per site, BN placement, ResNet-20."""
+"""Tests for snnconv.models: shapes, fx-traceability, one activation module per site, BN
+placement, ResNet-20, size bounds."""
 
 import operator
 
@@ -9,7 +10,14 @@ from torch import fx, nn
 
 from snnconv.activations import ThresholdReLU
 from snnconv.zoo import shipped
-from snnconv.zoo.models import NAMES, ShortcutA, activation, build, count_parameters
+from snnconv.zoo.models import (
+    MAX_PARAMETERS,
+    NAMES,
+    ShortcutA,
+    activation,
+    build,
+    count_parameters,
+)
 
 ALLOWED_MODULES = (
     nn.Conv2d,
@@ -37,7 +45,8 @@ PARAMS = {
 
 
 class LeafActTracer(fx.Tracer):
-    """Keeps ThresholdReLU as one call_module node (as the converter sees it) instead of tracing into clamp."""
+    """Keeps ThresholdReLU as one call_module node (as the converter sees it) instead of tracing
+    into clamp."""
 
     def is_leaf_module(self, m, qualname):
         return isinstance(m, ThresholdReLU) or super().is_leaf_module(m, qualname)
@@ -249,6 +258,29 @@ def test_bad_arguments():
         build("cnn", y_th=0.0)
 
 
+@pytest.mark.parametrize(
+    "kwargs,problem",
+    [
+        (dict(image_size=10**9), r"image_size must be at most 1,024 \(the zoo's models are for"),
+        (dict(num_classes=10**9), r"num_classes must be at most 100,000 \(over 4x the 21,841"),
+        (dict(in_channels=10**6), r"in_channels must be at most 16 \(images have 1 to 4"),
+    ],
+)
+def test_absurd_sizes_refused_before_allocating(kwargs, problem):
+    """Issue 16, defect 8: sizes from a damaged arch record are refused by bound, with the reason,
+    instead of trying to allocate petabytes."""
+    with pytest.raises(ValueError, match=problem):
+        build("cnn", **kwargs)
+
+
+def test_parameter_limit_counted_on_meta_device():
+    """vgg16-paper at 1024 x 1024 passes each size bound but would hold 8.6 G parameters (34 GB);
+    it is counted without memory on the meta device and refused. Near the limit still builds."""
+    with pytest.raises(ValueError, match=r"8,616,757,066 parameters, above the limit of 1,073,"):
+        build("vgg16-paper", image_size=1024)
+    assert count_parameters(build("cnn", num_classes=100_000)) < MAX_PARAMETERS
+
+
 @pytest.mark.parametrize("name", NAMES)
 def test_every_zoo_model_converts_and_simulates(name):
     """Random weights; threshold activations need no data. The SNN runs and, at T=1 with the
@@ -277,6 +309,7 @@ def test_load_pretrained_and_card(name, n_params):
         assert sum(p.numel() for p in model.parameters()) == n_params
 
 
+@pytest.mark.slow  # decompresses the real CIFAR-10 archive, then 2,000 ANN and 256 SNN images
 def test_shipped_resnet20_classifies_cifar10():
     """The shipped model is the trained one: 2,000 real test images for the ANN; the SNN (T=32)
     on the first 256 of them, compared with the ANN on the same 256."""

@@ -5,17 +5,23 @@
 and can download the official files (md5-checked) when none is there. Every problem with the
 data raises ``DataError``. Images stay uint8 [N, C, H, W] until ``normalize``; ``augment``,
 ``train_val_split`` and ``batches`` work on those tensors.
+
+Invariant: a data file is data. A CIFAR pickle can build nothing but builtin containers and plain
+integer numpy arrays (``_Unpickler``); an MNIST IDX header (magic, 28 x 28, matching counts) is
+checked before its payload is decompressed, and no more than the header's size is read; an
+archive holding a wanted member twice is refused.
 """
 
 from __future__ import annotations
 
-import codecs
 import functools
 import gzip
 import hashlib
 import lzma
+import math
 import os
 import pickle
+import posixpath
 import tarfile
 import tempfile
 import urllib.request
@@ -107,7 +113,8 @@ def load(
         raise DataError(
             f"no local copy of {name} {split} under {root}; looked for:\n  "
             + "\n  ".join(map(str, looked_for))
-            + "\nPass download=True to fetch it, or point root (or the SNNCONV_DATA variable) at a folder holding it."
+            + "\nPass download=True to fetch it, or point root (or the SNNCONV_DATA variable) at a "
+            "folder holding it."
         )
     key = tuple((str(p.resolve()), st.st_size, st.st_mtime_ns) for p in files for st in [p.stat()])
     images, labels, classes = _read(name, split, key)
@@ -178,7 +185,8 @@ def batches(
     generator: torch.Generator | None = None,
     drop_last: bool = False,
 ):
-    """Yield ``(images, labels)`` batches covering ``ds`` once; shuffled order comes from ``generator``."""
+    """Yield ``(images, labels)`` batches covering ``ds`` once; a shuffled order comes from
+    ``generator``."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     n = len(ds)
@@ -279,12 +287,16 @@ def _read_cifar(name: str, split: str, paths: list[Path]):
     source = paths[0].parent if len(paths) > 1 else paths[0]
     classes = meta.get(c.names_key)
     n_classes = num_classes(name)
-    if not isinstance(classes, list) or len(classes) != n_classes:
+    if not (
+        isinstance(classes, list)
+        and len(classes) == n_classes
+        and all(isinstance(s, (str, bytes)) for s in classes)
+    ):
         raise DataError(
             f"{source}: {c.meta} must hold {c.names_key} with {n_classes} names; "
             "the file is not in the CIFAR format, replace it"
         )
-    classes = tuple(s.decode("latin1") if isinstance(s, bytes) else str(s) for s in classes)
+    classes = tuple(s.decode("latin1") if isinstance(s, bytes) else s for s in classes)
     images, labels = zip(
         *(
             _cifar_batch(d, c.labels_key, n_classes, f"{source}:{m}")
@@ -303,66 +315,190 @@ def _cifar_batch(d: dict, labels_key: str, n_classes: int, where: str):
         and data.shape[1] == 3072
     ):
         raise DataError(
-            f"{where}: 'data' must be a uint8 array of shape [N, 3072]; the file is corrupt, replace it"
-        )
-    try:
-        labels = np.asarray(labels, dtype=np.int64)
-    except (TypeError, ValueError):
-        labels = None
-    if (
-        labels is None
-        or labels.shape != (len(data),)
-        or labels.min(initial=0) < 0
-        or labels.max(initial=0) >= n_classes
-    ):
-        raise DataError(
-            f"{where}: {labels_key!r} must be {len(data)} integers in 0..{n_classes - 1}; "
+            f"{where}: 'data' must be a uint8 array of shape [N, 3072]; "
             "the file is corrupt, replace it"
         )
-    return data, labels
+    problem = _label_problem(labels, len(data), n_classes)
+    if problem:
+        raise DataError(
+            f"{where}: {labels_key!r} must be {len(data)} integers in 0..{n_classes - 1}, "
+            f"{problem}; the file is corrupt, replace it"
+        )
+    return data, np.asarray(labels, dtype=np.int64)
+
+
+def _label_problem(labels, n: int, n_classes: int) -> str | None:
+    """What is wrong with CIFAR labels (a list of ints, or an integer array), or None.
+
+    Checked before any conversion: a float is not truncated, 2**70 does not overflow int64.
+    """
+    if isinstance(labels, np.ndarray):
+        if labels.dtype.kind not in "iu" or labels.ndim != 1:
+            return f"got a {labels.dtype} array of shape {list(labels.shape)}"
+        values = labels
+    elif isinstance(labels, list):
+        odd = next((v for v in labels if type(v) is not int), None)
+        if odd is not None:
+            return f"got a {type(odd).__name__} ({_short(odd)})"
+        values = labels
+    else:
+        return f"got a {type(labels).__name__}"
+    if len(values) != n:
+        return f"got {len(values)} labels"
+    low, high = (min(values), max(values)) if n else (0, 0)
+    if low < 0 or high >= n_classes:
+        return f"got {_short(int(low if low < 0 else high))}"
+    return None
 
 
 def _read_archive(path: Path, members: list[str], what: str) -> dict[str, dict]:
-    """Stream through the tar once, unpickling just ``members``; stop when all are read."""
-    decoded, seen = {}, []
+    """Stream through the whole tar once, unpickling just ``members``.
+
+    An archive naming one of ``members`` twice is refused: ``tar x`` keeps the last copy, this
+    reader would have to choose, and a genuine CIFAR archive never has two.
+    """
+    decoded, seen = {}, {}  # seen: every entry name, in order (a dict for O(1) lookups)
     try:
         with tarfile.open(path, "r|*") as tar:
             for info in tar:
-                member = info.name.removeprefix("./")
-                if not info.isfile():
-                    continue
-                seen.append(member)
-                if member in members:
+                member = posixpath.normpath(info.name)
+                if member in members and member in seen:
+                    raise DataError(
+                        f"{path} holds {member} twice; a genuine archive has one copy, "
+                        "download it again"
+                    )
+                seen[member] = None
+                if member in members and info.isfile():
                     decoded[member] = _unpickle(tar.extractfile(info), f"{path}:{member}")
-                    if len(decoded) == len(members):
-                        return decoded
     except (tarfile.TarError, lzma.LZMAError, zlib.error, EOFError, OSError) as e:
         raise DataError(
             f"{path} is truncated or corrupt ({type(e).__name__}: {e}); "
             "delete it and download it again"
         ) from e
     missing = [m for m in members if m not in decoded]
-    raise DataError(
-        f"{what} is missing from {path}: it has no {', '.join(missing)} "
-        f"(it holds {', '.join(seen) or 'nothing'}); use a complete copy of the archive"
+    if missing:
+        held = ", ".join(list(seen)[:10]) + (", ..." if len(seen) > 10 else "")
+        raise DataError(
+            f"{what} is missing from {path}: it has no {', '.join(missing)} "
+            f"(it holds {held or 'nothing'}); use a complete copy of the archive"
+        )
+    return decoded
+
+
+# ---------------------------------------------------------------------------- restricted unpickling
+#
+# A pickle is a program; a CIFAR file may only run the few calls a pickled uint8/int array makes:
+#   _reconstruct(ndarray, (0,), b"b")  BUILD (1, shape, dtype, fortran, raw bytes)
+#   dtype("u1", False, True)           BUILD (3, "|", None, None, None, -1, -1, 0)
+# and _codecs.encode(text, "latin1") for bytes written by protocol <= 2. Neither numpy nor its
+# dtypes are ever handed to the pickle: the calls return inert placeholders whose __setstate__
+# accepts exactly the state numpy writes for a plain integer dtype, then builds the array with
+# numpy's own immutable dtype object. Any other dtype, any other state (a structured or object
+# dtype, cleared flags, a second BUILD) and any other global is refused with DataError.
+
+# integer dtypes a CIFAR file may hold (images are u1, labels ints), each with the byte orders
+# numpy writes for it, mapped to numpy's own dtype object
+_DTYPES = {
+    (code, order): np.dtype(order + code)
+    for code in ("u1", "i1", "u2", "i2", "u4", "i4", "u8", "i8")
+    for order in (("|",) if code[1] == "1" else ("<", ">"))
+}
+_DTYPE_CODES = frozenset(code for code, _ in _DTYPES)
+
+
+def _short(obj) -> str:
+    """``repr(obj)`` cut to 60 characters: a forged state can be as large as the file."""
+    text = repr(obj)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _refuse(where: str, what: str) -> DataError:
+    return DataError(
+        f"refusing {what} in {where}: a CIFAR file holds only uint8 images and integer labels "
+        "(plain numpy integer arrays); the file is not genuine, delete it"
     )
 
 
-try:  # numpy >= 2 keeps the array internals in numpy._core
-    from numpy._core.multiarray import _reconstruct as _np_reconstruct
-except ImportError:
-    from numpy.core.multiarray import _reconstruct as _np_reconstruct
+class _PickledDtype:
+    """What ``numpy.dtype(code, False, True)`` gives the pickle: a code waiting for its state."""
+
+    def __init__(self, where: str, code):
+        self.where, self.code, self.dtype = where, code, None
+
+    def __setstate__(self, state) -> None:
+        order = state[1] if isinstance(state, tuple) and len(state) == 8 else None
+        dtype = _DTYPES.get((self.code, order)) if isinstance(order, str) else None
+        if (
+            self.dtype is not None
+            or dtype is None
+            or state != (3, order, None, None, None, -1, -1, 0)
+        ):
+            raise _refuse(self.where, f"the state {_short(state)} for the dtype {self.code!r}")
+        self.dtype = dtype
+
+
+class _PickledArray:
+    """What ``_reconstruct(ndarray, ...)`` gives the pickle: an array waiting for its state."""
+
+    def __init__(self, where: str):
+        self.where, self.array = where, None
+
+    def __setstate__(self, state) -> None:
+        if self.array is not None or not (isinstance(state, tuple) and len(state) == 5):
+            raise _refuse(self.where, "an array state numpy does not write")
+        version, shape, dtype, fortran, raw = state
+        if isinstance(raw, str):  # a protocol <= 2 pickle from Python 2, decoded as latin1
+            raw = raw.encode("latin1")
+        if not (
+            version == 1
+            and isinstance(shape, tuple)
+            and all(type(n) is int and n >= 0 for n in shape)
+            and isinstance(dtype, _PickledDtype)
+            and dtype.dtype is not None
+            and type(fortran) in (bool, int)
+            and isinstance(raw, bytes)
+        ):
+            raise _refuse(self.where, "an array that is not a plain integer numpy array")
+        if len(raw) != math.prod(shape) * dtype.dtype.itemsize:
+            raise DataError(
+                f"{self.where}: an array of shape {list(shape)} ({dtype.dtype}) holds "
+                f"{len(raw)} bytes; the file is corrupt, replace it"
+            )
+        order = "F" if fortran else "C"
+        self.array = np.frombuffer(raw, dtype.dtype).reshape(shape, order=order)
+
+
+class _Ndarray:
+    """Stands for ``numpy.ndarray`` in a pickle: only ``_reconstruct`` may use it."""
+
+
+def _reconstruct(where: str, cls, shape, typecode) -> _PickledArray:
+    if cls is not _Ndarray:
+        raise _refuse(where, f"_reconstruct of {_short(cls)}")
+    return _PickledArray(where)
+
+
+def _dtype(where: str, code, align=False, copy=True) -> _PickledDtype:
+    if not (isinstance(code, str) and code in _DTYPE_CODES) or (align, copy) != (False, True):
+        raise _refuse(where, f"the dtype {_short(code)}")
+    return _PickledDtype(where, code)
+
+
+def _latin1(where: str, text, encoding) -> bytes:
+    if not (isinstance(text, str) and encoding in ("latin1", "latin-1")):
+        raise _refuse(where, f"_codecs.encode with the encoding {_short(encoding)}")
+    return text.encode("latin1")
 
 
 class _Unpickler(pickle.Unpickler):
-    """Admits only the globals a pickled numpy array needs, whichever numpy and protocol wrote it."""
+    """Admits only the globals a pickled integer numpy array needs, whichever numpy and protocol
+    wrote it, each replaced by a checking stand-in (above)."""
 
     allowed = {
-        ("_codecs", "encode"): codecs.encode,  # how protocol <= 2 pickles from Python 3 store bytes
-        ("numpy.core.multiarray", "_reconstruct"): _np_reconstruct,
-        ("numpy._core.multiarray", "_reconstruct"): _np_reconstruct,
-        ("numpy", "ndarray"): np.ndarray,
-        ("numpy", "dtype"): np.dtype,
+        ("_codecs", "encode"): _latin1,  # how protocol <= 2 pickles from Python 3 store bytes
+        ("numpy.core.multiarray", "_reconstruct"): _reconstruct,
+        ("numpy._core.multiarray", "_reconstruct"): _reconstruct,
+        ("numpy", "dtype"): _dtype,
     }
 
     def __init__(self, file: IO[bytes], where: str):
@@ -370,16 +506,19 @@ class _Unpickler(pickle.Unpickler):
         self.where = where
 
     def find_class(self, module: str, name: str):
+        if (module, name) == ("numpy", "ndarray"):
+            return _Ndarray
         if (module, name) not in self.allowed:
             raise DataError(
                 f"refusing to unpickle {module}.{name} from {self.where}: a CIFAR file holds only "
                 "numpy arrays and builtin containers; the file is not genuine, delete it"
             )
-        return self.allowed[module, name]
+        return functools.partial(self.allowed[module, name], self.where)
 
 
 def _unpickle(file: IO[bytes], where: str) -> dict:
-    """A CIFAR pickle as a dict with str keys (files written by Python 2 or 3)."""
+    """A CIFAR pickle as a dict with str keys (files written by Python 2 or 3); its arrays are
+    plain read-only numpy arrays."""
     try:
         d = _Unpickler(file, where).load()
     except DataError:
@@ -392,13 +531,47 @@ def _unpickle(file: IO[bytes], where: str) -> dict:
         raise DataError(
             f"{where} holds a {type(d).__name__}, not the dict of a CIFAR file; replace it"
         )
-    return {k.decode("latin1") if isinstance(k, bytes) else k: v for k, v in d.items()}
+    return {
+        (k.decode("latin1") if isinstance(k, bytes) else k): _value(v, where) for k, v in d.items()
+    }
+
+
+def _value(v, where: str):
+    """A top-level value with its array placeholder swapped for the array it built."""
+    if isinstance(v, _PickledArray):
+        if v.array is None:
+            raise _refuse(where, "an array without its state")
+        return v.array
+    if isinstance(v, _PickledDtype):
+        raise _refuse(where, "a bare dtype")
+    return v
+
+
+# The loader reads MNIST's own files: 28 x 28 digits. A header is checked before anything else is
+# decompressed, and the count it gives bounds what is read: at most MAX_MNIST_IMAGES images
+# (784 MB of uint8), 10x MNIST's 70,000 and above EMNIST's largest split (697,932), so a forged
+# header cannot make a small .gz inflate into gigabytes.
+MNIST_SIDE = 28
+MAX_MNIST_IMAGES = 1_000_000
 
 
 def _read_mnist(images_path: Path, labels_path: Path):
-    images = _read_idx(images_path, ndim=3)
-    labels = _read_idx(labels_path, ndim=1).astype(np.int64)
-    if len(images) != len(labels) or labels.max(initial=0) > 9:
+    with _open_idx(images_path) as fi, _open_idx(labels_path) as fl:
+        shape = _idx_header(fi, images_path, 3)
+        (count,) = _idx_header(fl, labels_path, 1)
+        if shape[1:] != (MNIST_SIDE, MNIST_SIDE):
+            raise DataError(
+                f"{images_path}: the IDX header gives {shape[1]}x{shape[2]} images, MNIST's are "
+                f"{MNIST_SIDE}x{MNIST_SIDE}; replace the file"
+            )
+        if shape[0] != count or count > MAX_MNIST_IMAGES:
+            raise DataError(
+                f"{images_path} and {labels_path} do not match: {shape[0]} images, {count} labels "
+                f"(at most {MAX_MNIST_IMAGES:,} each); replace them"
+            )
+        images = _idx_data(fi, images_path, shape)
+        labels = _idx_data(fl, labels_path, (count,)).astype(np.int64)
+    if labels.max(initial=0) > 9:
         raise DataError(
             f"{images_path} and {labels_path} do not match: {len(images)} images, "
             f"{len(labels)} labels, largest label {labels.max(initial=0)}; replace them"
@@ -406,28 +579,49 @@ def _read_mnist(images_path: Path, labels_path: Path):
     return images[:, None], labels, tuple(str(d) for d in range(10))
 
 
-def _read_idx(path: Path, ndim: int) -> np.ndarray:
-    """IDX: magic 0x0000 0x08 (uint8) ``ndim``, then ``ndim`` big-endian int32 sizes, then the bytes."""
+def _open_idx(path: Path) -> IO[bytes]:
+    """The IDX file at ``path``, decompressed as it is read if it ends in .gz."""
     try:
-        with (gzip.open if path.suffix == ".gz" else open)(path, "rb") as f:
-            raw = f.read()
+        return gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")
+    except OSError as e:
+        raise DataError(f"cannot open {path} ({e}); replace it") from e
+
+
+def _idx_read(f: IO[bytes], path: Path, n: int) -> bytes:
+    try:
+        return f.read(n)
     except (OSError, EOFError, zlib.error) as e:
         raise DataError(
             f"{path} is truncated or corrupt ({type(e).__name__}: {e}); replace it"
         ) from e
-    magic, header = bytes((0, 0, 8, ndim)), 4 + 4 * ndim
-    if len(raw) < header or raw[:4] != magic:
+
+
+def _idx_header(f: IO[bytes], path: Path, ndim: int) -> tuple[int, ...]:
+    """IDX: magic 0x0000 0x08 (uint8) ``ndim``, then ``ndim`` big-endian int32 sizes."""
+    magic, size = bytes((0, 0, 8, ndim)), 4 + 4 * ndim
+    raw = _idx_read(f, path, size)
+    if len(raw) < size or raw[:4] != magic:
         raise DataError(
             f"{path}: bad IDX header {raw[:4].hex()}, expected magic {magic.hex()}; "
             "the file is not an MNIST IDX file, replace it"
         )
     shape = tuple(np.frombuffer(raw, ">i4", ndim, offset=4).tolist())
-    if len(raw) != header + int(np.prod(shape)):
+    if min(shape) < 0:
+        raise DataError(f"{path}: the IDX header gives a negative size {list(shape)}; replace it")
+    return shape
+
+
+def _idx_data(f: IO[bytes], path: Path, shape: tuple[int, ...]) -> np.ndarray:
+    """The ``prod(shape)`` bytes after the header, and nothing after them."""
+    n = math.prod(shape)
+    raw = _idx_read(f, path, n)
+    if len(raw) != n or _idx_read(f, path, 1):
+        more = "fewer" if len(raw) < n else "more"
         raise DataError(
-            f"{path}: {len(raw) - header} data bytes do not match the IDX shape {list(shape)}; "
-            "the file is truncated or corrupt, replace it"
+            f"{path}: {more} data bytes than the IDX shape {list(shape)} gives ({n:,}); "
+            "they do not match the IDX shape: the file is truncated or corrupt, replace it"
         )
-    return np.frombuffer(raw, np.uint8, offset=header).reshape(shape)
+    return np.frombuffer(raw, np.uint8).reshape(shape)
 
 
 # ----------------------------------------------------------------------------- downloading
@@ -446,7 +640,8 @@ def _download(name: str, split: str, root: Path) -> None:
 
 
 def _fetch(urls: list[str], md5: str, dest: Path) -> None:
-    """Download to a temp file beside ``dest``, check its md5, then move it into place atomically."""
+    """Download to a temp file beside ``dest``, check its md5, then move it into place
+    atomically."""
     errors = []
     for url in urls:
         try:

@@ -1,13 +1,18 @@
-"""The ANNs to convert: a small CPU CNN, the paper's CIFAR-Net / VGG-16 / ResNet-20, standard VGG-16 / ResNet-20.
+"""The ANNs to convert: a small CPU CNN, the paper's CIFAR-Net / VGG-16 / ResNet-20, standard
+VGG-16 / ResNet-20.
 
 Rules every builder keeps, because the converter relies on them:
-- each activation site gets its own module from ``activation(act, y_th)`` (one IF layer each after conversion);
+- each activation site gets its own module from ``activation(act, y_th)`` (one IF layer each
+  after conversion);
 - only Conv2d, BatchNorm, Linear, AvgPool2d, AdaptiveAvgPool2d, Flatten, Dropout, activations,
-  residual ``+``, strided slicing and zero ``F.pad`` are used, so every model traces with ``torch.fx``;
+  residual ``+``, strided slicing and zero ``F.pad`` are used, so every model traces with
+  ``torch.fx``;
 - BN sits conv -> BN -> activation, so it folds into the conv.
+``build`` checks its sizes against ``LIMITS`` and ``MAX_PARAMETERS`` before allocating anything.
 
-"-paper" models follow the authors' code, Jackn0/snn_optimal_conversion_pipeline on GitHub (file named in each
-builder), with ``num_classes``/``act``/``y_th`` in place of their hard-coded heads and activations.
+"-paper" models follow the authors' code, Jackn0/snn_optimal_conversion_pipeline on GitHub (file
+named in each builder), with ``num_classes``/``act``/``y_th`` in place of their hard-coded heads
+and activations.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from functools import partial
 
+import torch
 import torch.nn.functional as F
 from torch import nn
 
@@ -47,7 +53,8 @@ def count_parameters(model: nn.Module) -> int:
 def _conv(
     cin: int, cout: int, k: int, bn: bool, stride: int = 1, bias: bool | None = None
 ) -> list[nn.Module]:
-    """k x k conv with 'same' padding, then BN if ``bn``; the conv has a bias only without BN unless told."""
+    """k x k conv with 'same' padding, then BN if ``bn``; the conv has a bias only without BN
+    unless told."""
     conv = nn.Conv2d(cin, cout, k, stride, padding=k // 2, bias=not bn if bias is None else bias)
     return [conv, nn.BatchNorm2d(cout)] if bn else [conv]
 
@@ -65,14 +72,16 @@ def _conv_act(
 
 
 def _side(image_size: int, factor: int, name: str) -> int:
-    """Feature-map side after downsampling by ``factor`` (floor, as AvgPool2d does); must stay >= 1."""
+    """Feature-map side after downsampling by ``factor`` (floor, as AvgPool2d does); must stay
+    >= 1."""
     if image_size // factor < 1:
         raise ValueError(f"{name} needs image_size >= {factor}, got {image_size}")
     return image_size // factor
 
 
 def cnn(c: int, s: int, n: int, make_act: MakeAct, bn: bool) -> nn.Module:
-    """Small CPU CNN for MNIST/CIFAR: 8C3-AP2-32C3-AP2-128FC-nFC (each conv -> BN -> act by default).
+    """Small CPU CNN for MNIST/CIFAR: 8C3-AP2-32C3-AP2-128FC-nFC (each conv -> BN -> act by
+    default).
 
     Kept narrow at full resolution so an MNIST epoch trains in about 20 s on 2 CPU cores.
     """
@@ -89,7 +98,8 @@ def cnn(c: int, s: int, n: int, make_act: MakeAct, bn: bool) -> nn.Module:
 
 
 def cifarnet(c: int, s: int, n: int, make_act: MakeAct, bn: bool) -> nn.Module:
-    """CIFAR-Net: 128C3-256C3-AP2-512C3-AP2-1024C3-512C3-1024FC-512FC-nFC (no dropout; no BN by default).
+    """CIFAR-Net: 128C3-256C3-AP2-512C3-AP2-1024C3-512C3-1024FC-512FC-nFC (no dropout; no BN by
+    default).
 
     Follows models/CifarNet.py (CIFARNet) of the authors' repo.
     """
@@ -160,8 +170,9 @@ def vgg16_paper(c: int, s: int, n: int, make_act: MakeAct, bn: bool) -> nn.Modul
 
 
 def vgg16(c: int, s: int, n: int, make_act: MakeAct, bn: bool) -> nn.Module:
-    """Standard VGG-16 (config D, AvgPool2 for max pooling): 64,64,A,128,128,A,256x3,A,512x3,A,512x3,A
-    (all 3x3 convs -> BN -> act by default), then 512FC-nFC as is usual for CIFAR-size inputs."""
+    """Standard VGG-16 (config D, AvgPool2 for max pooling):
+    64,64,A,128,128,A,256x3,A,512x3,A,512x3,A (all 3x3 convs -> BN -> act by default), then
+    512FC-nFC as is usual for CIFAR-size inputs."""
     cfg = [64, 64, "A", 128, 128, "A", 256, 256, 256, "A", 512, 512, 512, "A", 512, 512, 512, "A"]
     return nn.Sequential(
         *_vgg_features(c, cfg, make_act, bn),
@@ -173,9 +184,11 @@ def vgg16(c: int, s: int, n: int, make_act: MakeAct, bn: bool) -> nn.Module:
 
 
 class ShortcutA(nn.Module):
-    """He et al. (2016) option A shortcut: take every 2nd pixel, zero-pad planes // 4 channels on each side.
+    """He et al. (2016) option A shortcut: take every 2nd pixel, zero-pad planes // 4 channels on
+    each side.
 
-    For ``planes`` = 2 x input channels it maps (N, C, H, W) to (N, 2C, ceil(H/2), ceil(W/2)); no parameters.
+    For ``planes`` = 2 x input channels it maps (N, C, H, W) to (N, 2C, ceil(H/2), ceil(W/2));
+    no parameters.
     """
 
     def __init__(self, planes: int):
@@ -190,9 +203,11 @@ class ShortcutA(nn.Module):
 
 
 class BasicBlock(nn.Module):
-    """act(residual(x) + shortcut(x)), residual = conv3x3(stride) [-BN] - act [-dropout] - conv3x3 [-BN].
+    """act(residual(x) + shortcut(x)),
+    residual = conv3x3(stride) [-BN] - act [-dropout] - conv3x3 [-BN].
 
-    The shortcut is the identity when shapes match, else option A (``ShortcutA``) or a 1x1 strided conv [-BN].
+    The shortcut is the identity when shapes match, else option A (``ShortcutA``) or a 1x1
+    strided conv [-BN].
     """
 
     def __init__(
@@ -234,8 +249,9 @@ def _stage(cin: int, cout: int, blocks: int, stride: int, **block_kw) -> nn.Sequ
 
 
 def resnet20(c: int, s: int, n: int, make_act: MakeAct, bn: bool) -> nn.Module:
-    """He et al. (2016) CIFAR ResNet-20: 16C3-BN-act, 3 stages x 3 basic blocks (16, 32, 64 channels, stride 2 at
-    stages 2 and 3, option-A shortcuts), global average pool, nFC. 269,722 parameters for n = 10."""
+    """He et al. (2016) CIFAR ResNet-20: 16C3-BN-act, 3 stages x 3 basic blocks (16, 32, 64
+    channels, stride 2 at stages 2 and 3, option-A shortcuts), global average pool, nFC.
+    269,722 parameters for n = 10."""
     kw = dict(make_act=make_act, bn=bn, option_a=True)
     return nn.Sequential(
         OrderedDict(
@@ -249,8 +265,9 @@ def resnet20(c: int, s: int, n: int, make_act: MakeAct, bn: bool) -> nn.Module:
 
 
 def resnet20_paper(c: int, s: int, n: int, make_act: MakeAct, bn: bool) -> nn.Module:
-    """The paper's "ResNet-20": 64C3-D-64C3-D-64C3-AP2, 4 stages x 2 basic blocks (64, 128, 256, 512 channels, stride 2
-    at stages 2-4, 1x1-conv shortcuts, dropout 0.2 inside blocks), flatten, nFC; bias-free, no BN by default.
+    """The paper's "ResNet-20": 64C3-D-64C3-D-64C3-AP2, 4 stages x 2 basic blocks (64, 128, 256,
+    512 channels, stride 2 at stages 2-4, 1x1-conv shortcuts, dropout 0.2 inside blocks), flatten,
+    nFC; bias-free, no BN by default.
 
     Follows models/ResNet20.py (ResNet/BasicBlock, num_blocks=[2, 2, 2, 2]) of the authors' repo.
     """
@@ -288,10 +305,36 @@ _MODELS = {  # name: (builder, default batch_norm)
 NAMES: tuple[str, ...] = tuple(_MODELS)
 
 
+# Bounds on build()'s sizes, checked before anything is allocated (an arch record comes from a
+# checkpoint file, which may be damaged): the zoo's models are for small images (MNIST 28, CIFAR
+# 32) and the first Linear layer of cnn, cifarnet and vgg16-paper grows with image_size**2.
+LIMITS = {
+    "in_channels": (16, "images have 1 to 4 channels"),
+    "image_size": (1024, "the zoo's models are for small images: MNIST's 28, CIFAR's 32 pixels"),
+    "num_classes": (100_000, "over 4x the 21,841 classes of ImageNet-21k"),
+}
+# 4 GiB of float32 weights: 30x the largest zoo model at 32x32 (vgg16-paper, 35 M parameters)
+MAX_PARAMETERS = 2**30
+
+
 def _positive_int(value, what: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"{what} must be a positive int, got {value!r}")
+    limit, why = LIMITS[what]
+    if value > limit:
+        raise ValueError(f"{what} must be at most {limit:,} ({why}), got {value:,}")
     return value
+
+
+def _check_size(builder, *args) -> None:
+    """Build on the meta device (no memory) and refuse more than MAX_PARAMETERS parameters."""
+    with torch.device("meta"):
+        n = count_parameters(builder(*args))
+    if n > MAX_PARAMETERS:
+        raise ValueError(
+            f"these sizes give a model of {n:,} parameters, above the limit of "
+            f"{MAX_PARAMETERS:,} (4 GiB of float32 weights)"
+        )
 
 
 # With threshold activations BN scales start at 0.3 * y_th, so few pre-activations start out
@@ -301,8 +344,8 @@ THRESHOLD_BN_SCALE = 0.3
 
 
 def _init(model: nn.Module, bn_scale: float) -> None:
-    """Kaiming-normal (fan_out, as He et al. and the authors' ResNet) convs with zero bias, BN scales
-    ``bn_scale``; Linear keeps PyTorch defaults. Deterministic given torch.manual_seed."""
+    """Kaiming-normal (fan_out, as He et al. and the authors' ResNet) convs with zero bias, BN
+    scales ``bn_scale``; Linear keeps PyTorch defaults. Deterministic given torch.manual_seed."""
     for m in model.modules():
         if isinstance(m, nn.Conv2d):
             nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
@@ -323,21 +366,26 @@ def build(
     batch_norm: bool | None = None,
     levels: int | None = None,
 ) -> nn.Module:
-    """Build model ``name`` (one of NAMES) for ``in_channels`` x ``image_size`` x ``image_size`` inputs.
+    """Build model ``name`` (one of NAMES) for ``in_channels`` x ``image_size`` x ``image_size``
+    inputs.
 
-    ``act``/``y_th`` choose the activation at every site; ``batch_norm=None`` keeps the model's default
-    (True for cnn, vgg16, resnet20; False for the paper models, as in the authors' code).
+    ``act``/``y_th`` choose the activation at every site; ``batch_norm=None`` keeps the model's
+    default (True for cnn, vgg16, resnet20; False for the paper models, as in the authors' code).
+    Sizes beyond ``LIMITS``, or a model above ``MAX_PARAMETERS``, raise ValueError before any
+    weight is allocated.
     """
     if name not in _MODELS:
         raise ValueError(f"unknown model {name!r}; expected one of {NAMES}")
     activation(act, y_th, levels)  # validate act, y_th and levels before building anything
     builder, default_bn = _MODELS[name]
-    model = builder(
+    args = (
         _positive_int(in_channels, "in_channels"),
         _positive_int(image_size, "image_size"),
         _positive_int(num_classes, "num_classes"),
         partial(activation, act, y_th, levels),
         default_bn if batch_norm is None else bool(batch_norm),
     )
+    _check_size(builder, *args)
+    model = builder(*args)
     _init(model, THRESHOLD_BN_SCALE * y_th if act in ("threshold", "qcfs") else 1.0)
     return model

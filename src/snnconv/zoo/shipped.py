@@ -23,8 +23,9 @@ def names() -> list[str]:
 
 
 def resolve(name_or_path: str | os.PathLike) -> Path:
-    """A checkpoint file for a path (a model file, or a training folder holding model.pt) or a
-    shipped model's name. Anything that exists on disk or contains a path separator is a path."""
+    """The absolute checkpoint file for a path (a model file, or a training folder holding
+    model.pt) or a shipped model's name. Anything that exists on disk or contains a path
+    separator is a path: a local ``cnn-mnist/`` shadows the shipped ``cnn-mnist``."""
     text = str(name_or_path)
     path = Path(text).expanduser()
     if not (path.exists() or os.sep in text or (os.altsep and os.altsep in text)):
@@ -32,13 +33,13 @@ def resolve(name_or_path: str | os.PathLike) -> Path:
         if shipped.is_file():
             return shipped
     if path.is_dir() and (path / "model.pt").is_file():
-        return path / "model.pt"
+        return (path / "model.pt").resolve()
     if not path.is_file():
         raise CheckpointError(
             f"no checkpoint {text!r}: not a file, not a training folder with model.pt, and not a "
             f"shipped model ({', '.join(names()) or 'none shipped'})"
         )
-    return path
+    return path.resolve()
 
 
 def load_checkpoint(name_or_path: str | os.PathLike) -> dict:
