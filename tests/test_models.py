@@ -62,9 +62,13 @@ def test_names():
     assert NAMES == ("cnn", "cifarnet", "vgg16", "vgg16-paper", "resnet20", "resnet20-paper")
 
 
+# The small CNN stays in the quick subset; the rest of the zoo (1-5 s per model) is slow.
+ZOO = [n if n == "cnn" else pytest.param(n, marks=pytest.mark.slow) for n in NAMES]
+
+
 @pytest.mark.parametrize("act", ["relu", "threshold"])
 @pytest.mark.parametrize("num_classes", [10, 100])
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", ZOO)
 def test_shape_and_fx_trace(name, num_classes, act):
     torch.manual_seed(0)
     model = build(name, num_classes=num_classes, act=act).eval()
@@ -281,7 +285,7 @@ def test_parameter_limit_counted_on_meta_device():
     assert count_parameters(build("cnn", num_classes=100_000)) < MAX_PARAMETERS
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", ZOO)
 def test_every_zoo_model_converts_and_simulates(name):
     """Random weights; threshold activations need no data. The SNN runs and, at T=1 with the
     membrane shift, every IF layer fires at most once per neuron."""
