@@ -73,7 +73,10 @@ def start(src: str, args) -> subprocess.Popen:
     env = dict(os.environ, PYTHONPATH=os.path.abspath(src))
     p = subprocess.Popen(
         [sys.executable, "-c", WORKER, args.models, args.T, str(args.batch), args.data_root],
-        env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+        env=env,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
     )
     assert p.stdout.readline().strip() == "ready", f"worker for {src} failed"
     return p
@@ -110,16 +113,20 @@ def main() -> None:
     cpu = next((ln.split(":")[1].strip() for ln in open("/proc/cpuinfo") if "model name" in ln), "")
     flags = open("/proc/cpuinfo").read()
     isa = "avx512" if "avx512f" in flags else "avx2" if "avx2" in flags else platform.machine()
-    print(f"{cpu}, {os.cpu_count()} cores, {isa}; batch {args.batch}, {args.rounds} rounds, "
-          f"shift membrane, channels_last")
+    print(
+        f"{cpu}, {os.cpu_count()} cores, {isa}; batch {args.batch}, {args.rounds} rounds, "
+        f"shift membrane, channels_last"
+    )
     print(f"{'model':<14}{'T':>4}{'old s (min-max)':>26}{'new s (min-max)':>26}{'new/old':>9}")
     result = {"machine": cpu, "isa": isa, "rows": []}
     for name in args.models.split(","):
         for T in map(int, args.T.split(",")):
             a, b = times[("old", name, T)], times[("new", name, T)]
             ma, mb = statistics.median(a), statistics.median(b)
-            print(f"{name:<14}{T:>4}{ma:>10.3f} ({min(a):.3f}-{max(a):.3f}){mb:>10.3f} "
-                  f"({min(b):.3f}-{max(b):.3f}){mb / ma:>9.3f}")
+            print(
+                f"{name:<14}{T:>4}{ma:>10.3f} ({min(a):.3f}-{max(a):.3f}){mb:>10.3f} "
+                f"({min(b):.3f}-{max(b):.3f}){mb / ma:>9.3f}"
+            )
             result["rows"].append({"model": name, "T": T, "old": a, "new": b, "ratio": mb / ma})
     print(json.dumps(result))
 

@@ -114,7 +114,7 @@ def test_other_unsupported_forms():
             return x.relu(), x
 
     cases["tuple output"] = TwoOut()
-    for name, model in cases.items():
+    for model in cases.values():
         with pytest.raises(ConversionError, match="node '"):
             snnconv.convert(model, calibration=[torch.rand(2, 2, 5, 5)])
 

@@ -1,4 +1,5 @@
-"""snnconv: convert trained ANNs into integrate-and-fire SNNs (Deng & Gu, ICLR 2021) and measure them.
+"""snnconv: convert trained ANNs into integrate-and-fire SNNs (Deng & Gu, ICLR 2021), measure
+them.
 
 The public API; everything else is reached through its subpackage (``snnconv.io.data``,
 ``snnconv.zoo.models``, ...). A map of the modules is in docs/design.md.

@@ -34,8 +34,9 @@ def trace(model: nn.Module) -> fx.GraphModule:
         graph = SnnTracer().trace(model)
     except Exception as err:  # fx raises many types; all mean "not traceable"
         raise ConversionError(
-            f"torch.fx could not trace {type(model).__name__}: {err}. Conversion needs a model whose "
-            "forward has no data-dependent Python control flow; move such logic out of forward()."
+            f"torch.fx could not trace {type(model).__name__}: {err}. Conversion needs a model "
+            "whose forward has no data-dependent Python control flow; move such logic out of "
+            "forward()."
         ) from err
     return fx.GraphModule(model, graph, model.__class__.__name__)
 

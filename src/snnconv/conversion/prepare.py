@@ -1,7 +1,7 @@
 """Turn a traced ANN into the inference-form ANN its SNN mirrors: BatchNorm folded into the
 preceding conv/linear, dropout and identities removed, in-place ops made out-of-place, max
-pooling replaced by average pooling where asked. Eval-mode outputs are unchanged up to float rounding (except for the max-pool swap,
-which is recorded as a note)."""
+pooling replaced by average pooling where asked. Eval-mode outputs are unchanged up to float
+rounding (except for the max-pool swap, which is recorded as a note)."""
 
 from __future__ import annotations
 

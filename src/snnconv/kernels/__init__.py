@@ -1,1 +1,2 @@
-"""Compiled kernels: C++ sources (csrc/), their build and cache, typed wrappers, the Triton IF scan."""
+"""Compiled kernels: C++ sources (csrc/), their build and cache, typed wrappers, the Triton IF
+scan, the choice of backend."""

@@ -1,1 +1,2 @@
-"""Measures of a converted network: layer-wise error split, synaptic operations and energy, shift sweep."""
+"""Measures of a converted network: layer-wise error split, synaptic operations and energy,
+shift sweep."""

@@ -16,11 +16,10 @@ from contextlib import contextmanager
 import torch
 
 from snnconv import options
-
 from snnconv.conversion.convert import READOUT_LAYER, SpikingNetwork
 from snnconv.evaluation.evaluate import ann_pass
-from snnconv.measures import error_split
 from snnconv.exceptions import OptionError
+from snnconv.measures import error_split
 from snnconv.simulation.neuron import IFNeurons, recording
 
 

@@ -1,1 +1,2 @@
-"""Simulation: the IF neuron (functional core and module), the plan of a network and its executors."""
+"""Simulation: the IF neuron (functional core and module), the plan of a network, its executor
+and the step-by-step oracle."""

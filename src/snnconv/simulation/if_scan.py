@@ -1,4 +1,5 @@
-"""An IF layer over a chunk of steps: the faster paths of ``neuron.if_step``, equal to it bit for bit.
+"""An IF layer over a chunk of steps: the faster paths of ``neuron.if_step``, equal to it bit for
+bit.
 
 ``scan`` runs c steps of one layer at once on a current [c, batch, ...] (or a constant one): by the
 compiled kernel of the device where one applies (``kernels.backend``), else by the PyTorch loop
@@ -57,7 +58,8 @@ def scan(
     addend: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """``steps`` steps of ``layer``: current [steps, batch, ...] (or [batch, ...] held for every
-    step when ``constant``) -> spikes [steps, batch, ...] (amplitude V_th), in ``out`` if it fits."""
+    step when ``constant``) -> spikes [steps, batch, ...] (amplitude V_th), in ``out`` if it
+    fits."""
     recorder = layer.recorder
     if addend is not None and (constant or recorder is not None):
         current, addend = current + addend, None

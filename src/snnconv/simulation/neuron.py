@@ -8,7 +8,8 @@ Per step t = 1..T, with input current I[t] and threshold V_th (a scalar or one v
     output V_th * s[t]                spikes carry amplitude V_th
 
 and v[0] = V_th/2 for shift="membrane", else 0, plus ``v_init`` where calibration set one (a
-per-channel or per-neuron offset of the initial membrane). For a constant current z this gives, after T steps,
+per-channel or per-neuron offset of the initial membrane). For a constant current z this gives,
+after T steps,
 
     rate = (V_th/T) * clip(floor(T*z/V_th + 1/2), 0, T)      (shift "bias" or "membrane")
     rate = (V_th/T) * clip(floor(T*z/V_th), 0, T)            (shift "none")
@@ -89,8 +90,8 @@ def initial_state(
     p: IFParameters, like: torch.Tensor, spare: torch.Tensor | None = None
 ) -> IFState:
     """v[0] (V_th/2 for shift "membrane", else 0, plus ``v_init``) and zero counts shaped like
-    ``like`` (one step's current). ``spare``, a membrane tensor of the same shape, layout and dtype, is reused: its
-    memory is already mapped (fresh memory costs page faults)."""
+    ``like`` (one step's current). ``spare``, a membrane tensor of the same shape, layout and
+    dtype, is reused: its memory is already mapped (fresh memory costs page faults)."""
     v_th = p.threshold_like(like)
     start = v_th / 2 if p.shift == "membrane" else torch.zeros((), dtype=like.dtype)
     if (
