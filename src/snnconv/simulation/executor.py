@@ -5,8 +5,8 @@ t*B + b of a [c*B, ...] tensor is sample b at step t of the chunk), so each conv
 c*B maps and each IF layer scans its c steps in a tight loop. What each node does follows the
 network's ``Plan`` (plan.py): a conv reading spikes runs as a table lookup
 (``kernels.lookup_conv``); a sum read only by an IF layer is handed to its scan (``ScanSum``);
-a lookup conv read only by an IF layer is left pending (``PendingConv``) and run by that layer in one pass with its update;
-static values (the input and what precedes the first IF layer) are computed once. Outputs that
+a lookup conv read only by an IF layer is left pending (``PendingConv``) and run by that layer
+in one pass with its update; static values (the input and what precedes the first IF layer) are computed once. Outputs that
 are written every chunk go into buffers kept in the workspace (workspace.py).
 
 Memory grows with the chunk length c, not with T: the first step runs alone to measure the bytes
