@@ -6,8 +6,9 @@ c*B maps and each IF layer scans its c steps in a tight loop. What each node doe
 network's ``Plan`` (plan.py): a conv reading spikes runs as a table lookup
 (``kernels.lookup_conv``); a sum read only by an IF layer is handed to its scan (``ScanSum``);
 a lookup conv read only by an IF layer is left pending (``PendingConv``) and run by that layer
-in one pass with its update; static values (the input and what precedes the first IF layer) are computed once. Outputs that
-are written every chunk go into buffers kept in the workspace (workspace.py).
+in one pass with its update; static values (the input and what precedes the first IF layer)
+are computed once. Outputs that are written every chunk go into buffers kept in the workspace
+(workspace.py).
 
 Memory grows with the chunk length c, not with T: the first step runs alone to measure the bytes
 one step needs, then c is chosen to fit ``max_chunk_bytes`` (default ``default_chunk_bytes``).
