@@ -162,3 +162,19 @@ def test_only_zero_padding_takes_the_kept_buffer():
     assert not is_zero_pad(pad_node, (x, (1, 1)), {"value": 1.0})
     assert not is_zero_pad(pad_node, (x, (1, 1)), {"mode": "reflect"})
     assert not is_zero_pad(pad_node, (x, (-1, 1)), {})
+
+
+def test_readout_streams_chunks_and_equals_cumsum():
+    """The readout is written chunk by chunk into one tensor, equal bit for bit to the mean of
+    the whole sequence (y.cumsum(0) / t), whatever the chunking and the block size."""
+    from snnconv.simulation.executor import Readout
+
+    y = torch.randn(50, 3, 4) * 7
+    want = y.cumsum(0) / torch.arange(1, 51, dtype=y.dtype).view(-1, 1, 1)
+    for chunks, block in (([50], 1 << 20), ([1, 7, 42], 1 << 20), ([20, 30], 8 * 12 * 3)):
+        r, done = Readout(50), 0
+        r.BLOCK_BYTES = block  # 3 steps per block in the last case
+        for c in chunks:
+            r.add(y[done : done + c])
+            done += c
+        assert torch.equal(r.out, want)

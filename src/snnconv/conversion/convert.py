@@ -5,6 +5,7 @@ clip(x, 0, a) into a layer of IF neurons with V_th = a (threshold balancing), ad
 from __future__ import annotations
 
 import copy
+import threading
 import warnings
 from collections.abc import Iterable
 
@@ -31,7 +32,10 @@ class SpikingNetwork(nn.Module):
     weights), ``layers`` (IF layers by the name of the activation node they replace), ``shift``,
     ``readout``, ``threshold``, ``notes`` (what conversion changed), ``workspace`` (output
     buffers kept from the last simulation for the next, at most about its chunk's bytes;
-    ``snn.workspace.clear()`` frees them; never saved or copied).
+    ``snn.workspace.clear()`` frees them; never saved or copied), ``lock`` (held by every
+    simulation, so calls from several threads run one at a time; the layers' state, e.g.
+    ``spike_count``, belongs to the last call: read it under ``with snn.lock:`` with your call,
+    or in ``on_mark``).
     """
 
     def __init__(
@@ -50,9 +54,16 @@ class SpikingNetwork(nn.Module):
         self.shift, self.readout, self.threshold = shift, readout, threshold
         self.notes, self.input_shape = list(notes), input_shape
         self.workspace: dict[str, torch.Tensor] = {}
+        self.lock = threading.RLock()
 
     def __getstate__(self):
-        return {**self.__dict__, "workspace": {}}  # buffers are scratch: not pickled or deep-copied
+        state = {**self.__dict__, "workspace": {}}  # buffers are scratch: not pickled or copied
+        state.pop("lock", None)
+        return state
+
+    def __setstate__(self, state):
+        super().__setstate__(state)
+        self.lock = threading.RLock()
 
     @property
     def layers(self) -> dict[str, IFNeurons]:
@@ -98,12 +109,14 @@ class SpikingNetwork(nn.Module):
         """Readout after every step t = 1..T, [T, batch, ...]; ``on_mark(t)`` runs after each
         step t in ``marks`` (the IF layers' ``spike_count`` then holds the counts up to t)."""
         self.check_input(x, T)
-        return simulate(self.graph, x, T, max_chunk_bytes, marks, on_mark, self.workspace)
+        with self.lock:
+            return simulate(self.graph, x, T, max_chunk_bytes, marks, on_mark, self.workspace)
 
     def stepwise(self, x: torch.Tensor, T: int) -> torch.Tensor:
         """Same as ``forward`` by a plain loop over time steps (the reference implementation)."""
         self.check_input(x, T)
-        return simulate_stepwise(self.graph, x, T)
+        with self.lock:
+            return simulate_stepwise(self.graph, x, T)
 
     def extra_repr(self) -> str:
         return (

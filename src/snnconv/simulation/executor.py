@@ -111,11 +111,39 @@ def is_zero_pad(node: fx.Node, args, kwargs) -> bool:
     )
 
 
-def readout(outputs: list[torch.Tensor]) -> torch.Tensor:
-    """Mean over steps 1..t of the per-step outputs [steps, batch, ...], for every t."""
-    y = torch.cat(outputs)
-    t = torch.arange(1, y.shape[0] + 1, dtype=y.dtype, device=y.device)
-    return y.cumsum(0) / t.view(-1, *([1] * (y.dim() - 1)))
+class Readout:
+    """out[t-1] = (1/t) sum_{s<=t} y[s], written into one [T, batch, ...] tensor as the chunks of
+    y arrive, so the readout costs its own size and no more. The running sum is carried step
+    after step in float64 on the CPU (as ``torch.cumsum`` accumulates float32 there), so the
+    result is the same, bit for bit, whatever the chunking and equal to ``y.cumsum(0) / t``."""
+
+    def __init__(self, steps: int):
+        self.steps, self.done = steps, 0
+        self.out: torch.Tensor | None = None
+        self.total: torch.Tensor | None = None
+
+    BLOCK_BYTES = 32 << 20  # the float64 temporaries of one add() stay below this
+
+    def add(self, y: torch.Tensor) -> None:
+        """Append the outputs y [c, batch, ...] of the next c steps."""
+        rows = max(1, self.BLOCK_BYTES // max(1, 8 * y[0].numel()))
+        for start in range(0, y.shape[0], rows):
+            self._add(y[start : start + rows])
+
+    def _add(self, y: torch.Tensor) -> None:
+        if self.out is None:
+            self.out = torch.empty((self.steps, *y.shape[1:]), dtype=y.dtype, device=y.device)
+            wide = y.is_floating_point() and y.device.type == "cpu"
+            self.total = torch.zeros(
+                y.shape[1:], dtype=torch.float64 if wide else y.dtype, device=y.device
+            )
+        c = y.shape[0]
+        sums = torch.cat([self.total.unsqueeze(0), y.to(self.total.dtype)]).cumsum(0)[1:]
+        self.total = sums[-1].clone()
+        t = torch.arange(self.done + 1, self.done + c + 1, dtype=y.dtype, device=y.device)
+        rows = self.out[self.done : self.done + c]
+        torch.div(sums.to(y.dtype), t.view(-1, *([1] * (y.dim() - 1))), out=rows)
+        self.done += c
 
 
 @dataclass
@@ -272,12 +300,13 @@ def _account(ch: Chunk, node: fx.Node, result: Value) -> None:
 
 
 def run_chunk(ch: Chunk, x: torch.Tensor) -> torch.Tensor:
-    """One pass of the graph over the chunk; returns the outputs [c, batch, ...]."""
+    """One pass of the graph over the chunk; returns the outputs [c, batch, ...] (possibly a view
+    of a kept buffer: read it before the next chunk)."""
     for node in ch.plan.nodes:
         kind = ch.plan.kind[node]
         if kind is Kind.OUTPUT:
             y = ch.value(ch.plan.output, widen=True)
-            return y.reshape(ch.c, ch.batch, *y.shape[1:]).clone()
+            return y.reshape(ch.c, ch.batch, *y.shape[1:])
         if node in ch.static:
             continue
         if kind is Kind.INPUT:
@@ -320,15 +349,15 @@ def simulate(
         modules[n.target].reset(steps)
     static: dict = {}
     ws = {} if workspace is None else workspace
-    outputs, done, chunk, measured = [], 0, 1, False
+    result, done, chunk, measured = Readout(steps), 0, 1, False
     with torch.no_grad():
         while done < steps:
             c = min([chunk, steps - done] + [t - done for t in marks if t > done])
             ch = Chunk(gm, plan, modules, static, ws, c, x.shape[0])
-            outputs.append(run_chunk(ch, x))
+            result.add(run_chunk(ch, x))
             done += c
             if on_mark is not None and done in marks:
                 on_mark(done)
             if not measured:  # the first chunk is one step: size the others from it
                 chunk, measured = max(1, max_chunk_bytes // max(ch.step_bytes, 1)), True
-    return readout(outputs)
+    return result.out

@@ -7,7 +7,7 @@ from __future__ import annotations
 import torch
 from torch import fx
 
-from snnconv.simulation.executor import execute, fetch_attr, readout
+from snnconv.simulation.executor import Readout, execute, fetch_attr
 from snnconv.simulation.neuron import IFNeurons
 
 
@@ -17,7 +17,7 @@ def simulate_stepwise(gm: fx.GraphModule, x: torch.Tensor, steps: int) -> torch.
     for m in modules.values():
         if isinstance(m, IFNeurons):
             m.reset(steps)
-    outputs = []
+    result = Readout(steps)
     with torch.no_grad():
         for _ in range(steps):
             env = {}
@@ -27,7 +27,7 @@ def simulate_stepwise(gm: fx.GraphModule, x: torch.Tensor, steps: int) -> torch.
                 elif node.op == "get_attr":
                     env[node] = fetch_attr(gm, node.target)
                 elif node.op == "output":
-                    outputs.append(env[node.args[0]].unsqueeze(0))
+                    result.add(env[node.args[0]].unsqueeze(0))
                 else:
                     args = fx.node.map_arg(node.args, env.__getitem__)
                     kwargs = fx.node.map_arg(node.kwargs, env.__getitem__)
@@ -37,4 +37,4 @@ def simulate_stepwise(gm: fx.GraphModule, x: torch.Tensor, steps: int) -> torch.
                         if isinstance(m, IFNeurons)
                         else execute(node, args, kwargs, modules)
                     )
-    return readout(outputs)
+    return result.out
