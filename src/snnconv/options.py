@@ -16,12 +16,21 @@ Shift = Literal["bias", "membrane", "none"]
 ThresholdMode = Literal["activation", "max", "percentile"]
 Readout = Literal["current", "spikes"]
 MaxPool = Literal["error", "avg"]
+Schedule = Literal["cosine", "step"]  # training LR schedule after the warm-up
+Device = Literal["auto", "cpu", "cuda"]  # training device ("auto": CUDA if there is one)
 
 SHIFTS: tuple[str, ...] = get_args(Shift)
 THRESHOLD_MODES: tuple[str, ...] = get_args(ThresholdMode)
 READOUTS: tuple[str, ...] = get_args(Readout)
 MAXPOOLS: tuple[str, ...] = get_args(MaxPool)
+SCHEDULES: tuple[str, ...] = get_args(Schedule)
+DEVICES: tuple[str, ...] = get_args(Device)
 
+# Defaults of ``convert`` (and of the command line's conversion options).
+DEFAULT_THRESHOLD: ThresholdMode = "activation"
+DEFAULT_SHIFT: Shift = "bias"
+DEFAULT_READOUT: Readout = "current"
+DEFAULT_MAXPOOL: MaxPool = "error"
 DEFAULT_PERCENTILE = 99.99
 # 45 nm CMOS energy per operation (Horowitz 2014, as used by most SNN papers): a 32-bit float
 # multiply-accumulate and a 32-bit float add.
@@ -29,6 +38,11 @@ E_MAC_PJ = 4.6
 E_AC_PJ = 0.9
 # Shift sweep: fractions f of V_th/T (f = 1/2 is the paper's V_th/(2T)).
 SHIFT_FRACTIONS: tuple[float, ...] = tuple(i / 10 for i in range(11))
+
+
+def flag(name: str) -> str:
+    """The command-line option of a parameter: ``batch_size`` -> ``--batch-size``."""
+    return "--" + name.replace("_", "-")
 
 
 def choice(name: str, value, allowed: tuple[str, ...]) -> str:
@@ -42,18 +56,35 @@ def check_shift(shift: str) -> str:
     return choice("shift", shift, SHIFTS)
 
 
+def check_count(value, what: str, minimum: int = 1) -> int:
+    """An integer >= ``minimum`` (bools refused): a batch size, a number of images, epochs..."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise OptionError(f"{what} must be an integer >= {minimum}, got {value!r}")
+    return value
+
+
 def check_steps(steps, what: str = "T") -> int:
     """The number of time steps: an int >= 1 (bools refused)."""
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise OptionError(f"{what} must be an integer >= 1, got {steps!r}")
-    return steps
+    return check_count(steps, what)
 
 
-def check_percentile(p) -> float:
+def check_number(value, what: str, low: float = 0.0, high: float = math.inf) -> float:
+    """A finite real number in [low, high] (NaN and infinities refused)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise OptionError(f"{what} must be a number, got {value!r}")
+    value = float(value)
+    if not (math.isfinite(value) and low <= value <= high):
+        bounds = {(True, True): "", (False, True): f" >= {low:g}", (True, False): f" <= {high:g}"}
+        where = bounds.get((low == -math.inf, high == math.inf), f" in [{low:g}, {high:g}]")
+        raise OptionError(f"{what} must be a finite number{where}, got {value}")
+    return value
+
+
+def check_percentile(p, what: str = "percentile") -> float:
     """A percentile in (0, 100]."""
     value = float(p)
     if not 0 < value <= 100:
-        raise OptionError(f"percentile must be in (0, 100], got {p}")
+        raise OptionError(f"{what} must be in (0, 100], got {p}")
     return value
 
 
@@ -63,3 +94,12 @@ def check_energy(name: str, value) -> float:
     if not math.isfinite(value) or value < 0:
         raise OptionError(f"{name} must be a finite number >= 0 (pJ), got {value}")
     return value
+
+
+def check_fractions(fractions, what: str = "fractions") -> tuple[float, ...]:
+    """Shift-sweep fractions of V_th/T: finite, sorted, without repeats, and 0 among them (every
+    layer's best shift is compared with no shift)."""
+    values = tuple(sorted({check_number(f, what, -math.inf) for f in fractions}))
+    if 0.0 not in values:
+        raise OptionError(f"{what} must include 0 (no shift, the reference), got {list(values)}")
+    return values

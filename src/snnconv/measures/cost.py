@@ -10,7 +10,7 @@ linear map L~ whose weights are replaced by their non-zero indicators, by one ba
     MACs (SNN)  = sum over input elements of fan-out, once: the first layer's input is analog and
                   constant over time, so its current is computed once
     MACs (ANN)  = sum over the input and every activation of fan-out (one dense pass)
-    energy      = MACs x e_mac + SOPs x e_ac   (defaults 4.6 pJ and 0.9 pJ, 45 nm CMOS)
+    energy      = MACs x e_mac + SOPs x e_ac   (defaults: snnconv.options.E_MAC_PJ and E_AC_PJ)
 """
 
 from __future__ import annotations
@@ -21,8 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
-E_MAC_PJ = 4.6
-E_AC_PJ = 0.9
+from snnconv.options import E_AC_PJ, E_MAC_PJ
+
 INPUT = "input"
 
 
