@@ -1,5 +1,6 @@
 """Training: schedule, parameter groups, bitwise resume after SIGKILL, two-rank DDP on CPU."""
 
+import json
 import os
 import signal
 import socket
@@ -11,8 +12,9 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+import snnconv
 from conftest import SHARED_DATA
-from snnconv import train
+from snnconv import cli, train
 from snnconv.exceptions import CheckpointError
 from snnconv.io import checkpoint
 from snnconv.zoo import models, shipped
@@ -65,6 +67,7 @@ def run_cli(args, **kw):
     )
 
 
+@pytest.mark.slow
 def test_resume_after_sigkill_is_bitwise_identical(tmp_path):
     full, cut = tmp_path / "full", tmp_path / "cut"
     done = run_cli(["train", *SMALL, "--epochs", "3", "--out", str(full)])
@@ -95,9 +98,14 @@ def test_resume_after_sigkill_is_bitwise_identical(tmp_path):
         assert torch.equal(a["model"][k], b["model"][k]), k
     assert torch.equal(a["rng"], b["rng"])
     log = (cut / "log.jsonl").read_text().splitlines()
-    assert [eval(l)["epoch"] for l in log] == [1, 2, 3]  # epoch 2 logged once, after the resume
+    assert [json.loads(line)["epoch"] for line in log] == [
+        1,
+        2,
+        3,
+    ]  # epoch 2 logged once, after the resume
 
 
+@pytest.mark.slow
 def test_resume_with_other_settings_is_refused(tmp_path):
     out = tmp_path / "run"
     assert run_cli(["train", *SMALL, "--epochs", "1", "--out", str(out)]).returncode == 0
@@ -105,6 +113,7 @@ def test_resume_with_other_settings_is_refused(tmp_path):
     assert again.returncode == 2 and "different settings" in again.stderr and "lr" in again.stderr
 
 
+@pytest.mark.slow
 def test_resume_a_checkpoint_from_before_later_options(tmp_path):
     """A last.pt written before an option (here --init) and the kept history existed resumes when
     the new option is at its default; the log's earlier epochs are kept."""
@@ -114,14 +123,15 @@ def test_resume_a_checkpoint_from_before_later_options(tmp_path):
     del state["config"]["init"], state["history"]
     torch.save(state, out / "last.pt")
     r = run_cli(["train", *SMALL, "--epochs", "2", "--out", str(out)])
-    # --epochs differs, which is a real change of settings; same epochs but a new default option is not
+    # --epochs differs, which is a real change of settings; same epochs but a new default option
+    # is not
     assert r.returncode == 2 and "epochs" in r.stderr
     state["config"]["epochs"] = 2
     torch.save(state, out / "last.pt")
     r = run_cli(["train", *SMALL, "--epochs", "2", "--out", str(out)])
     assert r.returncode == 0, r.stderr
     log = (out / "log.jsonl").read_text().splitlines()
-    assert [eval(l)["epoch"] for l in log] == [1, 2]
+    assert [json.loads(line)["epoch"] for line in log] == [1, 2]
 
 
 def _rank(rank, world, port, out, result):
@@ -144,6 +154,7 @@ def _rank(rank, world, port, out, result):
     dist.destroy_process_group()
 
 
+@pytest.mark.slow
 def test_two_ranks_with_gloo_end_with_equal_weights(tmp_path):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -160,21 +171,50 @@ def test_two_ranks_with_gloo_end_with_equal_weights(tmp_path):
     assert ckpt["arch"]["name"] == "cnn"
 
 
-def test_train_cli_errors_are_one_line_and_exit_2(tmp_path):
-    r = run_cli(
-        [
-            "train",
-            *SMALL[:-1],
-            str(tmp_path / "nowhere"),
-            "--epochs",
-            "1",
-            "--out",
-            str(tmp_path / "x"),
-        ]
+def _main(capsys, *argv) -> tuple[int, str]:
+    try:
+        code = cli.main(list(argv))
+    except SystemExit as stop:  # argparse's own errors
+        code = stop.code
+    return code, capsys.readouterr().err
+
+
+def test_train_cli_errors_are_one_line_and_exit_2(tmp_path, capsys):
+    code, err = _main(
+        capsys,
+        "train",
+        *SMALL[:-1],
+        str(tmp_path / "nowhere"),
+        "--epochs",
+        "1",
+        "--out",
+        str(tmp_path / "x"),
     )
-    assert r.returncode == 2 and "snnconv: error: no local copy of mnist train" in r.stderr
-    r = run_cli(["train", "--model", "alexnet", "--out", str(tmp_path / "y")])
-    assert r.returncode == 2 and "invalid choice" in r.stderr
+    assert code == 2 and "snnconv: error: no local copy of mnist train" in err
+    code, err = _main(capsys, "train", "--model", "alexnet", "--out", str(tmp_path / "y"))
+    assert code == 2 and "invalid choice" in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("damage", ["truncated", "empty", "not a state"])
+def test_resume_from_a_damaged_last_pt_names_the_file(tmp_path, capsys, damage):
+    """A last.pt cut short (full disk, copy interrupted) is a one-line error naming it."""
+    out = tmp_path / "run"
+    out.mkdir()
+    state = {"model": {"w": torch.zeros(1000)}, "epoch": 0}
+    torch.save(state if damage == "not a state" else {**state, "x": torch.ones(10)}, out / "x.pt")
+    blob = (out / "x.pt").read_bytes()
+    cut = {"truncated": blob[: len(blob) // 2], "empty": b"", "not a state": blob}[damage]
+    (out / "last.pt").write_bytes(cut)
+    code, err = _main(capsys, "train", *SMALL, "--epochs", "1", "--out", str(out))
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert f"snnconv: error: cannot resume from {out / 'last.pt'}" in err
+    assert (out / "last.pt").read_bytes() == cut  # left as it was
+
+
+def test_limit_train_must_be_positive():
+    for bad in (0, -5):
+        with pytest.raises(snnconv.OptionError, match="limit_train must be an integer >= 1"):
+            train.TrainConfig(out="x", limit_train=bad)
 
 
 def test_checkpoints_load_weights_only(tmp_path):
@@ -191,6 +231,7 @@ def test_checkpoints_load_weights_only(tmp_path):
         checkpoint.load(tmp_path / "missing.pt")
 
 
+@pytest.mark.slow
 def test_init_from_a_model_file(tmp_path):
     """--init starts from given weights; a model of another architecture is refused."""
     r = run_cli(
