@@ -11,7 +11,7 @@ from torch.autograd.functional import jacobian
 
 import snnconv
 from conftest import SHARED_DATA
-from snnconv import ThresholdReLU
+from snnconv import ThresholdReLU, cli
 from snnconv.evaluation import evaluate
 from snnconv.measures import error_split
 from snnconv.zoo import shipped
@@ -52,19 +52,19 @@ def test_sop_count_equals_brute_force():
         "a2": brute_fan_out(lambda s: net.fc(net.pool(s).flatten(1)), (4, 3, 4)),
     }
     assert fans["a2"][:, 2, :].sum() == 0 and fans["a2"][:, :, :].sum() > 0  # dropped by pooling
-    assert res["cost"]["first_layer_macs"] == fans["input"].sum().item()
-    assert res["cost"]["ann_macs"] == sum(f.sum().item() for f in fans.values())
-    rows = {r["name"]: r for r in res["cost"]["layers"]}
-    assert rows["input"]["snn_macs"] == fans["input"].sum().item()
+    assert res.cost.first_layer_macs == fans["input"].sum().item()
+    assert res.cost.ann_macs == sum(f.sum().item() for f in fans.values())
+    rows = {r.name: r for r in res.cost.layers}
+    assert rows["input"].snn_macs == fans["input"].sum().item()
     for t in (8, 13):
         snn(x, t)
         for name in ("a1", "a2"):
             count = snn.layers[name].spike_count
             want = (count * fans[name]).sum().item() / len(x)
-            assert rows[name]["sops"][str(t)] == want, (name, t)
-            assert rows[name]["ann_macs"] == fans[name].sum().item()
-        assert res["cost"]["per_T"][str(t)]["sops"] == pytest.approx(
-            sum(r["sops"][str(t)] for r in rows.values()), rel=1e-12
+            assert rows[name].sops[t] == want, (name, t)
+            assert rows[name].ann_macs == fans[name].sum().item()
+        assert res.cost.per_T[t].sops == pytest.approx(  # float sums in another order
+            sum(r.sops[t] for r in rows.values()), rel=1e-12
         )
 
 
@@ -86,21 +86,21 @@ def test_error_parts_add_up_and_behave():
         res = evaluate.evaluate(
             snn, [(x, torch.zeros(16, dtype=torch.long))], [4, 16], progress=False
         )
-        for row in res["layers"]:
-            for t, e in row["error"].items():
-                assert e["clipping"] + e["quantisation"] + e["unevenness"] == pytest.approx(
-                    e["total"], abs=1e-12
+        for row in res.layers:
+            for e in row.error.values():  # float64 means: parts add up to rounding
+                assert e.clipping + e.quantisation + e.unevenness == pytest.approx(
+                    e.total, abs=1e-12
                 )
-        first = res["layers"][0]["error"]
-        assert all(first[t]["unevenness"] == pytest.approx(0, abs=1e-12) for t in first), (
+        first = res.layers[0].error
+        assert all(first[t].unevenness == pytest.approx(0, abs=1e-12) for t in first), (
             "a constant input current is quantised exactly"
         )
-        assert all(first[t]["clipping"] > 0 for t in first), "90th percentile clips"
+        assert all(first[t].clipping > 0 for t in first), "90th percentile clips"
     snn = snnconv.convert(nn.Sequential(nn.Linear(3, 4), ThresholdReLU(0.5)))
     res = evaluate.evaluate(
         snn, [(torch.randn(8, 3), torch.zeros(8, dtype=torch.long))], [4], progress=False
     )
-    assert res["layers"][0]["error"]["4"]["clipping"] == 0  # V_th = y_th: nothing to clip
+    assert res.layers[0].error[4].clipping == 0  # V_th = y_th: nothing to clip
 
 
 def test_quantise_matches_the_neuron():
@@ -120,6 +120,7 @@ def run_cli(*args):
     )
 
 
+@pytest.mark.slow
 def test_evaluate_shipped_mnist_model_and_results_schema(tmp_path):
     out = tmp_path / "eval"
     r = run_cli(
@@ -140,8 +141,11 @@ def test_evaluate_shipped_mnist_model_and_results_schema(tmp_path):
     print(r.stdout)
     res = json.loads((out / "results.json").read_text())
     for key, kind in {
+        "schema": str,
         "dataset": str,
         "model": str,
+        "checkpoint": dict,
+        "environment": dict,
         "n_images": int,
         "ann_accuracy": float,
         "shift": str,
@@ -153,6 +157,7 @@ def test_evaluate_shipped_mnist_model_and_results_schema(tmp_path):
     }.items():
         assert isinstance(res[key], kind), key
     assert res["n_images"] == 10_000 and res["dataset"] == "mnist"
+    assert res["checkpoint"]["name"] == "cnn-mnist" and len(res["checkpoint"]["sha256"]) == 64
     assert all(0 <= a <= 1 for a in [res["ann_accuracy"], *res["snn_accuracy"].values()])
     assert abs(res["snn_accuracy"]["64"] - res["ann_accuracy"]) <= 0.005
     assert res["ann_accuracy"] > 0.98
@@ -168,7 +173,7 @@ def test_evaluate_shipped_mnist_model_and_results_schema(tmp_path):
 
 
 @pytest.mark.parametrize("case", ["classes", "shape", "architecture", "unwritable", "missing"])
-def test_evaluate_errors_exit_2_and_write_nothing(tmp_path, case):
+def test_evaluate_errors_exit_2_and_write_nothing(tmp_path, capsys, case):
     out = tmp_path / "out"
     ckpt = "cnn-mnist"
     dataset = {"classes": "cifar100", "shape": "cifar10"}.get(case, "mnist")
@@ -182,23 +187,26 @@ def test_evaluate_errors_exit_2_and_write_nothing(tmp_path, case):
         out = tmp_path / "file" / "out"
     if case == "missing":
         ckpt = str(tmp_path / "nope.pt")
-    r = run_cli(
-        "evaluate",
-        "--checkpoint",
-        ckpt,
-        "--dataset",
-        dataset,
-        "--T",
-        "4",
-        "--limit",
-        "10",
-        "--data-root",
-        str(SHARED_DATA),
-        "--out",
-        str(out),
+    code = cli.main(
+        [
+            "evaluate",
+            "--checkpoint",
+            ckpt,
+            "--dataset",
+            dataset,
+            "--T",
+            "4",
+            "--limit",
+            "10",
+            "--data-root",
+            str(SHARED_DATA),
+            "--out",
+            str(out),
+        ]
     )
-    assert r.returncode == 2, r.stderr
-    assert r.stderr.startswith("snnconv: error:") and len(r.stderr.strip().splitlines()) == 1
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert err.startswith("snnconv: error:") and len(err.strip().splitlines()) == 1
     expected = {
         "classes": "100 classes",
         "shape": "takes 1x28x28",
@@ -206,27 +214,36 @@ def test_evaluate_errors_exit_2_and_write_nothing(tmp_path, case):
         "unwritable": "not a writable folder",
         "missing": "no checkpoint",
     }[case]
-    assert expected in r.stderr
+    assert expected in err
     assert not out.exists()
 
 
-def test_shift_scan_first_layer_prefers_half_step():
+@pytest.mark.slow
+def test_shift_scan_first_layer_prefers_half_step(tmp_path, capsys):
     """A constant current is best rounded, i.e. shifted by V_th/(2T): error(0.5) is minimal."""
-    r = run_cli(
-        "shift-scan",
-        "--checkpoint",
-        "cnn-mnist",
-        "--dataset",
-        "mnist",
-        "--T",
-        "8",
-        "--limit",
-        "200",
-        "--data-root",
-        str(SHARED_DATA),
+    code = cli.main(
+        [
+            "shift-scan",
+            "--checkpoint",
+            "cnn-mnist",
+            "--dataset",
+            "mnist",
+            "--T",
+            "8",
+            "--limit",
+            "200",
+            "--data-root",
+            str(SHARED_DATA),
+            "--out",
+            str(tmp_path / "scan"),
+        ]
     )
-    assert r.returncode == 0, r.stderr
-    rows = [l.split() for l in r.stdout.splitlines() if l.startswith("_")]
+    stdout = capsys.readouterr().out
+    assert code == 0
+    rows = [line.split() for line in stdout.splitlines() if line.startswith("_")]
     first = rows[0]
     assert float(first[2]) == float(first[3]) <= float(first[4])  # best == at 0.5 <= at 0
-    assert "network accuracy: no shift" in r.stdout
+    assert "network accuracy: no shift" in stdout
+    saved = json.loads((tmp_path / "scan" / "shift_scan.json").read_text())
+    assert saved["T"] == 8 and saved["checkpoint"]["name"] == "cnn-mnist"
+    assert saved["layers"][0]["error"]["0.5"] == saved["layers"][0]["best_error"]

@@ -1,32 +1,60 @@
 """The ``snnconv`` command line: train, evaluate, shift-scan, demo, models.
 
-Every failure the user can fix (missing file, bad option, wrong checkpoint) ends in one line on
-stderr starting with "snnconv: error:" and exit status 2; nothing half-written is left behind.
+Choices and defaults come from the library (``snnconv.options``; ``snnconv train``'s options are
+the fields of ``TrainConfig``) and values are checked by its checks, before any work. Every
+failure the user can fix (missing file, bad option, wrong checkpoint) ends in one line on stderr,
+"snnconv: error: ...", and exit status 2; ``--out`` folders are replaced all at once or not at
+all (``snnconv.evaluation.report``).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
 import sys
+import time
+import typing
 
 import torch
-from torch import nn
 
+from snnconv import options, train
 from snnconv.conversion.convert import convert
 from snnconv.evaluation import evaluate, report
-from snnconv.exceptions import CheckpointError, ConversionError, DataError, SimulationError
+from snnconv.evaluation.results import CheckpointRecord, Environment, Results
+from snnconv.exceptions import SnnconvError
 from snnconv.io import checkpoint, data
 from snnconv.zoo import models, shipped
 
-USER_ERRORS = (
-    ValueError,
-    TypeError,
-    DataError,
-    ConversionError,
-    SimulationError,
-    CheckpointError,
-    OSError,
-)
+try:
+    from snnconv.conversion.convert import needs_calibration
+except ImportError:  # TODO(lead): remove this copy once conversion/convert.py provides it
+    from snnconv.conversion.graph import classify, trace
+
+    def needs_calibration(model, threshold: str, readout: str) -> bool:
+        """Whether ``convert(model, threshold=..., readout=...)`` needs calibration data."""
+        roles = classify(trace(model)).values()
+        return readout == "spikes" or any(
+            r.kind == "neuron" and (threshold != "activation" or r.bound is None) for r in roles
+        )
+
+
+USER_ERRORS = (SnnconvError, OSError, ValueError, TypeError)
+PROG = "snnconv"
+# Command-line defaults that are no library default.
+EVALUATE_STEPS = [8, 16, 32, 64, 128]
+DEMO_STEPS = [16, 32, 64]
+EVALUATE_BATCH = 250
+SHIFT_SCAN_BATCH = 128
+CALIBRATION_IMAGES = 2048
+SHIFT_SCAN_FILE = "shift_scan.json"
+
+
+class _Parser(argparse.ArgumentParser):
+    """Usage errors as one line, like every other error."""
+
+    def error(self, message: str) -> typing.NoReturn:
+        self.exit(2, f"{PROG}: error: {message} (see {self.prog} --help)\n")
 
 
 def _bool(text: str) -> bool:
@@ -34,7 +62,55 @@ def _bool(text: str) -> bool:
         return True
     if text.lower() in ("0", "false", "no", "off"):
         return False
-    raise argparse.ArgumentTypeError(f"expected true/false, got {text!r}")
+    raise argparse.ArgumentTypeError(f"expected true/false, got {text!r}") from None
+
+
+def _ints(text: str) -> list[int]:
+    try:
+        return [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated integers, got {text!r}"
+        ) from None
+
+
+def _floats(text: str) -> list[float]:
+    try:
+        return [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated numbers, got {text!r}"
+        ) from None
+
+
+def _step_list(values, what: str) -> list[int]:
+    if isinstance(values, int):
+        return options.check_steps(values, what)
+    if not values:
+        raise options.OptionError(f"{what}: give at least one number of time steps")
+    return sorted({options.check_steps(v, what) for v in values})
+
+
+# The library check of each option the commands share (train's: TrainConfig's own fields), run on
+# the parsed values, defaults included, before any work: check(value, "--option") -> value.
+CHECKS = {
+    "T": _step_list,
+    "limit": options.check_count,
+    "calibration_images": options.check_count,
+    "batch_size": options.check_count,
+    "percentile": options.check_percentile,
+    "e_mac": lambda v, what: options.check_energy(what, v),
+    "e_ac": lambda v, what: options.check_energy(what, v),
+    "fractions": options.check_fractions,
+}
+
+
+def check_args(args: argparse.Namespace) -> None:
+    """Replace each option in CHECKS by its checked value; OptionError names the option."""
+    for name, check in CHECKS.items():
+        value = getattr(args, name, None)
+        if value is not None:
+            setattr(args, name, check(value, options.flag(name)))
 
 
 def cmd_models(args) -> None:
@@ -43,16 +119,6 @@ def cmd_models(args) -> None:
     for name in models.NAMES:
         counts = [models.count_parameters(models.build(name, num_classes=n)) for n in (10, 100)]
         print(f"{name:<16}{counts[0]:>22,}{counts[1]:>22,}")
-
-
-def _ints(text: str) -> list[int]:
-    try:
-        values = [int(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}")
-    if not values or min(values) < 1:
-        raise argparse.ArgumentTypeError(f"T values must be integers >= 1, got {text!r}")
-    return sorted(set(values))
 
 
 def _model_for(name: str, dataset: str):
@@ -76,10 +142,9 @@ def _model_for(name: str, dataset: str):
 
 
 def _split(dataset: str, split: str, root, limit: int | None, download: bool) -> data.Dataset:
+    """A split, its first ``limit`` images only when ``limit`` is given (checked by check_args)."""
     ds = data.load(dataset, split, root, download=download)
     if limit is not None:
-        if limit < 1:
-            raise ValueError(f"--limit must be >= 1, got {limit}")
         ds = data.Dataset(ds.images[:limit], ds.labels[:limit], ds.classes, ds.name, ds.split)
     return ds
 
@@ -93,15 +158,11 @@ def _normalised_batches(ds: data.Dataset, batch_size: int):
 
 def _convert_for(model, args, dataset: str):
     """Convert with the CLI's options; calibration images come from the (unaugmented) training
-    split, only when the threshold mode needs data."""
+    split, only when the library says the conversion needs data."""
     calibration = None
-    if (
-        args.threshold != "activation"
-        or args.readout == "spikes"
-        or any(isinstance(m, nn.ReLU) for m in model.modules())
-    ):
-        train = _split(dataset, "train", args.data_root, args.calibration_images, False)
-        calibration = [x for x, _ in _normalised_batches(train, 256)]
+    if needs_calibration(model, args.threshold, args.readout):
+        train_split = _split(dataset, "train", args.data_root, args.calibration_images, False)
+        calibration = [x for x, _ in _normalised_batches(train_split, 256)]
     snn = convert(
         model,
         calibration=calibration,
@@ -109,11 +170,12 @@ def _convert_for(model, args, dataset: str):
         percentile=args.percentile,
         shift=args.shift,
         readout=args.readout,
+        maxpool=args.maxpool,
     )
     return snn.to(memory_format=torch.channels_last)  # matches _normalised_batches
 
 
-def _run_evaluation(args, name: str, download: bool, layer_errors: bool = True) -> dict:
+def _run_evaluation(args, name: str, download: bool, layer_errors: bool = True) -> Results:
     ckpt, model = _model_for(name, args.dataset)
     test = _split(args.dataset, "test", args.data_root, args.limit, download)
     snn = _convert_for(model, args, args.dataset)
@@ -121,7 +183,7 @@ def _run_evaluation(args, name: str, download: bool, layer_errors: bool = True) 
         f"{name}: {ckpt['arch']['name']} on {args.dataset} test, {len(test)} images, "
         f"threshold={args.threshold}, shift={args.shift}, readout={args.readout}"
     )
-    print(evaluate.steps_note(args.shift, args.T), flush=True)
+    print(report.steps_note(args.shift, args.T), flush=True)
     results = evaluate.evaluate(
         snn,
         _normalised_batches(test, args.batch_size),
@@ -132,13 +194,13 @@ def _run_evaluation(args, name: str, download: bool, layer_errors: bool = True) 
         progress=not args.quiet,
         layer_errors=layer_errors,
     )
-    results = {
-        "dataset": args.dataset,
-        "model": ckpt["arch"]["name"],
-        "checkpoint": str(name),
-        **results,
-    }
-    print(evaluate.table(results))
+    results = dataclasses.replace(
+        results,
+        dataset=args.dataset,
+        model=ckpt["arch"]["name"],
+        checkpoint=CheckpointRecord.of(name, ckpt["path"]),
+    )
+    print(report.table(results))
     return results
 
 
@@ -147,14 +209,12 @@ def cmd_evaluate(args) -> None:
     if args.plots:
         report.check_plotting()
     results = _run_evaluation(args, args.checkpoint, download=False)
-    print(evaluate.layer_table(results, max(args.T)))
+    print(report.layer_table(results, results.steps[-1]))
     for path in report.write(results, args.out, plots=args.plots):
         print(f"wrote {path}")
 
 
 def cmd_demo(args) -> None:
-    import time
-
     start = time.perf_counter()
     _run_evaluation(args, "resnet20-cifar10", download=True, layer_errors=False)
     print(f"demo done in {time.perf_counter() - start:.0f} s")
@@ -164,7 +224,7 @@ def cmd_shift_scan(args) -> None:
     from snnconv.measures import shift_sweep
 
     if args.out:
-        report.check_writable(args.out)
+        report.check_writable(args.out, (SHIFT_SCAN_FILE,))
     ckpt, model = _model_for(args.checkpoint, args.dataset)
     test = _split(args.dataset, "test", args.data_root, args.limit, False)
     args.shift = "bias"
@@ -173,17 +233,23 @@ def cmd_shift_scan(args) -> None:
         f"{args.checkpoint}: shift scan at T={args.T} on {len(test)} {args.dataset} test images",
         flush=True,
     )
-    result = shift_sweep.sweep(
-        snn, list(_normalised_batches(test, args.batch_size)), args.T, args.fractions
-    )
+    batches = list(_normalised_batches(test, args.batch_size))
+    result = shift_sweep.sweep(snn, batches, args.T, args.fractions)
     print(shift_sweep.table(result))
     if args.out:
-        report.check_writable(args.out).mkdir(parents=True, exist_ok=True)
-        checkpoint.save_json(
-            {"dataset": args.dataset, "checkpoint": str(args.checkpoint), **result},
-            f"{args.out}/shift_scan.json",
-        )
-        print(f"wrote {args.out}/shift_scan.json")
+        record = {
+            "dataset": args.dataset,
+            "checkpoint": dataclasses.asdict(CheckpointRecord.of(args.checkpoint, ckpt["path"])),
+            "environment": dataclasses.asdict(Environment.current()),
+            **result,
+        }
+        text = json.dumps(record, indent=2, allow_nan=False) + "\n"
+        for path in report.write_set({SHIFT_SCAN_FILE: text.encode()}, args.out):
+            print(f"wrote {path}")
+
+
+def cmd_train(args) -> None:
+    train.run(train.config_from_args(args), progress=not args.quiet)
 
 
 def add_shift_scan(sub) -> None:
@@ -193,58 +259,45 @@ def add_shift_scan(sub) -> None:
     p.add_argument("--limit", type=int, default=1000, help="test images (default 1000)")
     p.add_argument(
         "--fractions",
-        type=lambda t: [float(v) for v in t.split(",")],
-        default=[i / 10 for i in range(11)],
-        help="shifts in units of V_th/T",
+        type=_floats,
+        default=list(options.SHIFT_FRACTIONS),
+        help="shifts in units of V_th/T, comma-separated; 0 (no shift) must be among them",
     )
-    p.add_argument("--out", default=None)
+    p.add_argument("--out", default=None, help=f"folder for {SHIFT_SCAN_FILE} (replaced)")
     add_conversion_options(p)
-    p.set_defaults(func=cmd_shift_scan, batch_size=128)
+    p.set_defaults(func=cmd_shift_scan, batch_size=SHIFT_SCAN_BATCH)
 
 
-def cmd_train(args) -> None:
-    from snnconv import train
-
-    train.run(train.config_from_args(args), progress=not args.quiet)
+def _field_type(hint):
+    """The argparse type of a TrainConfig field: its type without None; bools as true/false."""
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    if typing.get_origin(hint) is typing.Literal:
+        return str
+    if args:  # X | None
+        return _field_type(args[0])
+    return _bool if hint is bool else hint
 
 
 def add_train(sub) -> None:
+    """``snnconv train``: one option per TrainConfig field (name, type, default, help, choices)."""
     p = sub.add_parser("train", help="train a zoo model with threshold ReLU on a dataset")
-    p.add_argument("--out", required=True, help="run folder (created; resumed if it has last.pt)")
-    p.add_argument("--model", default="resnet20", choices=models.NAMES)
-    p.add_argument("--dataset", default="cifar10", choices=data.NAMES)
-    p.add_argument("--act", default="threshold", choices=models.ACTS)
-    p.add_argument("--y-th", dest="y_th", type=float, default=1.0)
-    p.add_argument(
-        "--levels", type=int, default=None, help="quantisation levels L of --act qcfs (default 8)"
-    )
-    p.add_argument("--batch-norm", dest="batch_norm", type=_bool, default=None)
-    p.add_argument("--epochs", type=int, default=40)
-    p.add_argument("--batch-size", dest="batch_size", type=int, default=128)
-    p.add_argument("--lr", type=float, default=0.1)
-    p.add_argument("--momentum", type=float, default=0.9)
-    p.add_argument("--nesterov", type=_bool, default=True)
-    p.add_argument("--weight-decay", dest="weight_decay", type=float, default=5e-4)
-    p.add_argument("--schedule", choices=("cosine", "step"), default="cosine")
-    p.add_argument("--warmup-epochs", dest="warmup_epochs", type=float, default=1.0)
-    p.add_argument("--label-smoothing", dest="label_smoothing", type=float, default=0.0)
-    p.add_argument("--val-size", dest="val_size", type=int, default=5000)
-    p.add_argument("--limit-train", dest="limit_train", type=int, default=None)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--data-root", dest="data_root", default=None)
-    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
-    p.add_argument("--channels-last", dest="channels_last", type=_bool, default=True)
-    p.add_argument("--threads", type=int, default=None)
-    p.add_argument(
-        "--init",
-        default=None,
-        help="start from these weights (a model file or shipped name of the same architecture)",
-    )
+    hints = typing.get_type_hints(train.TrainConfig)
+    for f in dataclasses.fields(train.TrainConfig):
+        kw = dict(dest=f.name, type=_field_type(hints[f.name]), help=f.metadata["help"])
+        if f.metadata["choices"] is not None:
+            kw["choices"] = f.metadata["choices"]
+        if f.default is dataclasses.MISSING:
+            kw["required"] = True
+        else:
+            kw["default"] = f.default
+            kw["help"] += "" if f.default is None else f" (default: {f.default})"
+        kw["help"] = kw["help"].replace("%", "%%")  # argparse formats help with %
+        p.add_argument(options.flag(f.name), **kw)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_train)
 
 
-def add_conversion_options(p, shift: str = "bias") -> None:
+def add_conversion_options(p, shift: str = options.DEFAULT_SHIFT) -> None:
     p.add_argument("--dataset", default="cifar10", choices=data.NAMES)
     p.add_argument(
         "--data-root",
@@ -252,20 +305,30 @@ def add_conversion_options(p, shift: str = "bias") -> None:
         default=None,
         help="dataset folder (default: $SNNCONV_DATA or the per-user cache)",
     )
-    p.add_argument("--threshold", default="activation", choices=("activation", "max", "percentile"))
-    p.add_argument("--percentile", type=float, default=99.99)
-    p.add_argument("--shift", default=shift, choices=("bias", "membrane", "none"))
-    p.add_argument("--readout", default="current", choices=("current", "spikes"))
+    p.add_argument(
+        "--threshold", default=options.DEFAULT_THRESHOLD, choices=options.THRESHOLD_MODES
+    )
+    p.add_argument("--percentile", type=float, default=options.DEFAULT_PERCENTILE)
+    p.add_argument("--shift", default=shift, choices=options.SHIFTS)
+    p.add_argument("--readout", default=options.DEFAULT_READOUT, choices=options.READOUTS)
+    p.add_argument(
+        "--maxpool",
+        default=options.DEFAULT_MAXPOOL,
+        choices=options.MAXPOOLS,
+        help="max pooling: refuse it (error) or replace it by average pooling (avg)",
+    )
     p.add_argument(
         "--calibration-images",
         dest="calibration_images",
         type=int,
-        default=2048,
+        default=CALIBRATION_IMAGES,
         help="training images (unaugmented) used for max/percentile thresholds",
     )
-    p.add_argument("--batch-size", dest="batch_size", type=int, default=250)
-    p.add_argument("--e-mac", dest="e_mac", type=float, default=4.6, help="pJ per MAC")
-    p.add_argument("--e-ac", dest="e_ac", type=float, default=0.9, help="pJ per accumulate")
+    p.add_argument("--batch-size", dest="batch_size", type=int, default=EVALUATE_BATCH)
+    p.add_argument("--e-mac", dest="e_mac", type=float, default=options.E_MAC_PJ, help="pJ per MAC")
+    p.add_argument(
+        "--e-ac", dest="e_ac", type=float, default=options.E_AC_PJ, help="pJ per accumulate"
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -277,9 +340,13 @@ def add_evaluate(sub) -> None:
         help="model file, training folder, or "
         "shipped model name (" + ", ".join(shipped.names()) + ")",
     )
-    p.add_argument("--T", type=_ints, default=[8, 16, 32, 64, 128])
+    p.add_argument("--T", type=_ints, default=EVALUATE_STEPS)
     p.add_argument("--limit", type=int, default=None, help="first N test images only")
-    p.add_argument("--out", required=True)
+    p.add_argument(
+        "--out",
+        required=True,
+        help="folder for results.json, report.md and the plots (replaced as a whole)",
+    )
     p.add_argument("--plots", type=_bool, default=True)
     add_conversion_options(p)
     p.set_defaults(func=cmd_evaluate)
@@ -287,15 +354,15 @@ def add_evaluate(sub) -> None:
 
 def add_demo(sub) -> None:
     p = sub.add_parser("demo", help="convert the shipped CIFAR-10 ResNet-20 and evaluate it")
-    p.add_argument("--T", type=_ints, default=[16, 32, 64])
+    p.add_argument("--T", type=_ints, default=DEMO_STEPS)
     p.add_argument("--limit", type=int, default=2000, help="test images (default 2000)")
     add_conversion_options(p, shift="membrane")
     p.set_defaults(func=cmd_demo, dataset="cifar10")
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="snnconv", description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="command", required=True)
+def parser() -> argparse.ArgumentParser:
+    top = _Parser(prog=PROG, description=__doc__.splitlines()[0])
+    sub = top.add_subparsers(dest="command", required=True)
     sub.add_parser("models", help="list the model zoo with parameter counts").set_defaults(
         func=cmd_models
     )
@@ -303,14 +370,19 @@ def main(argv: list[str] | None = None) -> int:
     add_evaluate(sub)
     add_demo(sub)
     add_shift_scan(sub)
-    args = parser.parse_args(argv)
+    return top
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
     try:
+        check_args(args)
         args.func(args)
     except USER_ERRORS as err:
-        print(f"snnconv: error: {err}", file=sys.stderr)
+        print(f"{PROG}: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("snnconv: interrupted", file=sys.stderr)
+        print(f"{PROG}: interrupted", file=sys.stderr)
         return 130
     return 0
 
