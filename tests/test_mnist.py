@@ -3,6 +3,7 @@ test digits."""
 
 import time
 
+import pytest
 import torch
 
 import snnconv
@@ -15,6 +16,7 @@ def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
     return (logits.argmax(-1) == labels).double().mean().item()
 
 
+@pytest.mark.slow
 def test_mnist_snn_matches_ann_at_short_T(tmp_path):
     start = time.perf_counter()
     cfg = train.TrainConfig(
