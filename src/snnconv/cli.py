@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import inspect
 import json
 import sys
 import time
@@ -19,25 +20,13 @@ import typing
 import torch
 
 from snnconv import options, train
-from snnconv.conversion.convert import convert
+from snnconv.conversion.convert import convert, needs_calibration
 from snnconv.evaluation import evaluate, report
 from snnconv.evaluation.results import CheckpointRecord, Environment, Results
-from snnconv.exceptions import SnnconvError
+from snnconv.exceptions import OptionError, SnnconvError
 from snnconv.io import checkpoint, data
+from snnconv.measures import shift_sweep
 from snnconv.zoo import models, shipped
-
-try:
-    from snnconv.conversion.convert import needs_calibration
-except ImportError:  # TODO(lead): remove this copy once conversion/convert.py provides it
-    from snnconv.conversion.graph import classify, trace
-
-    def needs_calibration(model, threshold: str, readout: str) -> bool:
-        """Whether ``convert(model, threshold=..., readout=...)`` needs calibration data."""
-        roles = classify(trace(model)).values()
-        return readout == "spikes" or any(
-            r.kind == "neuron" and (threshold != "activation" or r.bound is None) for r in roles
-        )
-
 
 USER_ERRORS = (SnnconvError, OSError, ValueError, TypeError)
 PROG = "snnconv"
@@ -48,6 +37,8 @@ EVALUATE_BATCH = 250
 SHIFT_SCAN_BATCH = 128
 CALIBRATION_IMAGES = 2048
 SHIFT_SCAN_FILE = "shift_scan.json"
+# convert()'s own defaults (threshold, percentile, shift, readout, maxpool), not copies of them.
+CONVERT_DEFAULTS = {k: p.default for k, p in inspect.signature(convert).parameters.items()}
 
 
 class _Parser(argparse.ArgumentParser):
@@ -62,7 +53,7 @@ def _bool(text: str) -> bool:
         return True
     if text.lower() in ("0", "false", "no", "off"):
         return False
-    raise argparse.ArgumentTypeError(f"expected true/false, got {text!r}") from None
+    raise argparse.ArgumentTypeError(f"expected true/false, got {text!r}")
 
 
 def _ints(text: str) -> list[int]:
@@ -87,7 +78,7 @@ def _step_list(values, what: str) -> list[int]:
     if isinstance(values, int):
         return options.check_steps(values, what)
     if not values:
-        raise options.OptionError(f"{what}: give at least one number of time steps")
+        raise OptionError(f"{what}: give at least one number of time steps")
     return sorted({options.check_steps(v, what) for v in values})
 
 
@@ -101,8 +92,16 @@ CHECKS = {
     "percentile": options.check_percentile,
     "e_mac": lambda v, what: options.check_energy(what, v),
     "e_ac": lambda v, what: options.check_energy(what, v),
-    "fractions": options.check_fractions,
+    "fractions": lambda v, what: _named(what, shift_sweep.check_fractions, v),
 }
+
+
+def _named(what: str, check, value):
+    """``check(value)``, its OptionError prefixed with the option's name."""
+    try:
+        return check(value)
+    except OptionError as err:
+        raise OptionError(f"{what}: {err}") from None
 
 
 def check_args(args: argparse.Namespace) -> None:
@@ -160,7 +159,7 @@ def _convert_for(model, args, dataset: str):
     """Convert with the CLI's options; calibration images come from the (unaugmented) training
     split, only when the library says the conversion needs data."""
     calibration = None
-    if needs_calibration(model, args.threshold, args.readout):
+    if needs_calibration(model, args.threshold, args.readout, args.maxpool):
         train_split = _split(dataset, "train", args.data_root, args.calibration_images, False)
         calibration = [x for x, _ in _normalised_batches(train_split, 256)]
     snn = convert(
@@ -181,9 +180,9 @@ def _run_evaluation(args, name: str, download: bool, layer_errors: bool = True) 
     snn = _convert_for(model, args, args.dataset)
     print(
         f"{name}: {ckpt['arch']['name']} on {args.dataset} test, {len(test)} images, "
-        f"threshold={args.threshold}, shift={args.shift}, readout={args.readout}"
+        f"threshold={snn.threshold}, shift={snn.shift}, readout={snn.readout}"
     )
-    print(report.steps_note(args.shift, args.T), flush=True)
+    print(report.steps_note(snn.shift, args.T), flush=True)
     results = evaluate.evaluate(
         snn,
         _normalised_batches(test, args.batch_size),
@@ -221,8 +220,6 @@ def cmd_demo(args) -> None:
 
 
 def cmd_shift_scan(args) -> None:
-    from snnconv.measures import shift_sweep
-
     if args.out:
         report.check_writable(args.out, (SHIFT_SCAN_FILE,))
     ckpt, model = _model_for(args.checkpoint, args.dataset)
@@ -261,7 +258,7 @@ def add_shift_scan(sub) -> None:
         "--fractions",
         type=_floats,
         default=list(options.SHIFT_FRACTIONS),
-        help="shifts in units of V_th/T, comma-separated; 0 (no shift) must be among them",
+        help="shifts in units of V_th/T, comma-separated, among them 0 (none) and 0.5 (V_th/(2T))",
     )
     p.add_argument("--out", default=None, help=f"folder for {SHIFT_SCAN_FILE} (replaced)")
     add_conversion_options(p)
@@ -297,7 +294,7 @@ def add_train(sub) -> None:
     p.set_defaults(func=cmd_train)
 
 
-def add_conversion_options(p, shift: str = options.DEFAULT_SHIFT) -> None:
+def add_conversion_options(p, shift: str | None = CONVERT_DEFAULTS["shift"]) -> None:
     p.add_argument("--dataset", default="cifar10", choices=data.NAMES)
     p.add_argument(
         "--data-root",
@@ -306,14 +303,19 @@ def add_conversion_options(p, shift: str = options.DEFAULT_SHIFT) -> None:
         help="dataset folder (default: $SNNCONV_DATA or the per-user cache)",
     )
     p.add_argument(
-        "--threshold", default=options.DEFAULT_THRESHOLD, choices=options.THRESHOLD_MODES
+        "--threshold", default=CONVERT_DEFAULTS["threshold"], choices=options.THRESHOLD_MODES
     )
-    p.add_argument("--percentile", type=float, default=options.DEFAULT_PERCENTILE)
-    p.add_argument("--shift", default=shift, choices=options.SHIFTS)
-    p.add_argument("--readout", default=options.DEFAULT_READOUT, choices=options.READOUTS)
+    p.add_argument("--percentile", type=float, default=CONVERT_DEFAULTS["percentile"])
+    p.add_argument(
+        "--shift",
+        default=shift,
+        choices=options.SHIFTS,
+        help=f"default: {shift}" if shift else "default: membrane for QCFS models, else bias",
+    )
+    p.add_argument("--readout", default=CONVERT_DEFAULTS["readout"], choices=options.READOUTS)
     p.add_argument(
         "--maxpool",
-        default=options.DEFAULT_MAXPOOL,
+        default=CONVERT_DEFAULTS["maxpool"],
         choices=options.MAXPOOLS,
         help="max pooling: refuse it (error) or replace it by average pooling (avg)",
     )

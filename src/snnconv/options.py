@@ -26,11 +26,6 @@ MAXPOOLS: tuple[str, ...] = get_args(MaxPool)
 SCHEDULES: tuple[str, ...] = get_args(Schedule)
 DEVICES: tuple[str, ...] = get_args(Device)
 
-# Defaults of ``convert`` (and of the command line's conversion options).
-DEFAULT_THRESHOLD: ThresholdMode = "activation"
-DEFAULT_SHIFT: Shift = "bias"
-DEFAULT_READOUT: Readout = "current"
-DEFAULT_MAXPOOL: MaxPool = "error"
 DEFAULT_PERCENTILE = 99.99
 # 45 nm CMOS energy per operation (Horowitz 2014, as used by most SNN papers): a 32-bit float
 # multiply-accumulate and a 32-bit float add.
@@ -94,12 +89,3 @@ def check_energy(name: str, value) -> float:
     if not math.isfinite(value) or value < 0:
         raise OptionError(f"{name} must be a finite number >= 0 (pJ), got {value}")
     return value
-
-
-def check_fractions(fractions, what: str = "fractions") -> tuple[float, ...]:
-    """Shift-sweep fractions of V_th/T: finite, sorted, without repeats, and 0 among them (every
-    layer's best shift is compared with no shift)."""
-    values = tuple(sorted({check_number(f, what, -math.inf) for f in fractions}))
-    if 0.0 not in values:
-        raise OptionError(f"{what} must include 0 (no shift, the reference), got {list(values)}")
-    return values
