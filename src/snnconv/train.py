@@ -311,13 +311,12 @@ STATE_KEYS = ("model", "optimizer", "scheduler", "rng", "epoch", "best", "config
 
 def load_state(path: Path) -> dict:
     """The training state in ``path`` (last.pt), weights-only; CheckpointError naming the file
-    when it is unreadable (truncated by a full disk, say) or not a training state."""
+    when it is unreadable (empty, truncated by a full disk, ...) or not a training state."""
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:
+        state = checkpoint.read(path)
+    except CheckpointError as err:
         raise CheckpointError(
-            f"cannot resume from {path}: {type(err).__name__}: {err}. It is damaged (truncated?):"
-            " delete it to start over, or use a new --out"
+            f"cannot resume from {path}: {err}. To start over, delete it or use a new --out"
         ) from err
     missing = [k for k in STATE_KEYS if not isinstance(state, dict) or k not in state]
     if missing:

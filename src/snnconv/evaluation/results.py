@@ -11,7 +11,6 @@ infinity, and results.json holds finite numbers only.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import math
 import platform
@@ -24,6 +23,7 @@ from typing import Any, Union
 import torch
 
 from snnconv.exceptions import SimulationError, SnnconvError
+from snnconv.io import checkpoint
 
 SCHEMA = "snnconv-results-1"
 
@@ -124,11 +124,7 @@ class CheckpointRecord:
     @classmethod
     def of(cls, name: str, file: str | Path) -> CheckpointRecord:
         path = Path(file).resolve()
-        digest = hashlib.sha256()
-        with open(path, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                digest.update(block)
-        return cls(name=str(name), file=str(path), sha256=digest.hexdigest())
+        return cls(name=str(name), file=str(path), sha256=checkpoint.sha256(path))
 
 
 @dataclass(frozen=True)
