@@ -94,8 +94,14 @@ class SpikingNetwork(nn.Module):
                     else ""
                 )
             )
-        if x.dim() < 1 or x.shape[0] == 0:
-            raise ValueError(f"input must have a non-empty batch dimension, got {tuple(x.shape)}")
+        rank = _input_rank(self.ann)
+        if x.dim() < 2 or x.shape[0] == 0 or (rank is not None and x.dim() != rank):
+            want = f"{rank}-D [batch, channels, ...]" if rank else "[batch, ...]"
+            raise ValueError(
+                f"input must be {want} with a non-empty batch dimension, got shape "
+                f"{tuple(x.shape)}"
+                + ("; add one with x.unsqueeze(0)" if rank == x.dim() + 1 else "")
+            )
         if self.input_shape is not None and tuple(x.shape[1:]) != self.input_shape:
             raise ValueError(
                 f"input shape {tuple(x.shape)} does not match the traced model's "
@@ -152,6 +158,22 @@ def _spiking_graph(
         root["neurons"] = nn.Module()  # a network with no activations is linear: no IF layers
     graph.lint()
     return fx.GraphModule(root, graph, "SpikingGraph")
+
+
+_CONV_RANK = {nn.Conv1d: 3, nn.Conv2d: 4, nn.Conv3d: 5}
+
+
+def _input_rank(ann: fx.GraphModule) -> int | None:
+    """The input's number of dimensions when the network starts with a convolution (an
+    unbatched input would otherwise be taken as a batch), else None."""
+    modules = dict(ann.named_modules())
+    for node in ann.graph.nodes:
+        if node.op == "placeholder":
+            for user in node.users:
+                if user.op == "call_module" and type(modules[user.target]) in _CONV_RANK:
+                    return _CONV_RANK[type(modules[user.target])]
+            return None
+    return None
 
 
 def _check_parameters(model: nn.Module, when: str = "") -> None:

@@ -16,6 +16,8 @@ from fractions import Fraction
 import torch
 from torch import fx
 
+from snnconv.exceptions import ConversionError
+
 BINS = 2048
 GATHER = 1 << 20  # values gathered and sorted per layer in the last pass
 
@@ -47,10 +49,26 @@ class Recorder(fx.Interpreter):
 
 
 def _for_each_activation(gm, names, data, sink) -> None:
+    """Run ``gm`` on every calibration batch, handing the named nodes' outputs to ``sink``; a
+    batch the model cannot take (dtype, shape, NaN) is a ConversionError naming it."""
     recorder = Recorder(gm, set(names), sink)
+    params = next(gm.parameters(), None)
+    dtype = params.dtype if params is not None else torch.float32
     with torch.no_grad():
-        for batch in data:
-            recorder.run(batch_input(batch))
+        for i, batch in enumerate(data):
+            x = batch_input(batch)
+            where = f"calibration batch {i} (shape {tuple(x.shape)}, dtype {x.dtype})"
+            if x.dtype != dtype:
+                raise ConversionError(f"{where}: the model's parameters are {dtype}")
+            if x.dim() < 2 or x.shape[0] == 0:
+                raise ConversionError(f"{where}: expected [batch, ...] with a batch dimension")
+            if not torch.isfinite(x).all():
+                raise ConversionError(f"{where} contains NaN or infinite values")
+            try:
+                recorder.run(x)
+            except Exception as err:
+                msg = str(err).split("\n")[0]
+                raise ConversionError(f"{where}: the model fails on it: {msg}") from err
 
 
 def _extremes(gm, names, data) -> tuple[dict, dict, dict]:
