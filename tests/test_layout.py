@@ -29,6 +29,7 @@ def _import_in_child(name: str) -> str:
     return "" if r.returncode == 0 else r.stderr.strip().splitlines()[-1]
 
 
+@pytest.mark.slow  # one interpreter (and one torch import) per module
 def test_every_module_imports_on_its_own_in_a_fresh_interpreter():
     """One interpreter per module, so a cycle that one import order hides still fails. The
     Triton scan needs triton, which only CUDA machines have: there, and only there, it must
