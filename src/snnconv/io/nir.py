@@ -183,7 +183,11 @@ def _values(gm: fx.GraphModule, input_shape: tuple[int, ...]) -> dict[fx.Node, o
     on): tensors give the shapes, other values (sizes) the numbers that reshapes use."""
     modules = dict(gm.named_modules())
     param = next(gm.parameters(), None)
-    dtype = param.dtype if param is not None else torch.float32
+    like = (
+        {"dtype": torch.float32}
+        if param is None
+        else {"dtype": param.dtype, "device": param.device}
+    )
     env: dict[fx.Node, object] = {}
     with torch.no_grad():
         for node in gm.graph.nodes:
@@ -192,7 +196,7 @@ def _values(gm: fx.GraphModule, input_shape: tuple[int, ...]) -> dict[fx.Node, o
             args = fx.node.map_arg(node.args, env.__getitem__)
             kwargs = fx.node.map_arg(node.kwargs, env.__getitem__)
             if node.op == "placeholder":
-                env[node] = torch.zeros((2, *input_shape), dtype=dtype)
+                env[node] = torch.zeros((2, *input_shape), **like)
             elif node.op == "get_attr":
                 env[node] = functools.reduce(getattr, node.target.split("."), gm)
             elif node.op == "call_module":
