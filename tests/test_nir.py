@@ -233,20 +233,24 @@ def test_round_trip_of_the_shared_test_nets(name, model, shape, tmp_path):
     _assert_same(snn, back, torch.randn(8, *shape), 8)
 
 
-def test_round_trip_if_form_and_spiking_readout(tmp_path):
+@pytest.mark.parametrize("shift", ("bias", "membrane"))
+def test_round_trip_if_form_and_spiking_readout(shift, tmp_path):
     model = _randomise_bn(Shortcuts())
     x = torch.randn(8, 3, 8, 8)
-    snn = snnconv.convert(model, shift="bias", readout="spikes", calibration=x)
+    snn = snnconv.convert(model, shift=shift, readout="spikes", calibration=x)
     for form in ("if", "loop"):
         back = _round_trip(snn, tmp_path / f"{form}.nir", 8, if_form=form)  # shape from calib
         _assert_same(snn, back, x, 8)
         assert back.readout == "spikes" and "readout" in back.layers
     graph = nir.read(tmp_path / "if.nir")
-    ifs = [n for n in graph.nodes.values() if isinstance(n, nir.IF)]
+    ifs = {k: n for k, n in graph.nodes.items() if isinstance(n, nir.IF)}
     assert len(ifs) == len(snn.layers) and not any(
         isinstance(n, nir.I) for n in graph.nodes.values()
     )
-    assert all(n.metadata["reset"] == "subtract" for n in ifs)
+    for name, layer in snn.layers.items():
+        meta = ifs[f"{name}_if"].metadata
+        assert meta["reset"] == "subtract" and np.all(meta["v_th"] == layer.v_th.item())
+        assert np.all(meta["v_init"] == (layer.v_th.item() / 2 if shift == "membrane" else 0))
 
 
 def test_per_channel_thresholds_and_bias_fraction_round_trip(tmp_path):
