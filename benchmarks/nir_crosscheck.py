@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -200,7 +201,9 @@ def main() -> None:
     same = {(f, t): 0 for f in VARIANTS + ("if-noleak~none",) for t in steps}
     spikes = {(w, t): 0.0 for w in runs for t in steps}
     neurons = 0
-    for x, y in zip(x_all.split(args.batch), labels.split(args.batch)):
+    batches = list(zip(x_all.split(args.batch), labels.split(args.batch)))
+    for i, (x, y) in enumerate(batches):
+        print(f"batch {i + 1}/{len(batches)} at {time.time() - start:.0f} s", file=sys.stderr)
         ours, ours_counts = run_snnconv(snn, x, steps)
         neurons += sum(c.numel() for c in ours_counts[steps[0]].values())
         for t in steps:
