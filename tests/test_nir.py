@@ -183,8 +183,9 @@ def _apply(node, x, state, name):
 @pytest.mark.parametrize("shift", SHIFTS)
 def test_the_file_means_the_same_network_to_a_plain_nir_interpreter(shift, tmp_path):
     """The loop form as NIR defines it (not as snnconv reads it back) gives snnconv's spikes.
-    Float rounding differs (the interpreter adds b to v each step, snnconv lowers the threshold
-    by t*b; with shift membrane the interpreter's v starts at 0 and snnconv's at V_th/2), so a
+    Float rounding differs (the interpreter adds the summed edges, v + (I - V_th s), snnconv
+    computes (v - V_th s) + I; it adds b to v each step where snnconv lowers the threshold by t*b;
+    with shift membrane its v starts at 0 and snnconv's at V_th/2), so a
     neuron whose membrane lands within rounding of V_th may flip: we ask for equal spike counts
     on >= 99.9 % of neurons (the issue's bar) and a readout within 1e-3 of snnconv's."""
     model = _randomise_bn(Shortcuts())
