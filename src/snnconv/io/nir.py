@@ -114,11 +114,13 @@ def _refuse(node: fx.Node, modules: dict, reason: str) -> ConversionError:
 # Export
 
 
+MAX_POOL_REASON = (
+    "max pooling of spike trains does not keep the rates snnconv's conversion relies on, and NIR "
+    "has no max pooling; convert with maxpool='avg' or retrain with average pooling"
+)
+MAX_POOL_FUNCTIONS = (F.max_pool1d, F.max_pool2d, F.adaptive_max_pool1d, F.adaptive_max_pool2d)
 REFUSED_MODULES = {
-    (nn.MaxPool1d, nn.MaxPool2d, nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d): (
-        "max pooling of spike trains does not keep the rates snnconv's conversion relies on, and "
-        "NIR has no max pooling; convert with maxpool='avg' or retrain with average pooling"
-    ),
+    (nn.MaxPool1d, nn.MaxPool2d, nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d): MAX_POOL_REASON,
     (nn.BatchNorm1d, nn.BatchNorm2d): (
         "batch norm that was not folded into the conv/linear before it; NIR has no batch norm; "
         "place it right after a conv/linear layer (conv -> BN -> activation) so it folds"
@@ -170,8 +172,8 @@ def _kind(node: fx.Node, modules: dict) -> str:
                 raise _refuse(node, modules, reason)
         return next((kind for cls, kind in MODULE_KINDS if isinstance(m, cls)), "unknown")
     if node.op == "call_function":
-        if node.target in (F.max_pool1d, F.max_pool2d, F.adaptive_max_pool2d):
-            raise _refuse(node, modules, REFUSED_MODULES[next(iter(REFUSED_MODULES))])
+        if node.target in MAX_POOL_FUNCTIONS:
+            raise _refuse(node, modules, MAX_POOL_REASON)
         return FUNCTION_KINDS.get(node.target, "unknown")
     if node.op == "call_method":
         return METHOD_KINDS.get(node.target, "unknown")
