@@ -395,3 +395,21 @@ def test_the_module_imports_without_nir_and_says_what_to_install(monkeypatch):
         with pytest.raises(SnnconvError, match="nir >= 1.0"):
             module.import_nir("x.nir")
     importlib.reload(module)
+
+
+def test_cli_export_writes_a_file_that_imports_back(tmp_path, capsys):
+    """`snnconv export` writes the shipped MNIST CNN as NIR (exit 0), the file imports back
+    to the same thresholds; without --T a bias-shift export is refused, nothing written."""
+    from snnconv.cli import main
+
+    out = tmp_path / "cnn.nir"
+    assert (
+        main(["export", "--checkpoint", "cnn-mnist", "--out", str(out), "--shift", "membrane"]) == 0
+    )
+    assert "wrote" in capsys.readouterr().out
+    back = snnconv.import_nir(out)
+    assert back.shift == "membrane" and len(back.layers) == 3
+    refused = tmp_path / "bias.nir"
+    assert main(["export", "--checkpoint", "cnn-mnist", "--out", str(refused)]) == 2
+    assert "needs --T" in capsys.readouterr().err
+    assert not refused.exists()

@@ -16,6 +16,7 @@ from snnconv.exceptions import (
     SimulationError,
     SnnconvError,
 )
+from snnconv.io.nir import export_nir, import_nir
 from snnconv.simulation.neuron import IFNeurons
 
 __all__ = [
@@ -31,6 +32,8 @@ __all__ = [
     "ThresholdReLU",
     "__version__",
     "convert",
+    "export_nir",
+    "import_nir",
     "inspect",
 ]
 __version__ = "0.2.0"

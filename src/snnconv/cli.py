@@ -13,6 +13,7 @@ import argparse
 import dataclasses
 import inspect
 import json
+import os
 import sys
 import time
 import typing
@@ -362,6 +363,63 @@ def add_demo(sub) -> None:
     p.set_defaults(func=cmd_demo, dataset="cifar10")
 
 
+def add_export(sub) -> None:
+    p = sub.add_parser("export", help="convert a checkpoint and write the SNN as a NIR graph")
+    p.add_argument(
+        "--checkpoint",
+        required=True,
+        help="model file, training folder, or shipped model name ("
+        + ", ".join(shipped.names())
+        + ")",
+    )
+    p.add_argument("--format", default="nir", choices=("nir",))
+    p.add_argument("--out", required=True, help="the .nir file to write (replaced atomically)")
+    p.add_argument(
+        "--shift",
+        default=None,
+        choices=options.SHIFTS,
+        help="default: the library's (membrane for QCFS models, else bias)",
+    )
+    p.add_argument(
+        "--T",
+        dest="steps",
+        type=int,
+        default=None,
+        help="steps the file is for (required with --shift bias)",
+    )
+    p.add_argument(
+        "--if-form",
+        dest="if_form",
+        default="loop",
+        choices=("loop", "if"),
+        help="IF layers as NIR's exact I/Threshold/Scale loop, or as nir.IF plus metadata",
+    )
+    p.set_defaults(func=cmd_export)
+
+
+def cmd_export(args) -> None:
+    """Convert a checkpoint (V_th from its activations, no data) and write it as NIR."""
+    from snnconv.io.nir import export_nir  # needs the optional package nir
+
+    steps = None if args.steps is None else options.check_steps(args.steps, "--T")
+    ckpt = shipped.load_checkpoint(args.checkpoint)
+    arch = ckpt["arch"]
+    snn = convert(checkpoint.build_model(ckpt), shift=args.shift)
+    if snn.shift == "bias" and steps is None:
+        raise OptionError(
+            "--shift bias (this model's default) needs --T: the file holds the shift V_th/(2T) "
+            "for one T; or pass --shift membrane"
+        )
+    shape = (arch["in_channels"], arch["image_size"], arch["image_size"])
+    graph = export_nir(snn, args.out, T=steps, if_form=args.if_form, input_shape=shape)
+    print(
+        f"wrote {args.out} ({os.path.getsize(args.out):,} bytes): {arch['name']} as NIR, "
+        f"{len(snn.layers)} IF layers ({args.if_form} form), {len(graph.nodes)} nodes, "
+        f"{len(graph.edges)} edges, shift={snn.shift}, T={steps}"
+    )
+    print(f"input {list(shape)}: analog current every step; readout: mean of the output node")
+
+
 def parser() -> argparse.ArgumentParser:
     top = _Parser(prog=PROG, description=__doc__.splitlines()[0])
     sub = top.add_subparsers(dest="command", required=True)
@@ -372,6 +430,7 @@ def parser() -> argparse.ArgumentParser:
     add_evaluate(sub)
     add_demo(sub)
     add_shift_scan(sub)
+    add_export(sub)
     return top
 
 
