@@ -1,11 +1,16 @@
 """Turn a traced ANN into the inference-form ANN its SNN mirrors: BatchNorm folded into the
-preceding conv/linear, dropout and identities removed, in-place ops made out-of-place, max
-pooling replaced by average pooling where asked. Eval-mode outputs are unchanged up to float
-rounding (except for the max-pool swap, which is recorded as a note)."""
+preceding conv/linear (or transposed conv), dropout and identities removed, in-place ops made
+out-of-place, max pooling replaced by average pooling where asked, and constant tensors
+(parameters and buffers used directly in forward, e.g. a learnt scale ``self.gamma * x``, and
+what is computed from them alone) evaluated once and held by the op that reads them
+(``WithConstants``), so every value in the graph other than shapes is an activation of the
+input. Eval-mode outputs are unchanged up to float rounding (except for the max-pool swap, which
+is recorded as a note)."""
 
 from __future__ import annotations
 
 import operator
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -14,6 +19,7 @@ from torch.nn.utils.fusion import fuse_conv_bn_eval, fuse_linear_bn_eval
 
 from snnconv.conversion.graph import MAX_POOL_FUNCTIONS, MAX_POOLS, Role, arg
 
+TRANSPOSED_CONVS = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
 OUT_OF_PLACE_FUNCTIONS = {
     operator.iadd: operator.add,
     operator.isub: operator.sub,
@@ -64,6 +70,117 @@ def _avg_pool_for(m: nn.Module) -> nn.Module:
     return avg(m.kernel_size, m.stride, m.padding, ceil_mode=m.ceil_mode, count_include_pad=False)
 
 
+@dataclass(frozen=True)
+class Slot:
+    """Where the ``index``-th input of a ``WithConstants`` call goes among its arguments."""
+
+    index: int
+
+
+@dataclass(frozen=True)
+class Constant:
+    """Where the constant held as buffer ``name`` goes among the arguments."""
+
+    name: str
+
+
+class WithConstants(nn.Module):
+    """One function or Tensor-method call whose constant tensor arguments are held here as
+    buffers (they follow ``.to()``/``.double()`` and the state dict); its other tensor
+    arguments are this module's inputs, in order. ``template`` is (args, kwargs) with ``Slot``
+    and ``Constant`` markers where tensors go."""
+
+    def __init__(self, op: str, target, template: tuple, constants: dict[str, torch.Tensor]):
+        super().__init__()
+        self.op, self.target, self.template = op, target, template
+        for name, value in constants.items():
+            self.register_buffer(name, value)
+
+    def forward(self, *inputs):
+        def fill(a):
+            if isinstance(a, Slot):
+                return inputs[a.index]
+            return getattr(self, a.name) if isinstance(a, Constant) else a
+
+        args, kwargs = fx.node.map_aggregate(self.template, fill)
+        if self.op == "call_method":
+            return getattr(args[0], self.target)(*args[1:], **kwargs)
+        return self.target(*args, **kwargs)
+
+    def extra_repr(self) -> str:
+        name = self.target if isinstance(self.target, str) else self.target.__name__
+        return f"{name}, constants {[tuple(b.shape) for b in self.buffers()]}"
+
+
+def _constant_values(gm: fx.GraphModule, constants: list[fx.Node]) -> dict[fx.Node, torch.Tensor]:
+    """The value of every constant node (graph order), computed once, detached."""
+    values: dict[fx.Node, object] = {}
+    modules = dict(gm.named_modules())
+    with torch.no_grad():
+        for node in constants:
+            if node.op == "get_attr":
+                values[node] = _attr(gm, node.target)
+                continue
+            args = fx.node.map_arg(node.args, values.__getitem__)
+            kwargs = fx.node.map_arg(node.kwargs, values.__getitem__)
+            if node.op == "call_module":
+                values[node] = modules[node.target](*args, **kwargs)
+            elif node.op == "call_method":
+                values[node] = getattr(args[0], node.target)(*args[1:], **kwargs)
+            else:
+                values[node] = node.target(*args, **kwargs)
+    return {n: v.detach().clone() if torch.is_tensor(v) else v for n, v in values.items()}
+
+
+def _attr(gm: fx.GraphModule, target: str):
+    obj = gm
+    for part in target.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def _with_constants(node: fx.Node, values: dict) -> tuple[WithConstants, tuple[fx.Node, ...]]:
+    """The ``WithConstants`` module doing ``node``'s call with the constants in ``values`` held
+    as buffers, and the nodes it takes as inputs."""
+    inputs: list[fx.Node] = []
+    held: dict[str, torch.Tensor] = {}
+
+    def place(a: fx.Node):
+        if a in values:
+            if not torch.is_tensor(values[a]):
+                return values[a]
+            held[f"c{len(held)}"] = values[a]
+            return Constant(f"c{len(held) - 1}")
+        if a not in inputs:
+            inputs.append(a)
+        return Slot(inputs.index(a))
+
+    template = fx.node.map_arg((node.args, node.kwargs), place)
+    return WithConstants(node.op, node.target, template, held), tuple(inputs)
+
+
+def _bind_constants(gm: fx.GraphModule, constants: list[fx.Node]) -> None:
+    """Replace each call that reads a constant tensor and an activation by a ``WithConstants``
+    module holding the constant; drop the constant nodes nothing reads any more."""
+    values = _constant_values(gm, constants)
+    for node in list(gm.graph.nodes):
+        if (
+            node.op in ("call_function", "call_method")
+            and node not in values
+            and any(a in values for a in node.all_input_nodes)
+        ):
+            module, inputs = _with_constants(node, values)
+            target = f"{node.name}_constants"
+            gm.add_submodule(target, module)
+            with gm.graph.inserting_before(node):
+                bound = gm.graph.call_module(target, inputs)
+            node.replace_all_uses_with(bound)
+            gm.graph.erase_node(node)
+    for node in reversed(constants):
+        if not node.users:
+            gm.graph.erase_node(node)
+
+
 def prepare(gm: fx.GraphModule, roles: dict[fx.Node, Role]) -> list[str]:
     """Apply the folded/removed/approximated roles to ``gm`` in place; return notes on changes."""
     modules = dict(gm.named_modules())
@@ -72,8 +189,12 @@ def prepare(gm: fx.GraphModule, roles: dict[fx.Node, Role]) -> list[str]:
         if role.kind == "folded":
             src = node.args[0]
             conv, bn = modules[src.target], modules[node.target]
-            fuse = fuse_linear_bn_eval if isinstance(conv, nn.Linear) else fuse_conv_bn_eval
-            _set_submodule(gm, src.target, fuse(conv.eval(), bn.eval()))
+            if isinstance(conv, nn.Linear):
+                fused = fuse_linear_bn_eval(conv.eval(), bn.eval())
+            else:
+                transpose = isinstance(conv, TRANSPOSED_CONVS)
+                fused = fuse_conv_bn_eval(conv.eval(), bn.eval(), transpose=transpose)
+            _set_submodule(gm, src.target, fused)
             node.replace_all_uses_with(src)
             gm.graph.erase_node(node)
             notes.append(f"BatchNorm '{node.name}' folded into '{src.name}'")
@@ -101,6 +222,7 @@ def prepare(gm: fx.GraphModule, roles: dict[fx.Node, Role]) -> list[str]:
                 "this changed ANN (snn.ann), not the original model"
             )
     _out_of_place(gm)
+    _bind_constants(gm, [n for n, r in roles.items() if r.kind == "constant"])
     gm.graph.lint()
     gm.delete_all_unused_submodules()
     gm.recompile()
