@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
+from snnconv import options
 from snnconv.activations import QCFS, ThresholdReLU
 from snnconv.exceptions import ConversionError
 
@@ -733,9 +734,11 @@ def check_supported(roles: dict[fx.Node, Role], modules: dict[str, nn.Module]) -
 
 @dataclass(frozen=True)
 class Coverage:
-    """One row per fx node: (name, op, kind, how it is handled). ``print`` shows a table."""
+    """One row per fx node: (name, op, kind, how it is handled), and notes on the converted
+    network when calibration data was given. ``print`` shows a table."""
 
     rows: tuple[tuple[str, str, str, str], ...]
+    notes: tuple[str, ...] = ()
 
     @property
     def supported(self) -> bool:
@@ -757,25 +760,54 @@ class Coverage:
             [fmt(head), fmt(tuple("-" * w for w in width) + ("-" * 8,))]
             + [fmt(r) for r in self.rows]
             + [f"({summary})"]
+            + [f"note: {n}" for n in self.notes]
         )
 
     __repr__ = __str__
 
 
-def inspect(model: nn.Module, maxpool: str = "error") -> Coverage:
+def _notes(model: nn.Module, calibration, maxpool: str, threshold: str, percentile) -> tuple:
+    """What conversion with these settings notes (BN folded, ...), and the regime notes of
+    ``prepare.regime_notes`` on the first calibration batch."""
+    from snnconv.conversion.convert import convert  # lazy: convert imports this module
+    from snnconv.conversion.prepare import regime_notes
+    from snnconv.conversion.thresholds import batch_input
+
+    snn = convert(
+        model, calibration=calibration, threshold=threshold, percentile=percentile, maxpool=maxpool
+    )
+    first = calibration if torch.is_tensor(calibration) else next(iter(calibration))
+    v_th = {k: m.v_th for k, m in snn.layers.items()}
+    extra = regime_notes(snn.ann, v_th, batch_input(first).to(next(snn.ann.parameters()).dtype))
+    return tuple(snn.notes) + tuple(n for n in extra if n not in snn.notes)
+
+
+def inspect(
+    model: nn.Module,
+    maxpool: str = "error",
+    calibration=None,
+    threshold: str = "activation",
+    percentile: float = options.DEFAULT_PERCENTILE,
+) -> Coverage:
     """Trace ``model`` and report, per node, how ``convert`` would handle it. Never raises for
-    unsupported nodes (they are listed); raises ConversionError only if tracing fails."""
+    unsupported nodes (they are listed); raises ConversionError only if tracing fails. With
+    ``calibration`` (as for ``convert``) and a supported model, the network is also converted
+    with ``threshold``/``percentile`` and the notes say what conversion changed and whether the
+    network is in a regime where its SNN will be far from the ANN at usual T (its output
+    hardly depends on the input, or it amplifies rate quantisation)."""
     gm = trace(model)
     modules = dict(gm.named_modules())
     roles = classify(gm, maxpool)
-    return Coverage(
-        tuple(
-            (
-                n.name,
-                f"{n.op} {describe(n, modules)}" if n.op.startswith("call") else n.op,
-                r.kind,
-                r.detail,
-            )
-            for n, r in roles.items()
+    rows = tuple(
+        (
+            n.name,
+            f"{n.op} {describe(n, modules)}" if n.op.startswith("call") else n.op,
+            r.kind,
+            r.detail,
         )
+        for n, r in roles.items()
     )
+    cov = Coverage(rows)
+    if calibration is None or not cov.supported:
+        return cov
+    return Coverage(rows, _notes(model, calibration, maxpool, threshold, percentile))

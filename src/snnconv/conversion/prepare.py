@@ -5,7 +5,10 @@ out-of-place, max pooling replaced by average pooling where asked, and constant 
 what is computed from them alone) evaluated once and held by the op that reads them
 (``WithConstants``), so every value in the graph other than shapes is an activation of the
 input. Eval-mode outputs are unchanged up to float rounding (except for the max-pool swap, which
-is recorded as a note)."""
+is recorded as a note).
+
+``regime_notes`` says whether the prepared ANN, with its thresholds, is one whose SNN will be far
+from it at usual T whatever the simulator does (see the comment above it)."""
 
 from __future__ import annotations
 
@@ -227,3 +230,84 @@ def prepare(gm: fx.GraphModule, roles: dict[fx.Node, Role]) -> list[str]:
     gm.delete_all_unused_submodules()
     gm.recompile()
     return notes
+
+
+# --- How much the inference ANN amplifies rate quantisation (issue 16, MobileNetV2 finding) ---
+#
+# An IF layer's rate after T steps is its clipped activation rounded to the grid V_th/T (exactly
+# so for a constant current; spike-timing unevenness adds to it). Rounding every layer of the
+# clipped ANN that way gives what perfectly even spike trains would compute: the "quantised
+# ANN". In a network that amplifies small perturbations from layer to layer (a random-init
+# MobileNetV2 with BN normalising its activations: ~1.14x per layer over 35 layers), that
+# rounding alone moves the output far from the clipped ANN at T in the thousands; in a network
+# whose output hardly depends on its input (random BN statistics), there is nothing to compare.
+REGIME_STEPS = 1024  # the T at which the quantised ANN is compared
+REGIME_TOLERANCE = 0.05  # a relative output error above this at REGIME_STEPS gets a note
+REGIME_MAX_STEPS = 1 << 16
+REGIME_SAMPLES = 32  # calibration inputs the probe runs on (two ANN passes per T tried)
+
+
+class ClippedANN(fx.Interpreter):
+    """The inference ANN with each named activation clipped to [0, V_th] (the SNN's limit as
+    T -> infinity) and, with ``steps``, rounded to the grid V_th/T (the quantised ANN)."""
+
+    def __init__(self, ann: fx.GraphModule, v_th: dict, steps: int | None = None):
+        super().__init__(ann)
+        self.v_th, self.steps, self.acts = v_th, steps, {}
+
+    def run_node(self, n: fx.Node):
+        out = super().run_node(n)
+        if n.name not in self.v_th:
+            return out
+        v = torch.as_tensor(self.v_th[n.name], dtype=out.dtype, device=out.device)
+        if v.dim() == 1:  # per channel (dimension 1)
+            v = v.view(-1, *([1] * (out.dim() - 2)))
+        out = torch.minimum(out.clamp(min=0), v)
+        if self.steps is not None:
+            out = (torch.floor(out * self.steps / v + 0.5).clamp(0, self.steps)) * v / self.steps
+        self.acts[n.name] = out
+        return out
+
+
+def quantisation_error(ann: fx.GraphModule, v_th: dict, x: torch.Tensor, steps: int) -> float:
+    """||quantised ANN - clipped ANN|| / ||clipped ANN - its batch mean|| on inputs ``x``: the
+    output error rate quantisation alone causes at T = ``steps``, relative to the part of the
+    output that depends on the input."""
+    with torch.no_grad():
+        y = ClippedANN(ann, v_th).run(x)
+        q = ClippedANN(ann, v_th, steps).run(x)
+    spread = (y - y.mean(0)).norm()
+    return ((q - y).norm() / spread.clamp_min(torch.finfo(y.dtype).tiny)).item()
+
+
+def regime_notes(ann: fx.GraphModule, v_th: dict, x: torch.Tensor) -> list[str]:
+    """Notes on a network whose SNN will be far from its ANN at usual T whatever the simulator
+    does: its output barely depends on the input, or it amplifies rate quantisation (see
+    ``quantisation_error``). ``x``: a few calibration inputs (at least 2)."""
+    x = x[:REGIME_SAMPLES]
+    if not v_th or x.shape[0] < 2:
+        return []
+    with torch.no_grad():
+        y = ClippedANN(ann, v_th).run(x)
+    signal = ((y - y.mean(0)).norm() / y.norm().clamp_min(torch.finfo(y.dtype).tiny)).item()
+    if signal < 1e-3:
+        return [
+            f"the output hardly depends on the input: its input-dependent part is {signal:.1e} "
+            "of its size on the calibration data (an untrained network, or BN statistics that do "
+            "not match the activations?); any SNN error is large relative to that part"
+        ]
+    first = error = quantisation_error(ann, v_th, x, REGIME_STEPS)
+    if error <= REGIME_TOLERANCE:
+        return []
+    steps = REGIME_STEPS
+    while error > REGIME_TOLERANCE and steps < REGIME_MAX_STEPS:
+        steps *= 2
+        error = quantisation_error(ann, v_th, x, steps)
+    needed = f"T >= {steps}" if error <= REGIME_TOLERANCE else f"T > {REGIME_MAX_STEPS}"
+    return [
+        f"this network amplifies small errors from layer to layer: rounding every layer's rate "
+        f"to V_th/T (what even spike trains give) already moves its output by {first:.0%} of "
+        f"its input-dependent part at T={REGIME_STEPS}, and uneven spike trains add more; "
+        f"rounding alone needs {needed} to stay within {REGIME_TOLERANCE:.0%} (a property of "
+        "the weights, not of the simulator; trained networks are usually far less sensitive)"
+    ]
