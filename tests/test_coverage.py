@@ -329,9 +329,10 @@ def test_regime_notes_name_the_two_mobilenet_regimes_and_spare_the_others():
 
 @pytest.mark.slow
 def test_the_amplifying_regime_is_real_in_the_snn():
-    """The note is no false alarm: the SNN itself is as far from the clipped ANN as the
-    quantised ANN predicts (measured: 1.2-1.5x further, the spike trains' unevenness being
-    amplified too), while the fast path still equals the oracle (float64)."""
+    """The note is no false alarm: the SNN is further from the clipped ANN than the quantised
+    ANN predicts (measured here 3.0x at T=1024: neurons whose average current is <= 0 still
+    fire early spikes, and the network amplifies those too; a chaotic network, so the figure
+    moves with float rounding: bounds 1x-8x), while the fast path equals the oracle (float64)."""
     model, x = tiny_mobilenet("data")
     snn = snnconv.convert(model, calibration=[x], threshold="percentile", shift="membrane")
     v_th = {k: m.v_th for k, m in snn.layers.items()}
@@ -341,6 +342,6 @@ def test_the_amplifying_regime_is_real_in_the_snn():
         ref = ClippedANN(snn.ann, v_th).run(x)
     out = snn(x, 1024)[-1]
     error = ((out - ref).norm() / (ref - ref.mean(0)).norm()).item()
-    assert error > REGIME_TOLERANCE and 0.5 * predicted < error < 4 * predicted, (error, predicted)
+    assert REGIME_TOLERANCE < predicted < error < 8 * predicted, (error, predicted)
     s64 = snn.double()
     torch.testing.assert_close(s64(x.double(), 8), s64.stepwise(x.double(), 8), rtol=0, atol=1e-9)

@@ -235,12 +235,12 @@ def prepare(gm: fx.GraphModule, roles: dict[fx.Node, Role]) -> list[str]:
 # --- How much the inference ANN amplifies rate quantisation (issue 16, MobileNetV2 finding) ---
 #
 # An IF layer's rate after T steps is its clipped activation rounded to the grid V_th/T (exactly
-# so for a constant current; spike-timing unevenness adds to it). Rounding every layer of the
-# clipped ANN that way gives what perfectly even spike trains would compute: the "quantised
-# ANN". In a network that amplifies small perturbations from layer to layer (a random-init
-# MobileNetV2 with BN normalising its activations: ~1.14x per layer over 35 layers), that
-# rounding alone moves the output far from the clipped ANN at T in the thousands; in a network
-# whose output hardly depends on its input (random BN statistics), there is nothing to compare.
+# so for a constant current; uneven spike trains add to it). Rounding every layer of the clipped
+# ANN that way gives what perfectly even spike trains would compute: the "quantised ANN". A
+# random-init MobileNetV2 whose BN normalises its activations amplifies such errors ~1.145x per
+# IF layer over 35 layers: rounding alone moves its output by 25 % of the input-dependent part at
+# T=1024 (the SNN: 80 %); with random BN statistics its output hardly depends on the input at all
+# (benchmarks/mobilenet_finding.py has the figures). A trained ResNet-20: 0.11 % at T=1024.
 REGIME_STEPS = 1024  # the T at which the quantised ANN is compared
 REGIME_TOLERANCE = 0.05  # a relative output error above this at REGIME_STEPS gets a note
 REGIME_MAX_STEPS = 1 << 16
