@@ -93,3 +93,107 @@ def random_nets():
         ("residual", _randomise_bn(Residual()), (3, 8, 8)),
         ("concat", Concat().eval(), (2, 8, 8)),
     ]
+
+
+def _channel_shuffle(x, groups: int):
+    """torchvision's ShuffleNetV2 channel shuffle (shapes from x.size(), traced as meta)."""
+    batch, channels, height, width = x.size()
+    x = x.view(batch, groups, channels // groups, height, width)
+    return torch.transpose(x, 1, 2).contiguous().view(batch, -1, height, width)
+
+
+class Shuffle(nn.Module):
+    """ShuffleNetV2 unit: channel split by Tensor.chunk (unpacked), a branch with a depthwise
+    conv, cat and channel shuffle; then torch.split, torch.chunk indexed, Tensor.unbind with
+    torch.stack."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU6())
+        self.branch = nn.Sequential(
+            nn.Conv2d(4, 4, 1, bias=False),
+            nn.BatchNorm2d(4),
+            ThresholdReLU(1.2),
+            nn.Conv2d(4, 4, 3, padding=1, groups=4, bias=False),
+            nn.BatchNorm2d(4),
+            nn.Conv2d(4, 4, 1, bias=False),
+            nn.BatchNorm2d(4),
+            ThresholdReLU(0.9),
+        )
+        self.mix = nn.Conv2d(8, 6, 3, stride=2, padding=1)
+        self.act = ThresholdReLU(1.0)
+        self.fc = nn.Linear(6 * 2 + 4, 4)
+
+    def forward(self, x):
+        x = self.stem(x)
+        x1, x2 = x.chunk(2, dim=1)
+        x = _channel_shuffle(torch.cat((x1, self.branch(x2)), dim=1), 2)
+        a, b = torch.split(x, [3, 5], dim=1)
+        y = self.act(self.mix(torch.cat([b, a], 1)))
+        rows = torch.stack(y.unbind(2), 2)  # [B, 6, H, W] again, from its rows
+        half = torch.chunk(x, 2, 1)[1]  # indexing the tuple of pieces
+        pooled = [F.adaptive_avg_pool2d(rows, (2, 1)).flatten(1), half.mean((2, 3))]
+        return self.fc(torch.cat(pooled, 1))
+
+
+class UNet(nn.Module):
+    """U-Net style: down by average pooling, up by nn.ConvTranspose2d (+ BatchNorm, folded),
+    F.conv_transpose2d with a Parameter weight, nn.Upsample (nearest) and F.interpolate
+    (bilinear, align_corners False and True), skip connections concatenated."""
+
+    def __init__(self):
+        super().__init__()
+        self.enc = nn.Sequential(nn.Conv2d(2, 6, 3, padding=1), nn.BatchNorm2d(6), nn.ReLU6())
+        self.down = nn.Sequential(nn.AvgPool2d(2), nn.Conv2d(6, 8, 3, padding=1), nn.ReLU6())
+        self.up = nn.Sequential(nn.ConvTranspose2d(8, 6, 2, stride=2), nn.BatchNorm2d(6))
+        self.w_up = nn.Parameter(torch.randn(8, 4, 3, 3) * 0.3)
+        self.act = ThresholdReLU(2.0)
+        self.nearest = nn.Upsample(scale_factor=2, mode="nearest")
+        self.head = nn.Conv2d(6 + 6 + 4 + 8 + 8, 3, 1)
+
+    def forward(self, x):
+        skip = self.enc(x)
+        low = self.down(skip)
+        up = self.act(self.up(low))
+        up2 = self.act(F.conv_transpose2d(low, self.w_up, stride=2, padding=1, output_padding=1))
+        size = skip.shape[2:]
+        a = F.interpolate(low, size=size, mode="bilinear", align_corners=False)
+        b = F.interpolate(low, scale_factor=2, mode="bilinear", align_corners=True)
+        c = self.nearest(low)
+        y = self.head(torch.cat([skip, up, up2, a + c, b], 1))
+        return F.adaptive_avg_pool2d(y, 2).flatten(1)
+
+
+class LayerScale(nn.Module):
+    """Learnt per-channel scales: Parameter * activation, activation * buffer, a scale computed
+    from a Parameter (softplus, view), division by a buffer, a learnt bias added, and a
+    per-feature scale after a linear layer."""
+
+    def __init__(self):
+        super().__init__()
+        self.c1, self.c2 = nn.Conv2d(3, 6, 3, padding=1), nn.Conv2d(6, 6, 3, padding=1)
+        self.act = ThresholdReLU(1.0)
+        self.gamma = nn.Parameter(torch.rand(6, 1, 1) + 0.5)
+        self.register_buffer("beta", torch.rand(6, 1, 1) + 0.5)
+        self.raw = nn.Parameter(torch.randn(6))
+        self.bias = nn.Parameter(torch.randn(6, 1, 1) * 0.1)
+        self.fc1, self.fc2 = nn.Linear(6 * 4, 10), nn.Linear(10, 3)
+        self.feature_scale = nn.Parameter(torch.rand(10) + 0.5)
+
+    def forward(self, x):
+        h = self.act(self.c1(x))
+        y = self.gamma * self.c2(h) + h * self.beta
+        y = self.act(F.softplus(self.raw).view(1, -1, 1, 1) * y / self.beta + self.bias)
+        z = self.act(self.fc1(F.avg_pool2d(y, 4).flatten(1)) * self.feature_scale)
+        return self.fc2(z)
+
+
+def coverage_nets():
+    """(name, model, input shape) for the ops added for issue 16: split/chunk/unbind,
+    transposed convs and upsampling, learnt scales."""
+    torch.manual_seed(0)
+    return [
+        ("shuffle", _randomise_bn(Shuffle()), (3, 6, 6)),
+        ("unet", _randomise_bn(UNet()), (2, 8, 8)),
+        ("layerscale", LayerScale().eval(), (3, 8, 8)),
+    ]
