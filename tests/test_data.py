@@ -149,6 +149,7 @@ def test_cifar100_test_and_cache():
     assert torch.equal(again.images, expected)
 
 
+@pytest.mark.slow  # reads the CIFAR-100 archive again (test_cifar100_test_and_cache stays quick)
 def test_cifar100_train_is_missing_from_archive():
     with pytest.raises(DataError, match=r"train split is missing from .*cifar-100-python\.tar\.xz"):
         data.load("cifar100", "train", root=DATA)

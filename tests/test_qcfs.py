@@ -61,8 +61,8 @@ def test_convert_maps_qcfs_to_membrane_shift_without_data():
     assert snn.shift == "membrane"
     assert list(snn.thresholds.values()) == [0.5, 0.75, 1.0]
     # the SNN approaches the quantised ANN; the readout at T = L*k is within the unevenness error
-    x = torch.randn(64, 1, 28, 28)
-    out = snn(x, 256)[-1]
+    x = torch.randn(32, 1, 28, 28)
+    out = snn(x, 128)[-1]
     assert (out.argmax(1) == snn.ann(x).argmax(1)).float().mean() > 0.9
 
 
