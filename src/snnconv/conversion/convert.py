@@ -15,7 +15,7 @@ from torch import fx, nn
 from snnconv import options
 from snnconv.activations import QCFS
 from snnconv.conversion.graph import ConversionError, check_supported, classify, trace
-from snnconv.conversion.prepare import prepare
+from snnconv.conversion.prepare import prepare, regime_notes
 from snnconv.conversion.thresholds import batch_input, layer_statistic
 from snnconv.simulation.executor import simulate
 from snnconv.simulation.neuron import IFNeurons, check_finite
@@ -313,6 +313,10 @@ def convert(
     if torch.is_tensor(calibration):
         calibration = [calibration]
     v_th = _thresholds(ann, bounds, needs_data, calibration, q, notes)
+    if calibration is not None:  # networks no T will bring close to their ANN (see prepare)
+        for note in regime_notes(ann, v_th, batch_input(next(iter(calibration)))):
+            notes.append(note)
+            warnings.warn(note, stacklevel=2)
     readout_v_th = _readout_threshold(ann, calibration) if readout == "spikes" else None
     graph = _spiking_graph(ann, v_th, shift, readout_v_th)
     return SpikingNetwork(
