@@ -301,7 +301,13 @@ def test_every_zoo_model_converts_and_simulates(name):
     assert all(m.spike_count.max() <= 2 for m in snn.layers.values())
 
 
-@pytest.mark.parametrize("name,n_params", [("cnn-mnist", None), ("resnet20-cifar10", 269_722)])
+RESNETS = ("resnet20-cifar10", "resnet20-cifar10-qcfs", "resnet20-cifar10-relu")
+# ResNet-20: 269,722 parameters; the QCFS one adds its 19 learnt thresholds.
+SHIPPED_PARAMS = {"resnet20-cifar10": 269_722, "resnet20-cifar10-relu": 269_722}
+SHIPPED_PARAMS["resnet20-cifar10-qcfs"] = 269_722 + 19
+
+
+@pytest.mark.parametrize("name,n_params", [("cnn-mnist", None), *SHIPPED_PARAMS.items()])
 def test_load_pretrained_and_card(name, n_params):
 
     model = shipped.load_pretrained(name)
@@ -313,27 +319,41 @@ def test_load_pretrained_and_card(name, n_params):
         assert sum(p.numel() for p in model.parameters()) == n_params
 
 
-@pytest.mark.slow  # decompresses the real CIFAR-10 archive, then 2,000 ANN and 256 SNN images
-def test_shipped_resnet20_classifies_cifar10():
-    """The shipped model is the trained one: 2,000 real test images for the ANN; the SNN (T=32)
-    on the first 256 of them, compared with the ANN on the same 256."""
+def _cifar_snn(name, model, root):
+    """The shipped model converted as its card says (the ReLU one with percentile thresholds
+    from 256 unaugmented training images)."""
     import snnconv
+    from snnconv.io import data
+
+    if name.endswith("-relu"):
+        train = data.load("cifar10", "train", root=root)
+        cal = [data.normalize(train.images[:256], "cifar10")]
+        return snnconv.convert(model, calibration=cal, threshold="percentile", shift="membrane")
+    return snnconv.convert(model, shift="membrane")
+
+
+@pytest.mark.slow  # decompresses the real CIFAR-10 archive, then 2,000 ANN and 256 SNN images
+@pytest.mark.parametrize("name", RESNETS)
+def test_shipped_resnet20s_classify_cifar10(name):
+    """Each shipped model is the trained one: 2,000 real test images for the ANN; the SNN (T=32)
+    on the first 256 of them, compared with the ANN on the same 256."""
     from conftest import SHARED_DATA
     from snnconv.io import data
 
     test = data.load("cifar10", "test", root=SHARED_DATA)
     x, y = data.normalize(test.images[:2000], "cifar10"), test.labels[:2000]
-    model = shipped.load_pretrained("resnet20-cifar10")
+    model = shipped.load_pretrained(name)
     with torch.no_grad():
         ann_hit = model(x).argmax(1) == y
-        snn_hit = snnconv.convert(model, shift="membrane")(x[:256], 32)[-1].argmax(1) == y[:256]
+        snn_hit = _cifar_snn(name, model, SHARED_DATA)(x[:256], 32)[-1].argmax(1) == y[:256]
     ann, ann256, snn = ann_hit.float().mean(), ann_hit[:256].float().mean(), snn_hit.float().mean()
-    print(f"ANN {ann:.4f} (2000 images); first 256: ANN {ann256:.4f}, SNN T=32 {snn:.4f}")
-    # the card's full-test figure is >= 88 %; on 2,000 images the binomial s.d. is ~0.7 point, so
-    # 86 % is ~3 s.d. below. The SNN at T=32 loses about a point on the full test set (card); 5
-    # points on 256 images (13 images) leaves room for sampling, a broken conversion scores ~10 %.
+    print(f"{name}: ANN {ann:.4f} (2000 images); first 256: ANN {ann256:.4f}, SNN T=32 {snn:.4f}")
+    # every card's full-test figure is >= 88 %; on 2,000 images the binomial s.d. is ~0.7 point,
+    # so 86 % is ~3 s.d. below. At T=32 the threshold and QCFS SNNs lose about a point on the
+    # full test set, the ReLU one (percentile thresholds) several (cards); 5 (10) points on 256
+    # images leaves room for sampling, while a broken conversion scores ~10 %.
     assert ann >= 0.86
-    assert snn >= ann256 - 0.05
+    assert snn >= ann256 - (0.10 if name.endswith("-relu") else 0.05)
 
 
 def test_unknown_pretrained_name():

@@ -259,8 +259,8 @@ def test_init_from_a_model_file(tmp_path):
         [
             "train",
             *SMALL,
-            "--y-th",
-            "0.5",
+            "--batch-norm",
+            "false",
             "--epochs",
             "1",
             "--init",

@@ -6,6 +6,12 @@ The public API; everything else is reached through its subpackage (``snnconv.io.
 """
 
 from snnconv.activations import QCFS, ThresholdReLU
+from snnconv.conversion.calibrate import (
+    Calibration,
+    apply_calibration,
+    calibrate,
+    calibration_state,
+)
 from snnconv.conversion.convert import SpikingNetwork, convert
 from snnconv.conversion.graph import inspect
 from snnconv.exceptions import (
@@ -21,6 +27,7 @@ from snnconv.simulation.neuron import IFNeurons
 
 __all__ = [
     "QCFS",
+    "Calibration",
     "CheckpointError",
     "ConversionError",
     "DataError",
@@ -31,6 +38,9 @@ __all__ = [
     "SpikingNetwork",
     "ThresholdReLU",
     "__version__",
+    "apply_calibration",
+    "calibrate",
+    "calibration_state",
     "convert",
     "export_nir",
     "import_nir",

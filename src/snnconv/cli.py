@@ -21,6 +21,7 @@ import typing
 import torch
 
 from snnconv import options, train
+from snnconv.conversion.calibrate import calibrate
 from snnconv.conversion.convert import convert, needs_calibration
 from snnconv.evaluation import evaluate, report
 from snnconv.evaluation.results import CheckpointRecord, Environment, Results
@@ -33,10 +34,10 @@ USER_ERRORS = (SnnconvError, OSError, ValueError, TypeError)
 PROG = "snnconv"
 # Command-line defaults that are no library default.
 EVALUATE_STEPS = [8, 16, 32, 64, 128]
-DEMO_STEPS = [16, 32, 64]
+DEMO_STEPS = [4, 8, 16, 32]
+DEMO_MODELS = ("resnet20-cifar10", "resnet20-cifar10-qcfs")  # the paper's method; the best
 EVALUATE_BATCH = 250
 SHIFT_SCAN_BATCH = 128
-CALIBRATION_IMAGES = 2048
 SHIFT_SCAN_FILE = "shift_scan.json"
 # convert()'s own defaults (threshold, percentile, shift, readout, maxpool), not copies of them.
 CONVERT_DEFAULTS = {k: p.default for k, p in inspect.signature(convert).parameters.items()}
@@ -87,6 +88,7 @@ def _step_list(values, what: str) -> list[int]:
 # the parsed values, defaults included, before any work: check(value, "--option") -> value.
 CHECKS = {
     "T": _step_list,
+    "calibrate_T": options.check_steps,
     "limit": options.check_count,
     "calibration_images": options.check_count,
     "batch_size": options.check_count,
@@ -156,28 +158,47 @@ def _normalised_batches(ds: data.Dataset, batch_size: int):
         yield data.normalize(images, ds.name).contiguous(memory_format=torch.channels_last), labels
 
 
+def _calibration_images(args, dataset: str) -> list[torch.Tensor]:
+    """The first --calibration-images training images, unaugmented, normalised, in batches."""
+    train_split = _split(dataset, "train", args.data_root, args.calibration_images, False)
+    return [x for x, _ in _normalised_batches(train_split, options.CALIBRATION_BATCH)]
+
+
 def _convert_for(model, args, dataset: str):
-    """Convert with the CLI's options; calibration images come from the (unaugmented) training
-    split, only when the library says the conversion needs data."""
-    calibration = None
-    if needs_calibration(model, args.threshold, args.readout, args.maxpool):
-        train_split = _split(dataset, "train", args.data_root, args.calibration_images, False)
-        calibration = [x for x, _ in _normalised_batches(train_split, 256)]
+    """Convert with the CLI's options, then calibrate with --calibrate. Calibration images
+    (the first --calibration-images of the unaugmented training split) are loaded only when
+    the conversion needs data or --calibrate asks for a calibration."""
+    method = getattr(args, "calibrate", "none")
+    images = None
+    if method != "none" or needs_calibration(model, args.threshold, args.readout, args.maxpool):
+        images = _calibration_images(args, dataset)
     snn = convert(
         model,
-        calibration=calibration,
+        calibration=images
+        if needs_calibration(model, args.threshold, args.readout, args.maxpool)
+        else None,
         threshold=args.threshold,
         percentile=args.percentile,
         shift=args.shift,
         readout=args.readout,
         maxpool=args.maxpool,
     )
-    return snn.to(memory_format=torch.channels_last)  # matches _normalised_batches
+    snn = snn.to(memory_format=torch.channels_last)  # matches _normalised_batches
+    if method != "none":
+        steps = args.calibrate_T or max(args.T)
+        print(f"calibrating ({method}) for T={steps} on {args.calibration_images} training images")
+        record = calibrate(snn, torch.cat(images), steps, method=method)
+        print(f"  {record.note()} ({record.seconds:.0f} s)", flush=True)
+    return snn
 
 
-def _run_evaluation(args, name: str, download: bool, layer_errors: bool = True) -> Results:
+def _run_evaluation(
+    args, name: str, download: bool, layer_errors: bool = True, test=None
+) -> Results:
+    """Evaluate checkpoint ``name`` on the test split (or ``test``, already loaded)."""
     ckpt, model = _model_for(name, args.dataset)
-    test = _split(args.dataset, "test", args.data_root, args.limit, download)
+    if test is None:
+        test = _split(args.dataset, "test", args.data_root, args.limit, download)
     snn = _convert_for(model, args, args.dataset)
     print(
         f"{name}: {ckpt['arch']['name']} on {args.dataset} test, {len(test)} images, "
@@ -215,8 +236,18 @@ def cmd_evaluate(args) -> None:
 
 
 def cmd_demo(args) -> None:
+    """The paper's conversion of the shipped threshold ResNet-20 next to the shipped QCFS one."""
     start = time.perf_counter()
-    _run_evaluation(args, "resnet20-cifar10", download=True, layer_errors=False)
+    summary = []
+    test = _split(args.dataset, "test", args.data_root, args.limit, True)
+    for name in DEMO_MODELS:
+        results = _run_evaluation(args, name, download=True, layer_errors=False, test=test)
+        summary.append((name, results))
+        print()
+    print(f"{'model':<24}{'ANN':>8}" + "".join(f"{'T=' + str(t):>9}" for t in args.T))
+    for name, r in summary:
+        accs = "".join(f"{100 * r.snn_accuracy[t]:8.2f}%" for t in args.T)
+        print(f"{name:<24}{100 * r.ann_accuracy:7.2f}%{accs}")
     print(f"demo done in {time.perf_counter() - start:.0f} s")
 
 
@@ -324,8 +355,24 @@ def add_conversion_options(p, shift: str | None = CONVERT_DEFAULTS["shift"]) -> 
         "--calibration-images",
         dest="calibration_images",
         type=int,
-        default=CALIBRATION_IMAGES,
-        help="training images (unaugmented) used for max/percentile thresholds",
+        default=options.CALIBRATION_IMAGES,
+        help="the first N training images (unaugmented) for max/percentile thresholds and "
+        f"--calibrate (default {options.CALIBRATION_IMAGES})",
+    )
+    p.add_argument(
+        "--calibrate",
+        default="none",
+        choices=options.CALIBRATION_CHOICES,
+        help="post-conversion calibration (snnconv.calibrate): bias, potential (initial "
+        "membrane) or mse (both, least squared rate error); default none",
+    )
+    p.add_argument(
+        "--calibrate-T",
+        dest="calibrate_T",
+        type=int,
+        default=None,
+        help="the T to calibrate for (default: the largest --T); other T run with the same "
+        "corrections",
     )
     p.add_argument("--batch-size", dest="batch_size", type=int, default=EVALUATE_BATCH)
     p.add_argument("--e-mac", dest="e_mac", type=float, default=options.E_MAC_PJ, help="pJ per MAC")
@@ -356,7 +403,10 @@ def add_evaluate(sub) -> None:
 
 
 def add_demo(sub) -> None:
-    p = sub.add_parser("demo", help="convert the shipped CIFAR-10 ResNet-20 and evaluate it")
+    p = sub.add_parser(
+        "demo",
+        help="convert the shipped CIFAR-10 ResNet-20s (threshold ReLU, QCFS) and evaluate them",
+    )
     p.add_argument("--T", type=_ints, default=DEMO_STEPS)
     p.add_argument("--limit", type=int, default=2000, help="test images (default 2000)")
     add_conversion_options(p, shift="membrane")

@@ -18,6 +18,8 @@ Readout = Literal["current", "spikes"]
 MaxPool = Literal["error", "avg"]
 Schedule = Literal["cosine", "step"]  # training LR schedule after the warm-up
 Device = Literal["auto", "cpu", "cuda"]  # training device ("auto": CUDA if there is one)
+CalibrationMethod = Literal["none", "bias", "potential", "mse"]  # see conversion.calibrate
+CalibrationGranularity = Literal["channel", "neuron"]
 
 SHIFTS: tuple[str, ...] = get_args(Shift)
 THRESHOLD_MODES: tuple[str, ...] = get_args(ThresholdMode)
@@ -25,6 +27,11 @@ READOUTS: tuple[str, ...] = get_args(Readout)
 MAXPOOLS: tuple[str, ...] = get_args(MaxPool)
 SCHEDULES: tuple[str, ...] = get_args(Schedule)
 DEVICES: tuple[str, ...] = get_args(Device)
+CALIBRATION_METHODS: tuple[str, ...] = get_args(CalibrationMethod)[1:]  # what calibrate() does
+CALIBRATION_CHOICES: tuple[str, ...] = get_args(CalibrationMethod)  # the CLI's, "none" first
+CALIBRATION_GRANULARITIES: tuple[str, ...] = get_args(CalibrationGranularity)
+CALIBRATION_IMAGES = 1024  # unaugmented training images (the first N) for --calibrate
+CALIBRATION_BATCH = 128
 
 DEFAULT_PERCENTILE = 99.99
 # 45 nm CMOS energy per operation (Horowitz 2014, as used by most SNN papers): a 32-bit float

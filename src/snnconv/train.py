@@ -116,16 +116,17 @@ def check_config(values: dict, flag: Callable[[str], str] = str) -> None:
             f.metadata["check"](value, flag(f.name))
 
 
-ACT_KEYS = ("act", "y_th", "levels")  # what a fine-tune (--init) to another activation may change
+ACT_KEYS = ("act", "y_th", "levels")  # the activation's settings, which a fine-tune may change
 
 
 def load_init(model: nn.Module, path: str, arch: dict) -> None:
     """Copy the weights of model file ``path`` into ``model`` (fine-tuning). The architecture must
-    match, except that a fine-tune to another activation may change act, y_th and levels;
-    parameters the source lacks (the thresholds of a QCFS model started from a threshold-ReLU
-    one) keep their initial values."""
+    match, except that a fine-tune may change the activation's settings (act, y_th, levels: e.g.
+    threshold ReLU -> QCFS, or QCFS with L=8 -> L=4); parameters the source lacks (the
+    thresholds of a QCFS model started from a threshold-ReLU one) keep their initial values,
+    learnt QCFS thresholds are copied."""
     start = shipped.load_checkpoint(path)
-    keys = ACT_KEYS if start["arch"].get("act") != arch.get("act") else ()  # a new activation
+    keys = ACT_KEYS
     same = {k: v for k, v in arch.items() if k not in keys}
     theirs = {k: v for k, v in start["arch"].items() if k not in keys}
     if same != theirs:

@@ -30,7 +30,8 @@ class SpikingNetwork(nn.Module):
     Attributes: ``ann`` (the inference-form ANN the SNN mirrors: BN folded, dropout removed),
     ``graph`` (the SNN: ``ann``'s graph with IF layers in place of activations, sharing its
     weights), ``layers`` (IF layers by the name of the activation node they replace), ``shift``,
-    ``readout``, ``threshold``, ``notes`` (what conversion changed), ``workspace`` (output
+    ``readout``, ``threshold``, ``notes`` (what conversion changed), ``calibration`` (the
+    record of ``snnconv.calibrate``, or None), ``workspace`` (output
     buffers kept from the last simulation for the next, at most about its chunk's bytes;
     ``snn.workspace.clear()`` frees them; never saved or copied), ``lock`` (held by every
     simulation, so calls from several threads run one at a time; the layers' state, e.g.
@@ -53,6 +54,7 @@ class SpikingNetwork(nn.Module):
         self.ann, self.graph = ann, graph
         self.shift, self.readout, self.threshold = shift, readout, threshold
         self.notes, self.input_shape = list(notes), input_shape
+        self.calibration = None  # the Calibration record once conversion.calibrate ran
         self.workspace: dict[str, torch.Tensor] = {}
         self.lock = threading.RLock()
 

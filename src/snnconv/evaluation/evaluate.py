@@ -200,4 +200,5 @@ def evaluate(
         largest_error_growth=_largest_growth(layers, steps),
         cost=run.cost(e_mac, e_ac),
         environment=Environment.current(run.device),
+        calibration=snn.calibration,
     )

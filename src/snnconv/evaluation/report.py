@@ -40,6 +40,17 @@ def steps_note(shift: str, steps: list[int]) -> str:
     return f"shift={shift}: one run of {max(steps)} steps gives every T"
 
 
+def calibration_note(results: Results) -> str:
+    """One line on the post-conversion calibration (empty when there was none)."""
+    c = results.calibration
+    if c is None:
+        return ""
+    return (
+        f"Calibrated ({c.method}, per {c.granularity}) for T={c.T} on {c.images} training "
+        f"images in {c.seconds:.0f} s; every T runs with these corrections (fitted for T={c.T})."
+    )
+
+
 def _ratio(value: float | None, width: int) -> str:
     return f"{value:{width}.3f}" if value is not None else f"{'n/a':>{width}}"
 
@@ -113,6 +124,7 @@ def markdown(results: Results, plots: bool = True) -> str:
             f"{results.n_images} test images, threshold={results.threshold}, "
             f"shift={results.shift}, readout={results.readout}, {results.seconds:.0f} s.",
             "",
+            *([calibration_note(results), ""] if results.calibration else []),
             "```",
             table(results),
             "```",

@@ -22,6 +22,7 @@ from typing import Any, Union
 
 import torch
 
+from snnconv.conversion.calibrate import Calibration
 from snnconv.exceptions import SimulationError, SnnconvError
 from snnconv.io import checkpoint
 
@@ -147,6 +148,7 @@ class Results:
     dataset: str | None = None
     model: str | None = None
     checkpoint: CheckpointRecord | None = None
+    calibration: Calibration | None = None  # the post-conversion calibration, if any
     schema: str = SCHEMA
 
     @property

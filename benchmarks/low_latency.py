@@ -1,0 +1,294 @@
+"""Accuracy vs simulation length T for every low-latency method, each on its own model.
+
+    python benchmarks/low_latency.py --data-root ../shared/data            # snnconv rows
+    .venv-sj/bin/python benchmarks/low_latency.py --data-root ../shared/data  # + SpikingJelly
+
+Rows (model: method):
+- resnet20-cifar10 (ThresholdReLU y_th=1): the paper's shift V_th/(2T) on the input current
+  ("bias": T-dependent, one run per T); the membrane starting at V_th/2 ("membrane": one run of
+  the largest T gives every T); membrane + calibration ("membrane+mse": ``snnconv.calibrate``,
+  method mse, fitted for each T on the first --calibration-images unaugmented training images,
+  one run per T).
+- resnet20-cifar10-qcfs (QCFS, L=8): membrane (V_th = lambda, v(0) = lambda/2, QCFS's own
+  conversion); membrane + calibration.
+- resnet20-cifar10-relu (plain ReLU): snnconv's percentile thresholds (99.99th percentile of
+  each layer's activations on the calibration images) + membrane, with and without calibration;
+  SpikingJelly 2.0.0 ``ann2snn`` with each --sj-modes mode on the same calibration images (only
+  where spikingjelly imports: run with .venv-sj's python, see benchmarks/spikingjelly_setup.sh);
+  its neurons start at 0 and have no T-dependent parameter, so one run gives every T.
+
+Calibrated rows are computed for the --calibrated-T values (each T its own calibration, saved
+as it finishes); a later run with other values adds them to the row. Every row sees the same
+test images (the first --images of the CIFAR-10 test split, default all
+10,000) and its model's ANN accuracy on them is printed beside it. Each row is one unit of work,
+appended to --cache (JSON lines, with the settings it was run with) when it finishes; a rerun with
+the same settings skips the rows already there, so the benchmark survives an interruption.
+Output: a markdown table (accuracy %, ANN first) and --plot (accuracy vs T, log2 axis).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+import snnconv
+from snnconv.io import data
+from snnconv.zoo import shipped
+
+STEPS = (1, 2, 4, 8, 16, 32, 64)
+ROWS = (
+    ("resnet20-cifar10", "bias"),
+    ("resnet20-cifar10", "membrane"),
+    ("resnet20-cifar10", "membrane+mse"),
+    ("resnet20-cifar10-qcfs", "membrane"),
+    ("resnet20-cifar10-qcfs", "membrane+mse"),
+    ("resnet20-cifar10-relu", "percentile"),
+    ("resnet20-cifar10-relu", "percentile+mse"),
+)
+SJ_MODES = ("max", "99.9%")
+CALIBRATED_STEPS = (1, 2, 4, 8, 16, 32)  # calibration costs about T: the T=64 one is left out
+
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--data-root", default=None)
+    p.add_argument("--images", type=int, default=10000, help="first N test images")
+    p.add_argument("--T", default=",".join(map(str, STEPS)))
+    p.add_argument("--calibration-images", type=int, default=1024)
+    p.add_argument(
+        "--calibrated-T",
+        default=",".join(map(str, CALIBRATED_STEPS)),
+        help="the T of the calibrated rows (each its own calibration)",
+    )
+    p.add_argument("--batch", type=int, default=250)
+    p.add_argument(
+        "--rows",
+        default="all",
+        help="what to run: comma list of model:method, or all (the "
+        "table shows every row in the cache)",
+    )
+    p.add_argument("--sj-modes", default=",".join(SJ_MODES))
+    p.add_argument("--cache", default="benchmarks/results/low_latency.jsonl")
+    p.add_argument("--plot", default="docs/low_latency.png", help="PNG to write (accuracy vs T)")
+    p.add_argument("--threads", type=int, default=None)
+    return p.parse_args(argv)
+
+
+def _correct(out: torch.Tensor, labels: torch.Tensor) -> int:
+    return int((out.argmax(-1) == labels).sum())
+
+
+class Bench:
+    def __init__(self, args):
+        self.args = args
+        self.steps = sorted({int(t) for t in args.T.split(",")})
+        self.calibrated_steps = sorted({int(t) for t in args.calibrated_T.split(",")})
+        test = data.load("cifar10", "test", args.data_root)
+        train = data.load("cifar10", "train", args.data_root)
+        n, m = args.images, args.calibration_images
+        fmt = torch.channels_last
+        self.x = data.normalize(test.images[:n], "cifar10").contiguous(memory_format=fmt)
+        self.y = test.labels[:n]
+        self.cal = data.normalize(train.images[:m], "cifar10").contiguous(memory_format=fmt)
+        self.settings = {
+            "images": int(self.x.shape[0]),
+            "calibration_images": int(self.cal.shape[0]),
+            "steps": self.steps,
+            "batch": args.batch,
+        }
+
+    def batches(self):
+        return zip(self.x.split(self.args.batch), self.y.split(self.args.batch))
+
+    def ann_accuracy(self, model) -> float:
+        with torch.no_grad():
+            return sum(_correct(model(x), y) for x, y in self.batches()) / len(self.y)
+
+    def one_run(self, snn) -> dict[int, float]:
+        """Every T from one run of the largest (T-independent neurons)."""
+        correct = dict.fromkeys(self.steps, 0)
+        for x, y in self.batches():
+            out = snn(x, max(self.steps))
+            for t in self.steps:
+                correct[t] += _correct(out[t - 1], y)
+        return {t: c / len(self.y) for t, c in correct.items()}
+
+    def at(self, snn, t: int) -> float:
+        return sum(_correct(snn(x, t)[-1], y) for x, y in self.batches()) / len(self.y)
+
+    def convert(self, model, method: str):
+        if method.startswith("percentile"):
+            cal = list(self.cal.split(128))
+            snn = snnconv.convert(model, calibration=cal, threshold="percentile", shift="membrane")
+        else:
+            snn = snnconv.convert(model, shift="bias" if method == "bias" else "membrane")
+        return snn.to(memory_format=torch.channels_last)
+
+    def run_row(self, name: str, method: str, partial: dict | None, save) -> dict:
+        """One row; calibrated rows are saved after each T (``save(row)``) and resume from
+        ``partial``, the row as far as it got."""
+        model = shipped.load_pretrained(name).to(memory_format=torch.channels_last)
+        start = time.perf_counter()
+        snn = self.convert(model, method)
+        row = partial or {"model": name, "method": method, "tool": "snnconv", "seconds": 0.0}
+        row.setdefault("ann", self.ann_accuracy(model))
+        if method == "bias":
+            row["accuracy"] = {t: self.at(snn, t) for t in self.steps}
+        elif method.endswith("+mse"):
+            acc = row.setdefault("accuracy", {})
+            cal_s = row.setdefault("calibration_seconds", {})
+            for t in self.calibrated_steps:
+                if t in acc:
+                    continue
+                begun = time.perf_counter()
+                calibrated = copy.deepcopy(snn)
+                record = snnconv.calibrate(calibrated, self.cal, t, method="mse")
+                acc[t], cal_s[t] = self.at(calibrated, t), record.seconds
+                row["seconds"] += time.perf_counter() - begun
+                save(row)
+                print(f"  {name} {method} T={t}: {100 * acc[t]:.2f}% ({record.seconds:.0f} s)")
+            return row
+        else:
+            row["accuracy"] = self.one_run(snn)
+        row["seconds"] = time.perf_counter() - start
+        return row
+
+    def run_sj(self, name: str, mode: str) -> dict:
+        sys.path.insert(0, str(Path(__file__).parent))
+        import spikingjelly_compare as sjc  # needs spikingjelly (.venv-sj)
+
+        model = shipped.load_pretrained(name)
+        ann, _ = sjc.relu_copy(model)
+        start = time.perf_counter()
+        net = sjc.sj_convert(ann, self.cal.contiguous(), mode, 128)
+        correct = dict.fromkeys(self.steps, 0)
+        with torch.no_grad():
+            for x, y in self.batches():
+                out = sjc.sj_single(net, x.contiguous(), max(self.steps)).cumsum(0)
+                for t in self.steps:
+                    correct[t] += _correct(out[t - 1], y)
+        return {
+            "model": name,
+            "method": f"spikingjelly {mode}",
+            "tool": "spikingjelly " + sjc.versions()["spikingjelly"],
+            "ann": self.ann_accuracy(model),
+            "accuracy": {t: c / len(self.y) for t, c in correct.items()},
+            "seconds": time.perf_counter() - start,
+        }
+
+
+def load_cache(path: Path, settings: dict) -> dict:
+    """(model, method) -> the last row saved with these settings (a calibrated row holds the T
+    done so far)."""
+    done = {}
+    if path.is_file():
+        for line in path.read_text().splitlines():
+            row = json.loads(line)
+            if row.get("settings") == settings:
+                for key in ("accuracy", "calibration_seconds"):
+                    if key in row:
+                        row[key] = {int(k): v for k, v in row[key].items()}
+                done[(row["model"], row["method"])] = row
+    return done
+
+
+def append(path: Path, row: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as f:
+        f.write(json.dumps(row) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def table(rows: list[dict], steps: list[int]) -> str:
+    head = "| model | method | ANN | " + " | ".join(f"T={t}" for t in steps) + " |"
+    lines = [head, "|" + "---|" * (3 + len(steps))]
+    for r in rows:
+        acc = r["accuracy"]
+        accs = " | ".join(f"{100 * acc[t]:.2f}" if t in acc else "—" for t in steps)
+        lines.append(f"| {r['model']} | {r['method']} | {100 * r['ann']:.2f} | {accs} |")
+    return "\n".join(lines)
+
+
+def plot(rows: list[dict], steps: list[int], path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for r in rows:
+        style = "--" if r["tool"] != "snnconv" else "-"
+        ts = [t for t in steps if t in r["accuracy"]]
+        ax.plot(ts, [100 * r["accuracy"][t] for t in ts], style, marker="o", ms=3,
+                label=f"{r['model'].replace('resnet20-cifar10', 'R20')} {r['method']}")  # fmt: skip
+    ax.set_xscale("log", base=2)
+    ax.set(xlabel="T (time steps)", ylabel="CIFAR-10 test accuracy (%)", ylim=(0, 100))
+    ax.set_title("ResNet-20 SNNs: accuracy vs T")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="upper left")
+    fig.tight_layout()
+    fig.savefig(path + ".tmp.png", dpi=110)
+    os.replace(path + ".tmp.png", path)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    bench = Bench(args)
+    wanted = list(ROWS)
+    try:
+        import spikingjelly  # noqa: F401
+
+        wanted += [("resnet20-cifar10-relu", f"spikingjelly {m}") for m in args.sj_modes.split(",")]
+    except ImportError:
+        print("spikingjelly not importable: its rows are skipped (use .venv-sj's python)")
+    if args.rows != "all":
+        keep = {tuple(r.split(":", 1)) for r in args.rows.split(",")}
+        wanted = [r for r in wanted if r in keep]
+    cache = Path(args.cache)
+    done = load_cache(cache, bench.settings)
+    print(f"machine: {platform.machine()}, torch {torch.__version__}, "
+          f"{torch.get_num_threads()} threads; settings {bench.settings}")  # fmt: skip
+
+    def save(row: dict) -> None:
+        append(cache, {**row, "settings": bench.settings})
+
+    for name, method in wanted:
+        partial = done.get((name, method))
+        if partial is not None and (
+            not method.endswith("+mse")
+            or all(t in partial["accuracy"] for t in bench.calibrated_steps)
+        ):
+            continue
+        print(f"{name}: {method} ...", flush=True)
+        with torch.no_grad():
+            if method.startswith("spikingjelly"):
+                row = bench.run_sj(name, method.split(" ", 1)[1])
+            else:
+                row = bench.run_row(name, method, partial, save)
+        if not method.endswith("+mse"):
+            save(row)
+        done[(name, method)] = row
+        accs = ", ".join(f"{t}: {100 * a:.2f}" for t, a in row["accuracy"].items())
+        print(f"  ANN {100 * row['ann']:.2f}; {accs} ({row['seconds']:.0f} s)", flush=True)
+    sj_rows = [("resnet20-cifar10-relu", f"spikingjelly {m}") for m in args.sj_modes.split(",")]
+    rows = [done[r] for r in [*ROWS, *sj_rows] if r in done]  # every row measured so far
+    print(table(rows, bench.steps))
+    if args.plot:
+        plot(rows, bench.steps, args.plot)
+        print(f"wrote {args.plot}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
