@@ -321,13 +321,13 @@ def test_load_pretrained_and_card(name, n_params):
 
 def _cifar_snn(name, model, root):
     """The shipped model converted as its card says (the ReLU one with percentile thresholds
-    from 256 unaugmented training images)."""
+    from the first 1,024 unaugmented training images, as on its card)."""
     import snnconv
     from snnconv.io import data
 
     if name.endswith("-relu"):
         train = data.load("cifar10", "train", root=root)
-        cal = [data.normalize(train.images[:256], "cifar10")]
+        cal = [data.normalize(train.images[:1024], "cifar10")]
         return snnconv.convert(model, calibration=cal, threshold="percentile", shift="membrane")
     return snnconv.convert(model, shift="membrane")
 
@@ -335,8 +335,9 @@ def _cifar_snn(name, model, root):
 @pytest.mark.slow  # decompresses the real CIFAR-10 archive, then 2,000 ANN and 256 SNN images
 @pytest.mark.parametrize("name", RESNETS)
 def test_shipped_resnet20s_classify_cifar10(name):
-    """Each shipped model is the trained one: 2,000 real test images for the ANN; the SNN (T=32)
-    on the first 256 of them, compared with the ANN on the same 256."""
+    """Each shipped model is the trained one: 2,000 real test images for the ANN; the SNN (T=32;
+    T=64 for the ReLU model, which needs it) on the first 256 of them, compared with the ANN on
+    the same 256."""
     from conftest import SHARED_DATA
     from snnconv.io import data
 
@@ -345,15 +346,17 @@ def test_shipped_resnet20s_classify_cifar10(name):
     model = shipped.load_pretrained(name)
     with torch.no_grad():
         ann_hit = model(x).argmax(1) == y
-        snn_hit = _cifar_snn(name, model, SHARED_DATA)(x[:256], 32)[-1].argmax(1) == y[:256]
+        steps = 64 if name.endswith("-relu") else 32
+        snn_hit = _cifar_snn(name, model, SHARED_DATA)(x[:256], steps)[-1].argmax(1) == y[:256]
     ann, ann256, snn = ann_hit.float().mean(), ann_hit[:256].float().mean(), snn_hit.float().mean()
-    print(f"{name}: ANN {ann:.4f} (2000 images); first 256: ANN {ann256:.4f}, SNN T=32 {snn:.4f}")
+    print(f"{name}: ANN {ann:.4f} (2000 images); first 256: ANN {ann256:.4f}, SNN {snn:.4f}")
     # every card's full-test figure is >= 88 %; on 2,000 images the binomial s.d. is ~0.7 point,
-    # so 86 % is ~3 s.d. below. At T=32 the threshold and QCFS SNNs lose about a point on the
-    # full test set, the ReLU one (percentile thresholds) several (cards); 5 (10) points on 256
-    # images leaves room for sampling, while a broken conversion scores ~10 %.
+    # so 86 % is ~3 s.d. below. On the full test set the threshold and QCFS SNNs lose about a
+    # point at T=32, the ReLU one 6 points at T=64 (cards; 9.8 points on these 256 images, on
+    # the Zen 4 machine); 5 (15) points on 256 images leave room for sampling and for rounding
+    # that differs between CPUs, while a broken conversion scores ~10 %.
     assert ann >= 0.86
-    assert snn >= ann256 - (0.10 if name.endswith("-relu") else 0.05)
+    assert snn >= ann256 - (0.15 if name.endswith("-relu") else 0.05)
 
 
 def test_unknown_pretrained_name():
