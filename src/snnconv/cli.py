@@ -58,22 +58,19 @@ def _bool(text: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected true/false, got {text!r}")
 
 
-def _ints(text: str) -> list[int]:
+def _split_numbers(text: str, cast, kind: str) -> list:
     try:
-        return [int(v) for v in text.split(",") if v.strip()]
+        return [cast(v) for v in text.split(",") if v.strip()]
     except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected comma-separated integers, got {text!r}"
-        ) from None
+        raise argparse.ArgumentTypeError(f"expected comma-separated {kind}, got {text!r}") from None
+
+
+def _ints(text: str) -> list[int]:
+    return _split_numbers(text, int, "integers")
 
 
 def _floats(text: str) -> list[float]:
-    try:
-        return [float(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected comma-separated numbers, got {text!r}"
-        ) from None
+    return _split_numbers(text, float, "numbers")
 
 
 def _step_list(values, what: str) -> list[int]:
