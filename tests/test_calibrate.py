@@ -146,6 +146,7 @@ def test_bad_input_is_refused_before_anything_changes(kwargs, error, match):
     assert _same(before, _snapshot(snn.graph)) and snn.calibration is None
 
 
+@pytest.mark.slow  # keeps the quick subset under 30 s
 def test_qcfs_and_percentile_networks_calibrate():
     torch.manual_seed(0)
     qcfs = nn.Sequential(
@@ -215,6 +216,7 @@ def test_cli_calibrates_and_records_it(tmp_path):
     assert "Calibrated (potential" in (out / "report.md").read_text()
 
 
+@pytest.mark.slow  # 9 calibrations; keeps the quick subset under 30 s
 @pytest.mark.parametrize("steps", [1, 2, 3])
 def test_every_method_runs_at_the_shortest_T(steps):
     """T = 1 gives mse one equation (T/2 = T): it must still calibrate, and not worsen the
