@@ -9,13 +9,16 @@ Rows (model: method):
   the largest T gives every T); membrane + calibration ("membrane+mse": ``snnconv.calibrate``,
   method mse, fitted for each T on the first --calibration-images unaugmented training images,
   one run per T).
-- resnet20-cifar10-qcfs (QCFS, L=8): membrane (V_th = lambda, v(0) = lambda/2, QCFS's own
+- resnet20-cifar10-qcfs (QCFS, L=4): membrane (V_th = lambda, v(0) = lambda/2, QCFS's own
   conversion); membrane + calibration.
 - resnet20-cifar10-relu (plain ReLU): snnconv's percentile thresholds (99.99th percentile of
   each layer's activations on the calibration images) + membrane, with and without calibration;
   SpikingJelly 2.0.0 ``ann2snn`` with each --sj-modes mode on the same calibration images (only
   where spikingjelly imports: run with .venv-sj's python, see benchmarks/spikingjelly_setup.sh);
   its neurons start at 0 and have no T-dependent parameter, so one run gives every T.
+- "+signed": the same conversion with signed neurons (``convert(neuron="signed")``: a neuron may
+  spike -V_th to take back a spike it fired too early). No extra steps: T counts every step.
+Any other model (a shipped name or a checkpoint path) can be given with --rows MODEL:METHOD.
 
 Calibrated rows are computed for the --calibrated-T values (each T its own calibration, saved
 as it finishes); a later run with other values adds them to the row. Every row sees the same
@@ -48,11 +51,26 @@ ROWS = (
     ("resnet20-cifar10", "bias"),
     ("resnet20-cifar10", "membrane"),
     ("resnet20-cifar10", "membrane+mse"),
+    ("resnet20-cifar10", "membrane+signed"),
     ("resnet20-cifar10-qcfs", "membrane"),
     ("resnet20-cifar10-qcfs", "membrane+mse"),
+    ("resnet20-cifar10-qcfs", "membrane+signed"),
     ("resnet20-cifar10-relu", "percentile"),
     ("resnet20-cifar10-relu", "percentile+mse"),
+    ("resnet20-cifar10-relu", "percentile+signed"),
 )
+BASES = ("bias", "membrane", "percentile")  # a method is BASE, then +signed and/or +mse
+MODIFIERS = ("signed", "mse")
+
+
+def parse_method(method: str) -> tuple[str, set[str]]:
+    """ "percentile+signed+mse" -> ("percentile", {"signed", "mse"}); ValueError if unknown."""
+    base, *mods = method.split("+")
+    if base not in BASES or not set(mods) <= set(MODIFIERS) or len(set(mods)) != len(mods):
+        raise ValueError(f"method {method!r}: expected one of {BASES}, then +signed and/or +mse")
+    return base, set(mods)
+
+
 SJ_MODES = ("max", "99.9%")
 CALIBRATED_STEPS = (1, 2, 4, 8, 16, 32)  # calibration costs about T: the T=64 one is left out
 
@@ -80,6 +98,24 @@ def parse_args(argv):
     p.add_argument("--plot", default="docs/low_latency.png", help="PNG to write (accuracy vs T)")
     p.add_argument("--threads", type=int, default=None)
     return p.parse_args(argv)
+
+
+def convert_row(model, method: str, cal: torch.Tensor):
+    """The SNN of a row's method before calibration (``cal``: the calibration images, used by
+    the percentile thresholds), channels_last."""
+    base, mods = parse_method(method)
+    neuron = "signed" if "signed" in mods else "if"
+    if base == "percentile":
+        snn = snnconv.convert(
+            model,
+            calibration=list(cal.split(128)),
+            threshold="percentile",
+            shift="membrane",
+            neuron=neuron,
+        )
+    else:
+        snn = snnconv.convert(model, shift=base, neuron=neuron)
+    return snn.to(memory_format=torch.channels_last)
 
 
 def _correct(out: torch.Tensor, labels: torch.Tensor) -> int:
@@ -125,12 +161,7 @@ class Bench:
         return sum(_correct(snn(x, t)[-1], y) for x, y in self.batches()) / len(self.y)
 
     def convert(self, model, method: str):
-        if method.startswith("percentile"):
-            cal = list(self.cal.split(128))
-            snn = snnconv.convert(model, calibration=cal, threshold="percentile", shift="membrane")
-        else:
-            snn = snnconv.convert(model, shift="bias" if method == "bias" else "membrane")
-        return snn.to(memory_format=torch.channels_last)
+        return convert_row(model, method, self.cal)
 
     def run_row(self, name: str, method: str, partial: dict | None, save) -> dict:
         """One row; calibrated rows are saved after each T (``save(row)``) and resume from
@@ -140,7 +171,7 @@ class Bench:
         snn = self.convert(model, method)
         row = partial or {"model": name, "method": method, "tool": "snnconv", "seconds": 0.0}
         row.setdefault("ann", self.ann_accuracy(model))
-        if method == "bias":
+        if parse_method(method)[0] == "bias":
             row["accuracy"] = {t: self.at(snn, t) for t in self.steps}
         elif method.endswith("+mse"):
             acc = row.setdefault("accuracy", {})
@@ -253,8 +284,11 @@ def main(argv=None) -> int:
     except ImportError:
         print("spikingjelly not importable: its rows are skipped (use .venv-sj's python)")
     if args.rows != "all":
-        keep = {tuple(r.split(":", 1)) for r in args.rows.split(",")}
-        wanted = [r for r in wanted if r in keep]
+        keep = [tuple(r.rsplit(":", 1)) for r in args.rows.split(",")]
+        for _, method in keep:
+            if not method.startswith("spikingjelly"):
+                parse_method(method)
+        wanted = [r for r in wanted if r in keep] + [r for r in keep if r not in wanted]
     cache = Path(args.cache)
     done = load_cache(cache, bench.settings)
     print(f"machine: {platform.machine()}, torch {torch.__version__}, "
@@ -282,7 +316,9 @@ def main(argv=None) -> int:
         accs = ", ".join(f"{t}: {100 * a:.2f}" for t, a in row["accuracy"].items())
         print(f"  ANN {100 * row['ann']:.2f}; {accs} ({row['seconds']:.0f} s)", flush=True)
     sj_rows = [("resnet20-cifar10-relu", f"spikingjelly {m}") for m in args.sj_modes.split(",")]
-    rows = [done[r] for r in [*ROWS, *sj_rows] if r in done]  # every row measured so far
+    order = [*ROWS, *sj_rows]
+    order += [r for r in done if r not in order]  # other models given with --rows
+    rows = [done[r] for r in order if r in done]  # every row measured so far
     print(table(rows, bench.steps))
     if args.plot:
         plot(rows, bench.steps, args.plot)

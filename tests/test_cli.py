@@ -36,11 +36,14 @@ def test_conversion_choices_and_defaults_come_from_the_library():
         assert tuple(act["shift"].choices) == options.SHIFTS
         assert tuple(act["readout"].choices) == options.READOUTS
         assert tuple(act["maxpool"].choices) == options.MAXPOOLS
+        assert tuple(act["neuron"].choices) == options.NEURONS
         for name in ("threshold", "percentile", "readout", "maxpool"):
             assert act[name].default == defaults[name], (command, name)
         assert (act["e_mac"].default, act["e_ac"].default) == (options.E_MAC_PJ, options.E_AC_PJ)
     assert _actions("evaluate")["shift"].default == defaults["shift"]  # None: the library picks
     assert _actions("demo")["shift"].default == "membrane"
+    assert _actions("evaluate")["neuron"].default == defaults["neuron"] == "if"
+    assert _actions("demo")["neuron"].default is None  # each demo model's own (cli.DEMO_MODELS)
     assert tuple(_actions("shift-scan")["fractions"].default) == options.SHIFT_FRACTIONS
     assert (cost.E_MAC_PJ, cost.E_AC_PJ) == (options.E_MAC_PJ, options.E_AC_PJ)
 

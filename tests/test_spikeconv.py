@@ -59,6 +59,37 @@ def test_lookup_conv_equals_conv2d(c_in, c_out, kernel, stride, padding, size, b
     assert (out - ref).abs().max() < 1e-5  # and in practice much closer than the bound
 
 
+@pytest.mark.parametrize(
+    "c_in,c_out,kernel,stride,padding,size",
+    [
+        (16, 16, 3, 1, 1, 12),  # 8-bit groups
+        (32, 64, 3, 2, 1, 9),  # strided, 4-bit groups
+        (70, 64, (3, 1), 1, (1, 0), 8),  # C not a multiple of 8 (scalar mask tail)
+        (128, 72, 3, 1, 1, 6),  # several input blocks
+    ],
+)
+def test_signed_spike_maps_equal_conv2d(c_in, c_out, kernel, stride, padding, size):
+    """negative=True: maps of 0, amp[c] and -amp[c] (signed neurons); the -amp rows are
+    subtracted. Same bound as above (the same sums in another order)."""
+    torch.manual_seed(0)
+    conv = nn.Conv2d(c_in, c_out, kernel, stride, padding)
+    amp = torch.rand(c_in) + 0.5
+    g = torch.Generator().manual_seed(1)
+    sign = torch.randint(-1, 2, (4, c_in, size, size), generator=g).float()
+    x = (sign * amp.view(1, -1, 1, 1)).contiguous(memory_format=torch.channels_last)
+    assert lookup_conv.conv2d(conv, x, amp) is None  # -amp is not a 0/amp spike map
+    out = lookup_conv.conv2d(conv, x, amp, negative=True)
+    assert out is not None
+    with torch.no_grad():
+        ref = conv(x)
+        n = conv.weight[0].numel() + 1
+        bound = 2 * n * EPS * F.conv2d(x.abs(), conv.weight.abs(), conv.bias.abs(), stride, padding)
+    assert ((out - ref).abs() <= bound).all()
+    bad = x.clone()
+    bad[0, 0, 0, 0] = 0.5 * amp[0]  # neither 0 nor +-amp: refused, nothing written
+    assert lookup_conv.conv2d(conv, bad, amp, negative=True) is None
+
+
 def test_scalar_amplitude_and_cached_table_follows_weights():
     torch.manual_seed(0)
     conv = nn.Conv2d(16, 16, 3, padding=1)

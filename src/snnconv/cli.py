@@ -35,7 +35,8 @@ PROG = "snnconv"
 # Command-line defaults that are no library default.
 EVALUATE_STEPS = [8, 16, 32, 64, 128]
 DEMO_STEPS = [4, 8, 16, 32]
-DEMO_MODELS = ("resnet20-cifar10", "resnet20-cifar10-qcfs")  # the paper's method; the best
+# (model, neuron): the paper's method on the threshold model; the best shipped model and neuron
+DEMO_MODELS = (("resnet20-cifar10", "if"), ("resnet20-cifar10-qcfs", "signed"))
 EVALUATE_BATCH = 250
 SHIFT_SCAN_BATCH = 128
 SHIFT_SCAN_FILE = "shift_scan.json"
@@ -177,6 +178,7 @@ def _convert_for(model, args, dataset: str):
         threshold=args.threshold,
         percentile=args.percentile,
         shift=args.shift,
+        neuron=args.neuron,
         readout=args.readout,
         maxpool=args.maxpool,
     )
@@ -199,7 +201,8 @@ def _run_evaluation(
     snn = _convert_for(model, args, args.dataset)
     print(
         f"{name}: {ckpt['arch']['name']} on {args.dataset} test, {len(test)} images, "
-        f"threshold={snn.threshold}, shift={snn.shift}, readout={snn.readout}"
+        f"threshold={snn.threshold}, shift={snn.shift}, neuron={snn.neuron}, "
+        f"readout={snn.readout}"
     )
     print(report.steps_note(snn.shift, args.T), flush=True)
     results = evaluate.evaluate(
@@ -233,18 +236,21 @@ def cmd_evaluate(args) -> None:
 
 
 def cmd_demo(args) -> None:
-    """The paper's conversion of the shipped threshold ResNet-20 next to the shipped QCFS one."""
+    """The paper's conversion of the shipped threshold ResNet-20 next to the shipped QCFS one
+    with signed neurons (--neuron: the same neuron for both)."""
     start = time.perf_counter()
     summary = []
     test = _split(args.dataset, "test", args.data_root, args.limit, True)
-    for name in DEMO_MODELS:
+    chosen = args.neuron
+    for name, neuron in DEMO_MODELS:
+        args.neuron = chosen or neuron
         results = _run_evaluation(args, name, download=True, layer_errors=False, test=test)
-        summary.append((name, results))
+        summary.append((f"{name} ({args.neuron})", results))
         print()
-    print(f"{'model':<24}{'ANN':>8}" + "".join(f"{'T=' + str(t):>9}" for t in args.T))
+    print(f"{'model (neuron)':<33}{'ANN':>8}" + "".join(f"{'T=' + str(t):>9}" for t in args.T))
     for name, r in summary:
         accs = "".join(f"{100 * r.snn_accuracy[t]:8.2f}%" for t in args.T)
-        print(f"{name:<24}{100 * r.ann_accuracy:7.2f}%{accs}")
+        print(f"{name:<33}{100 * r.ann_accuracy:7.2f}%{accs}")
     print(f"demo done in {time.perf_counter() - start:.0f} s")
 
 
@@ -323,7 +329,11 @@ def add_train(sub) -> None:
     p.set_defaults(func=cmd_train)
 
 
-def add_conversion_options(p, shift: str | None = CONVERT_DEFAULTS["shift"]) -> None:
+def add_conversion_options(
+    p,
+    shift: str | None = CONVERT_DEFAULTS["shift"],
+    neuron: str | None = CONVERT_DEFAULTS["neuron"],
+) -> None:
     p.add_argument("--dataset", default="cifar10", choices=data.NAMES)
     p.add_argument(
         "--data-root",
@@ -341,6 +351,13 @@ def add_conversion_options(p, shift: str | None = CONVERT_DEFAULTS["shift"]) -> 
         choices=options.SHIFTS,
         help=f"default: {shift}" if shift else "default: membrane for QCFS models, else bias",
     )
+    p.add_argument(
+        "--neuron",
+        default=neuron,
+        choices=options.NEURONS,
+        help="if: spikes 0 or V_th; signed: also -V_th, taking back a spike fired too early "
+        + (f"(default: {neuron})" if neuron else "(default: each demo model's own)"),
+    )
     p.add_argument("--readout", default=CONVERT_DEFAULTS["readout"], choices=options.READOUTS)
     p.add_argument(
         "--maxpool",
@@ -356,6 +373,16 @@ def add_conversion_options(p, shift: str | None = CONVERT_DEFAULTS["shift"]) -> 
         help="the first N training images (unaugmented) for max/percentile thresholds and "
         f"--calibrate (default {options.CALIBRATION_IMAGES})",
     )
+    _add_calibration_options(p)
+    p.add_argument("--batch-size", dest="batch_size", type=int, default=EVALUATE_BATCH)
+    p.add_argument("--e-mac", dest="e_mac", type=float, default=options.E_MAC_PJ, help="pJ per MAC")
+    p.add_argument(
+        "--e-ac", dest="e_ac", type=float, default=options.E_AC_PJ, help="pJ per accumulate"
+    )
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def _add_calibration_options(p) -> None:
     p.add_argument(
         "--calibrate",
         default="none",
@@ -371,12 +398,6 @@ def add_conversion_options(p, shift: str | None = CONVERT_DEFAULTS["shift"]) -> 
         help="the T to calibrate for (default: the largest --T); other T run with the same "
         "corrections",
     )
-    p.add_argument("--batch-size", dest="batch_size", type=int, default=EVALUATE_BATCH)
-    p.add_argument("--e-mac", dest="e_mac", type=float, default=options.E_MAC_PJ, help="pJ per MAC")
-    p.add_argument(
-        "--e-ac", dest="e_ac", type=float, default=options.E_AC_PJ, help="pJ per accumulate"
-    )
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
 def add_evaluate(sub) -> None:
@@ -402,11 +423,12 @@ def add_evaluate(sub) -> None:
 def add_demo(sub) -> None:
     p = sub.add_parser(
         "demo",
-        help="convert the shipped CIFAR-10 ResNet-20s (threshold ReLU, QCFS) and evaluate them",
+        help="convert the shipped CIFAR-10 ResNet-20s (threshold ReLU; QCFS, signed neurons) and "
+        "evaluate them",
     )
     p.add_argument("--T", type=_ints, default=DEMO_STEPS)
     p.add_argument("--limit", type=int, default=2000, help="test images (default 2000)")
-    add_conversion_options(p, shift="membrane")
+    add_conversion_options(p, shift="membrane", neuron=None)
     p.set_defaults(func=cmd_demo, dataset="cifar10")
 
 

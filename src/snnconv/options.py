@@ -13,6 +13,7 @@ from typing import Literal, get_args
 from snnconv.exceptions import OptionError
 
 Shift = Literal["bias", "membrane", "none"]
+Neuron = Literal["if", "signed"]  # see simulation.neuron: binary spikes, or +-V_th spikes
 ThresholdMode = Literal["activation", "max", "percentile"]
 Readout = Literal["current", "spikes"]
 MaxPool = Literal["error", "avg"]
@@ -22,6 +23,7 @@ CalibrationMethod = Literal["none", "bias", "potential", "mse"]  # see conversio
 CalibrationGranularity = Literal["channel", "neuron"]
 
 SHIFTS: tuple[str, ...] = get_args(Shift)
+NEURONS: tuple[str, ...] = get_args(Neuron)
 THRESHOLD_MODES: tuple[str, ...] = get_args(ThresholdMode)
 READOUTS: tuple[str, ...] = get_args(Readout)
 MAXPOOLS: tuple[str, ...] = get_args(MaxPool)
@@ -56,6 +58,10 @@ def choice(name: str, value, allowed: tuple[str, ...]) -> str:
 
 def check_shift(shift: str) -> str:
     return choice("shift", shift, SHIFTS)
+
+
+def check_neuron(neuron: str) -> str:
+    return choice("neuron", neuron, NEURONS)
 
 
 def check_count(value, what: str, minimum: int = 1) -> int:

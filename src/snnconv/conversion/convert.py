@@ -30,9 +30,9 @@ class SpikingNetwork(nn.Module):
     Attributes: ``ann`` (the inference-form ANN the SNN mirrors: BN folded, dropout removed),
     ``graph`` (the SNN: ``ann``'s graph with IF layers in place of activations, sharing its
     weights), ``layers`` (IF layers by the name of the activation node they replace), ``shift``,
-    ``readout``, ``threshold``, ``notes`` (what conversion changed), ``calibration`` (the
-    record of ``snnconv.calibrate``, or None), ``workspace`` (output
-    buffers kept from the last simulation for the next, at most about its chunk's bytes;
+    ``neuron`` ("if" or "signed"), ``readout``, ``threshold``, ``notes`` (what conversion
+    changed), ``calibration`` (the record of ``snnconv.calibrate``, or None), ``workspace``
+    (output buffers kept from the last simulation for the next, at most about its chunk's bytes;
     ``snn.workspace.clear()`` frees them; never saved or copied), ``lock`` (held by every
     simulation, so calls from several threads run one at a time; the layers' state, e.g.
     ``spike_count``, belongs to the last call: read it under ``with snn.lock:`` with your call,
@@ -45,6 +45,7 @@ class SpikingNetwork(nn.Module):
         graph: fx.GraphModule,
         *,
         shift: str,
+        neuron: str = "if",
         readout: str,
         threshold: str,
         notes: list[str],
@@ -53,6 +54,7 @@ class SpikingNetwork(nn.Module):
         super().__init__()
         self.ann, self.graph = ann, graph
         self.shift, self.readout, self.threshold = shift, readout, threshold
+        self.neuron = options.check_neuron(neuron)
         self.notes, self.input_shape = list(notes), input_shape
         self.calibration = None  # the Calibration record once conversion.calibrate ran
         self.workspace: dict[str, torch.Tensor] = {}
@@ -128,13 +130,24 @@ class SpikingNetwork(nn.Module):
 
     def extra_repr(self) -> str:
         return (
-            f"shift={self.shift}, readout={self.readout}, threshold={self.threshold}, "
+            f"shift={self.shift}, neuron={self.neuron}, readout={self.readout}, "
+            f"threshold={self.threshold}, "
             f"{len(self.layers)} IF layers"
         )
 
 
+SIGNED_NOTE = (
+    "signed neurons: a neuron may spike -V_th to take back an earlier spike "
+    "(spike counts are net; synaptic operations count spikes of both signs)"
+)
+
+
 def _spiking_graph(
-    ann: fx.GraphModule, v_th: dict[str, float], shift: str, readout_v_th: float | None
+    ann: fx.GraphModule,
+    v_th: dict[str, float],
+    shift: str,
+    readout_v_th: float | None,
+    signed: bool = False,
 ) -> fx.GraphModule:
     """``ann``'s graph with each named activation node replaced by IF neurons; shares weights."""
     graph = copy.deepcopy(ann.graph)
@@ -146,13 +159,13 @@ def _spiking_graph(
     }
     for node in list(graph.nodes):
         if node.name in v_th:
-            root[f"neurons.{node.name}"] = IFNeurons(v_th[node.name], shift)
+            root[f"neurons.{node.name}"] = IFNeurons(v_th[node.name], shift, signed=signed)
             with graph.inserting_before(node):
                 spikes = graph.call_module(f"neurons.{node.name}", (node.args[0],))
             node.replace_all_uses_with(spikes)
             graph.erase_node(node)
         elif node.op == "output" and readout_v_th is not None:
-            root[f"neurons.{READOUT_LAYER}"] = IFNeurons(readout_v_th, shift)
+            root[f"neurons.{READOUT_LAYER}"] = IFNeurons(readout_v_th, shift, signed=signed)
             with graph.inserting_before(node):
                 spikes = graph.call_module(f"neurons.{READOUT_LAYER}", (node.args[0],))
             node.args = (spikes,)
@@ -274,6 +287,15 @@ def _default_shift(ann: fx.GraphModule, notes: list[str]) -> str:
     return "bias"
 
 
+def _check_options(threshold: str, shift: str | None, neuron: str, readout: str, maxpool: str):
+    options.choice("threshold", threshold, options.THRESHOLD_MODES)
+    options.choice("readout", readout, options.READOUTS)
+    options.choice("maxpool", maxpool, options.MAXPOOLS)
+    options.check_neuron(neuron)
+    if shift is not None:
+        options.check_shift(shift)
+
+
 def convert(
     model: nn.Module,
     *,
@@ -281,6 +303,7 @@ def convert(
     threshold: str = "activation",
     percentile: float = options.DEFAULT_PERCENTILE,
     shift: str | None = None,
+    neuron: str = "if",
     readout: str = "current",
     maxpool: str = "error",
 ) -> SpikingNetwork:
@@ -293,15 +316,13 @@ def convert(
     ``calibration`` set (an iterable of input batches or (inputs, labels) pairs, or one tensor).
     shift: "bias" adds V_th/(2T) to the input current every step, "membrane" starts the membrane
     at V_th/2, "none" neither; None (default): "membrane" for a model with QCFS activations, else
-    "bias". readout: "current" averages the last layer's current; "spikes" makes the output layer
-    spiking too, with V_th = the maximum output over ``calibration``.
-    maxpool: "error" refuses max pooling, "avg" replaces it by average pooling (noted).
+    "bias". neuron: "if" (spikes 0 or V_th) or "signed" (a neuron may also spike -V_th to take
+    back a spike it fired too early; see simulation.neuron). readout: "current" averages the last
+    layer's current; "spikes" makes the output layer spiking too, with V_th = the maximum output
+    over ``calibration``. maxpool: "error" refuses max pooling, "avg" replaces it by average
+    pooling (noted).
     """
-    options.choice("threshold", threshold, options.THRESHOLD_MODES)
-    options.choice("readout", readout, options.READOUTS)
-    options.choice("maxpool", maxpool, options.MAXPOOLS)
-    if shift is not None:
-        options.check_shift(shift)
+    _check_options(threshold, shift, neuron, readout, maxpool)
     q = 100.0 if threshold == "max" else options.check_percentile(percentile)
     ann, roles = _roles(model, maxpool)
     bounds = {n.name: r.bound for n, r in roles.items() if r.kind == "neuron"}
@@ -320,11 +341,13 @@ def convert(
             notes.append(note)
             warnings.warn(note, stacklevel=2)
     readout_v_th = _readout_threshold(ann, calibration) if readout == "spikes" else None
-    graph = _spiking_graph(ann, v_th, shift, readout_v_th)
+    graph = _spiking_graph(ann, v_th, shift, readout_v_th, signed=neuron == "signed")
+    notes += [SIGNED_NOTE] if neuron == "signed" else []
     return SpikingNetwork(
         ann,
         graph,
         shift=shift,
+        neuron=neuron,
         readout=readout,
         threshold=threshold,
         notes=notes,

@@ -44,11 +44,13 @@ class _Totals:
     def __init__(self):
         self.correct, self.err, self.spikes, self.per_position, self.n = 0, {}, {}, {}, {}
 
-    def add_counts(self, counts, acts, thresholds, steps, shift) -> None:
-        """Add one batch's spike counts (and their error against the ANN's activations)."""
+    def add_counts(self, counts, events, acts, thresholds, steps, shift) -> None:
+        """Add one batch's spike events (for rates and operations) and net spike counts (their
+        error against the ANN's activations); the two differ only for signed neurons."""
         for name, c in counts.items():
-            self.spikes[name] = self.spikes.get(name, 0) + c.sum().item()
-            self.per_position[name] = self.per_position.get(name, 0) + c.sum(0).double()
+            e = events[name]
+            self.spikes[name] = self.spikes.get(name, 0) + e.sum().item()
+            self.per_position[name] = self.per_position.get(name, 0) + e.sum(0).double()
             self.n[name] = self.n.get(name, 0) + c.numel()
             if name in acts:
                 sums = error_split.error_sums(
@@ -75,6 +77,9 @@ class _Run:
     def counts(self) -> dict[str, torch.Tensor]:
         return {n: self.snn.layers[n].spike_count for n in self.names}
 
+    def events(self) -> dict[str, torch.Tensor]:
+        return {n: self.snn.layers[n].spike_events for n in self.names}
+
     def add(self, x: torch.Tensor, labels: torch.Tensor) -> None:
         snn, steps, totals = self.snn, self.steps, self.totals
         with torch.no_grad():
@@ -86,7 +91,9 @@ class _Run:
         for n, a in acts.items():
             self.act_max[n] = max(self.act_max.get(n, float("-inf")), a.max().item())
             self.act_sum[n] = self.act_sum.get(n, 0.0) + a.double().sum().item()
-        add = lambda t: totals[t].add_counts(self.counts(), acts, self.thresholds, t, snn.shift)
+        add = lambda t: totals[t].add_counts(
+            self.counts(), self.events(), acts, self.thresholds, t, snn.shift
+        )
         if self.one_run:
             out = snn(x, steps[-1], marks=steps, on_mark=add)
             for t in steps:
@@ -201,4 +208,5 @@ def evaluate(
         cost=run.cost(e_mac, e_ac),
         environment=Environment.current(run.device),
         calibration=snn.calibration,
+        neuron=snn.neuron,
     )

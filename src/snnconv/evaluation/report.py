@@ -122,7 +122,8 @@ def markdown(results: Results, plots: bool = True) -> str:
             f"# snnconv evaluation: {results.model or ''} on {results.dataset or ''}",
             "",
             f"{results.n_images} test images, threshold={results.threshold}, "
-            f"shift={results.shift}, readout={results.readout}, {results.seconds:.0f} s.",
+            f"shift={results.shift}, neuron={results.neuron}, readout={results.readout}, "
+            f"{results.seconds:.0f} s.",
             "",
             *([calibration_note(results), ""] if results.calibration else []),
             "```",
@@ -184,7 +185,7 @@ def _accuracy_plot(plt, results: Results) -> bytes:
     ax.plot(steps, [100 * results.snn_accuracy[t] for t in steps], "o-", label="SNN")
     ax.axhline(100 * results.ann_accuracy, color="k", ls="--", label="ANN")
     ax.set(xscale="log", xlabel="time steps T", ylabel="test accuracy (%)")
-    ax.set(title=f"accuracy vs T (shift={results.shift})")
+    ax.set(title=f"accuracy vs T (shift={results.shift}, neuron={results.neuron})")
     ax.set_xticks(steps, [str(t) for t in steps])
     ax.legend()
     return _png(fig)

@@ -149,6 +149,7 @@ class Results:
     model: str | None = None
     checkpoint: CheckpointRecord | None = None
     calibration: Calibration | None = None  # the post-conversion calibration, if any
+    neuron: str = "if"  # "if" or "signed" (convert's neuron)
     schema: str = SCHEMA
 
     @property

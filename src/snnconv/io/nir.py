@@ -760,6 +760,13 @@ def export_nir(
             "input_shape is needed (one sample's shape, e.g. (3, 32, 32)): this network was "
             "converted without calibration data, so its input shape is unknown"
         )
+    signed = [k for k, m in snn.layers.items() if m.signed]
+    if signed:
+        raise ConversionError(
+            f"cannot export IF layer '{signed[0]}' to NIR: it has signed neurons (a spike of "
+            "-V_th when the membrane falls below 0 and the net count is positive), and NIR has "
+            "no node that keeps a spike count; convert with neuron='if'. Nothing was written"
+        )
     shifted = [k for k, m in snn.layers.items() if m.shift == "bias"]
     if shifted and T is None:
         raise OptionError(

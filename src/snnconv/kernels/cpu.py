@@ -2,7 +2,8 @@
 entry point, and the calls the simulator makes.
 
 - The IF scan, per step k: v += I[k]; s = v >= theta[k]; v -= s * V_th; out[k] = s * V_th;
-  count += s, with I = current (+ addend, rounded first, as the separate add would round it).
+  count += s, with I = current (+ addend, rounded first, as the separate add would round it);
+  for signed neurons s also takes -1 (neuron.py states when) and ``events`` += |s|.
   The same float operations in the same order as ``IFNeurons.scan``'s PyTorch loop
   (tests/test_fused.py compares them bit for bit), but in one pass: each thread takes a block of
   neurons and runs all steps of the chunk on it while its membranes sit in cache, instead of
@@ -51,7 +52,7 @@ FLAGS = (
     "-fPIC",
 )
 OPTIONAL_FLAGS = ("-fopenmp",)  # without OpenMP support in the compiler: built serial
-ABI = 1  # SNNCONV_ABI in csrc/snnconv_kernels.h
+ABI = 3  # SNNCONV_ABI in csrc/snnconv_kernels.h
 
 _i32, _i64, _ptr = ctypes.c_int32, ctypes.c_int64, ctypes.c_void_p
 
@@ -61,7 +62,7 @@ class ConvGeometry(ctypes.Structure):
 
     _fields_ = [
         ("n", _i64),
-        *[(f, _i32) for f in "c h w cout kh kw sh sw ph pw ho wo gb nv gr".split()],
+        *[(f, _i32) for f in "c h w cout kh kw sh sw ph pw ho wo gb nv gr negative".split()],
     ]
 
 
@@ -76,6 +77,7 @@ class Fire(ctypes.Structure):
         ("vth", ctypes.c_float),
         ("batch", _i64),
         ("steps", _i64),
+        ("events", _ptr),
     ]
 
 
@@ -83,8 +85,8 @@ MIRRORS: dict[str, type[ctypes.Structure]] = {"conv_geometry": ConvGeometry, "fi
 
 
 def _scan_signature(real):
-    # cur, constant, add, v, theta, vth, out, count, steps, n, threads
-    return None, [_ptr, _i32, _ptr, _ptr, _ptr, real, _ptr, _ptr, _i64, _i64, _i32]
+    # cur, constant, add, v, theta, vth, out, count, events, steps, n, threads
+    return None, [_ptr, _i32, _ptr, _ptr, _ptr, real, _ptr, _ptr, _ptr, _i64, _i64, _i32]
 
 
 # Each entry point's (return type, argument types): the one place they are declared.
@@ -177,7 +179,8 @@ class FusedIF:
     """The IF layer that reads a lookup convolution, updated in the same pass: rows of the
     convolution are n = k*B + b (step k < steps, sample b); ``v`` and ``count`` [B, C, H, W]
     (channels_last, like the output) are updated in place; ``theta`` [steps] holds each step's
-    firing threshold, ``v_th`` the spike amplitude, ``addend`` None or shaped like the output."""
+    firing threshold, ``v_th`` the spike amplitude, ``addend`` None or shaped like the output;
+    ``events`` None, or for signed neurons shaped like ``v`` (spikes of either sign)."""
 
     v: torch.Tensor
     count: torch.Tensor
@@ -185,6 +188,7 @@ class FusedIF:
     v_th: float
     addend: torch.Tensor | None
     steps: int
+    events: torch.Tensor | None = None
 
 
 def check_geometry(g: ConvGeometry) -> None:
@@ -202,6 +206,7 @@ def check_geometry(g: ConvGeometry) -> None:
         or g.gb not in (4, 8)
         or not 1 <= g.nv <= 4
         or g.gr < 1
+        or g.negative not in (0, 1)
     ):
         fields = ", ".join(f"{name}={getattr(g, name)}" for name, *_ in g._fields_)
         raise SimulationError(f"spike_conv2d: impossible geometry ({fields})")
@@ -232,9 +237,11 @@ class Kernels:
         out: torch.Tensor,
         count: torch.Tensor,
         threads: int | None = None,
+        events: torch.Tensor | None = None,
     ) -> None:
         """The IF scan in place on ``v``, ``out`` and ``count`` (float32 or float64; flat index
-        i is the same neuron in every tensor, which ``usable`` checks)."""
+        i is the same neuron in every tensor, which ``usable`` checks); with ``events`` (shaped
+        like ``v``) the neurons are signed and ``events`` counts spikes of either sign."""
         fn = {
             torch.float32: self.dll.snnconv_if_scan_f32,
             torch.float64: self.dll.snnconv_if_scan_f64,
@@ -251,6 +258,7 @@ class Kernels:
             v_th,
             _pointer(out, "out", dt, steps * n),
             _pointer(count, "count", dt, n),
+            _pointer(events, "events", dt, n),
             steps,
             n,
             torch.get_num_threads() if threads is None else threads,
@@ -296,6 +304,7 @@ class Kernels:
                 fire.v_th,
                 batch,
                 fire.steps,
+                _pointer(fire.events, "events", f32, batch * opix),
             )
         threads = torch.get_num_threads() if threads is None else threads
         done = self.dll.snnconv_spike_conv2d_f32(

@@ -165,8 +165,11 @@ def output_shape(conv: nn.Conv2d, x: torch.Tensor) -> tuple[int, int, int, int]:
     return n, c_out, (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1
 
 
-def geometry(conv: nn.Conv2d, x: torch.Tensor, plan: tuple[int, int, int]) -> cpu.ConvGeometry:
-    """The kernel's geometry of ``conv`` applied to ``x`` with the table's ``plan`` (GB, NV, GR)."""
+def geometry(
+    conv: nn.Conv2d, x: torch.Tensor, plan: tuple[int, int, int], negative: bool = False
+) -> cpu.ConvGeometry:
+    """The kernel's geometry of ``conv`` applied to ``x`` with the table's ``plan`` (GB, NV, GR);
+    ``negative``: x may hold -amp[c] too (a signed layer's spikes)."""
     n, c_in, h, w = x.shape
     c_out, _, kh, kw = conv.weight.shape
     (sh, sw), (ph, pw) = conv.stride, conv.padding
@@ -189,6 +192,7 @@ def geometry(conv: nn.Conv2d, x: torch.Tensor, plan: tuple[int, int, int]) -> cp
         gb=gb,
         nv=nv,
         gr=gr,
+        negative=int(negative),
     )
 
 
@@ -211,8 +215,10 @@ def conv2d(
     amp: torch.Tensor,
     out: torch.Tensor | None = None,
     fire: cpu.FusedIF | tuple | None = None,
+    negative: bool = False,
 ) -> torch.Tensor | None:
-    """conv(x) for a spike map x (values 0 or amp[c]) in channels_last, or None when the kernel
+    """conv(x) for a spike map x (values 0 or amp[c], or also -amp[c] with ``negative``: a signed
+    layer's spikes, whose table rows are subtracted) in channels_last, or None when the kernel
     does not apply or x turns out not to be a spike map (then use conv(x); nothing was written).
     Written into ``out`` when it has at least as many rows and the same shape otherwise (a reused
     buffer saves the page faults of fresh memory); the result is then a view of it.
@@ -239,6 +245,6 @@ def conv2d(
         else "snnconv::spike_conv2d + IF (lookup, fused)"
     ):
         done = backend.cpp().spike_conv2d(
-            x, amp, table, bias, out, geometry(conv, x, (gb, nv, gr)), fire, STREAM_BYTES
+            x, amp, table, bias, out, geometry(conv, x, (gb, nv, gr), negative), fire, STREAM_BYTES
         )
     return out if done else None

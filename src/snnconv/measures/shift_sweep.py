@@ -71,7 +71,7 @@ def _layer_errors(snn, layers, batches, steps, fractions) -> tuple[dict, dict]:
             current = torch.cat(currents[m])
             n_elem[name] += acts[name].numel()
             for i, f in enumerate(fractions):
-                probe = IFNeurons(m.v_th, "bias", bias_fraction=f)
+                probe = IFNeurons(m.v_th, "bias", bias_fraction=f, signed=m.signed)
                 probe.reset(steps)
                 probe.scan(current, steps)
                 sums[name][i] += error_split.error_sums(

@@ -188,7 +188,7 @@ class Chunk:
         if lookup_conv.applies(conv, x):
             shape = lookup_conv.output_shape(conv, x)
             out = wsp.take(self.ws, node.name, shape, x.dtype, x.device, torch.channels_last)
-            result = lookup_conv.conv2d(conv, x, amp, out=out)
+            result = lookup_conv.conv2d(conv, x, amp, out=out, negative=node in self.plan.negative)
             if result is not None:
                 return result
         return execute(node, (x,), {}, self.modules)
@@ -234,7 +234,13 @@ def _neuron(ch: Chunk, node: fx.Node) -> torch.Tensor:
         conv = ch.modules[current.node.target]
         amp = ch.modules[ch.plan.amplitude[current.node].target].v_th
         spikes = layer.scan_conv(
-            conv, current.x, amp, c, out=out.view(c, batch, *out.shape[1:]), addend=addend
+            conv,
+            current.x,
+            amp,
+            c,
+            out=out.view(c, batch, *out.shape[1:]),
+            addend=addend,
+            negative=current.node in ch.plan.negative,
         )
         if spikes is None:  # the kernel declined: the conv, then the scan
             current = ch.lookup(current.node, current.x)

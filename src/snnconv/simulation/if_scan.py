@@ -3,7 +3,8 @@ bit.
 
 ``scan`` runs c steps of one layer at once on a current [c, batch, ...] (or a constant one): by the
 compiled kernel of the device where one applies (``kernels.backend``), else by the PyTorch loop
-below, three in-place passes per step (add, compare, subtract V_th on a spike). Both perform the
+below, three in-place passes per step (add, compare, subtract V_th on a spike). Signed neurons
+always take a PyTorch loop of their own (``_scan_signed``). Both perform the
 float operations of ``if_step`` in the same order. With ``addend`` the input is current + addend,
 rounded exactly as the separate add would be, but summed inside the kernel (one pass over memory
 less). ``scan_conv`` runs the lookup convolution of the previous layer's spikes and this layer's
@@ -17,7 +18,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from snnconv.kernels import cpu, lookup_conv
+from snnconv.kernels import backend, cpu, lookup_conv
 from snnconv.simulation.neuron import IFNeurons
 
 
@@ -71,6 +72,8 @@ def scan(
     if not _fits(out, one, steps):
         out = empty_steps(one, steps)
     v = state.v
+    if p.signed:
+        return _scan_signed(layer, current, steps, constant, out, addend)
     if cpu.usable(current, constant, addend, v, out, v_th) and cpu.scan_available(v.device):
         theta = p.thresholds(v_th, layer.steps, state.t, steps)
         with torch.profiler.record_function("snnconv::if_scan (fused)"):
@@ -87,6 +90,47 @@ def scan(
     return out.mul_(v_th)
 
 
+def _scan_signed(
+    layer: IFNeurons,
+    current: torch.Tensor,
+    steps: int,
+    constant: bool,
+    out: torch.Tensor,
+    addend: torch.Tensor | None,
+) -> torch.Tensor:
+    """``scan`` for signed neurons: the C++ kernel where it applies (CPU), else the operations of
+    ``if_step`` in place (out[k] holds s[t] in {-1, 0, 1} until the final scaling by V_th)."""
+    state, p = layer.state, layer.params
+    v, v_th, count = state.v, layer.threshold_like(state.v), state.count
+    if (
+        cpu.usable(current, constant, addend, v, out, v_th)
+        and state.events.stride() == count.stride() == v.stride()
+        and backend.scan_backend(v.device) == "cpp"
+    ):
+        theta = p.thresholds(v_th, layer.steps, state.t, steps).contiguous()
+        with torch.profiler.record_function("snnconv::if_scan (signed, fused)"):
+            cpu.kernel().if_scan(
+                current, constant, addend, v, theta, v_th.item(), out, count, events=state.events
+            )
+        state.t += steps
+        return out
+    b = p.bias(v_th, layer.steps)
+    negative = torch.empty(v.shape, dtype=torch.bool, device=v.device)
+    for k in range(steps):
+        v.add_(current if constant else current[k] if addend is None else current[k] + addend[k])
+        theta = v_th - (state.t + k + 1) * b
+        s = out[k]
+        torch.ge(v, theta, out=s)
+        torch.lt(v, theta - v_th, out=negative)
+        negative.logical_and_(count > 0)
+        s.sub_(negative.to(s.dtype))
+        v.addcmul_(s, v_th, value=-1)
+        count.add_(s)
+        state.events.add_(s.abs())
+    state.t += steps
+    return out.mul_(v_th)
+
+
 def scan_conv(
     layer: IFNeurons,
     conv: nn.Conv2d,
@@ -95,13 +139,15 @@ def scan_conv(
     steps: int,
     out: torch.Tensor | None = None,
     addend: torch.Tensor | None = None,
+    negative: bool = False,
 ) -> torch.Tensor | None:
     """``scan(layer, conv(spikes) viewed [steps, B, ...], steps, out=out, addend=addend)`` with
     the lookup convolution and the update in one pass: ``spikes`` [steps*B, C, H, W] are the
-    previous IF layer's output (amplitudes ``amp``), channels_last. The same numbers, bit for bit,
-    as the lookup convolution followed by ``scan``. Returns None, having changed nothing, where
-    the fused kernel does not apply (recording, per-channel V_th, fewer samples than threads,
-    layouts it does not take, not a spike map)."""
+    previous IF layer's output (amplitudes ``amp``; ``negative``: a signed layer's, -amp too),
+    channels_last. The same numbers, bit for bit, as the lookup convolution followed by ``scan``
+    (signed neurons too). Returns None, having changed nothing, where the fused kernel does not
+    apply (recording, per-channel V_th, fewer samples than threads, layouts it does not take,
+    not a spike map)."""
     n = spikes.shape[0] if spikes.dim() == 4 else 0
     if (
         layer.recorder is not None
@@ -127,8 +173,10 @@ def scan_conv(
     if not cpu.usable(out, False, addend, v, out, v_th):
         return None
     theta = p.thresholds(v_th, layer.steps, state.t, steps)
-    fire = (v, state.count, theta, v_th.item(), addend, steps)
-    done = lookup_conv.conv2d(conv, spikes, amp, out=out.view(shape), fire=fire)
+    if state.events is not None and state.events.stride() != v.stride():
+        return None
+    fire = (v, state.count, theta, v_th.item(), addend, steps, state.events)
+    done = lookup_conv.conv2d(conv, spikes, amp, out=out.view(shape), fire=fire, negative=negative)
     if done is None:
         return None
     state.t += steps

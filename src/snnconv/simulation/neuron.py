@@ -7,6 +7,16 @@ Per step t = 1..T, with input current I[t] and threshold V_th (a scalar or one v
     v[t] = v[t] - s[t] * V_th         soft reset (reset by subtraction), no leak
     output V_th * s[t]                spikes carry amplitude V_th
 
+Signed neurons (``signed=True``, ``convert(neuron="signed")``) may also take a spike back:
+
+    s[t] = -1 if v[t] < 0 and n[t-1] > 0      n[t] = s[1] + ... + s[t], the net spike count
+
+(the same soft reset then adds V_th back). The membrane stays in [0, V_th) whenever one spike per
+step can keep up, so n[t] follows round((v[0] + I[1] + ... + I[t]) / V_th) clipped to [0, t] at
+every t: an early excess of spikes, the "unevenness" error of an ordinary IF neuron, is undone
+when the input turns out lower. Every spike, either sign, is one event (``spike_events``; the
+synaptic operations count events), and the rate is V_th * n[T] / T as before.
+
 and v[0] = V_th/2 for shift="membrane", else 0, plus ``v_init`` where calibration set one (a
 per-channel or per-neuron offset of the initial membrane). For a constant current z this gives,
 after T steps,
@@ -45,14 +55,15 @@ __all__ = ["IFNeurons", "IFParameters", "IFState", "check_finite", "if_step", "r
 @dataclass(frozen=True)
 class IFParameters:
     """One layer's constants: ``v_th`` (0-dim, or 1-D per channel = dimension 1 of the current),
-    the shift, b = ``bias_fraction`` * V_th / T for shift "bias", and ``v_init``, an offset of the
+    the shift, b = ``bias_fraction`` * V_th / T for shift "bias", ``v_init``, an offset of the
     initial membrane that broadcasts against one sample's current ([C, 1, 1] per channel, [C, H,
-    W] per neuron; None: no offset)."""
+    W] per neuron; None: no offset), and ``signed`` (negative spikes allowed)."""
 
     v_th: torch.Tensor
     shift: str = "bias"
     bias_fraction: float = 0.5
     v_init: torch.Tensor | None = None
+    signed: bool = False
 
     def threshold_like(self, current: torch.Tensor) -> torch.Tensor:
         """V_th shaped to broadcast against a one-step current [batch, channels, ...]."""
@@ -79,11 +90,13 @@ class IFParameters:
 @dataclass
 class IFState:
     """A layer's state during a simulation of ``steps`` steps: ``v`` = membrane minus t*b and
-    ``count`` = spikes so far, both [batch, ...]; ``t`` = steps done."""
+    ``count`` = net spikes so far, both [batch, ...]; ``t`` = steps done; ``events`` = spikes of
+    either sign so far (signed neurons only, else None: ``count`` is that)."""
 
     v: torch.Tensor
     count: torch.Tensor
     t: int = 0
+    events: torch.Tensor | None = None
 
 
 def initial_state(
@@ -105,7 +118,7 @@ def initial_state(
     v = spare.zero_().add_(start)
     if p.v_init is not None:
         v.add_(p.v_init.to(like.dtype))
-    return IFState(v, torch.zeros_like(like))
+    return IFState(v, torch.zeros_like(like), events=torch.zeros_like(like) if p.signed else None)
 
 
 def if_step(
@@ -116,22 +129,39 @@ def if_step(
     v_th = p.threshold_like(current)
     t = state.t + 1
     v = state.v + current
-    fired = (v >= v_th - t * p.bias(v_th, steps)).to(current.dtype)
+    theta = v_th - t * p.bias(v_th, steps)
+    fired = (v >= theta).to(current.dtype)
+    if not p.signed:
+        v = torch.addcmul(v, fired, v_th, value=-1)
+        return fired * v_th, IFState(v, state.count + fired, t)
+    # v < theta - V_th is v[t] < 0 for the membrane itself (the state is v[t] - t*b)
+    fired = fired - ((v < theta - v_th) & (state.count > 0)).to(current.dtype)
     v = torch.addcmul(v, fired, v_th, value=-1)
-    return fired * v_th, IFState(v, state.count + fired, t)
+    return fired * v_th, IFState(v, state.count + fired, t, state.events + fired.abs())
 
 
 class IFNeurons(nn.Module):
-    """A layer of IF neurons: holds its parameters (``v_th`` buffer, ``shift``, ``bias_fraction``)
-    and, during a simulation, its ``state``. Call ``reset(T)`` before each simulation of T steps.
+    """A layer of IF neurons: holds its parameters (``v_th`` buffer, ``shift``, ``bias_fraction``,
+    ``signed``) and, during a simulation, its ``state``. Call ``reset(T)`` before each simulation
+    of T steps.
 
     >>> layer = IFNeurons(1.0, "membrane")
     >>> layer.reset(4)
     >>> layer.scan(torch.tensor([[0.3]]), 4, constant=True).sum(0) / 4  # round(4 * 0.3) / 4
     tensor([[0.2500]])
+    >>> signed = IFNeurons(1.0, "membrane", signed=True)
+    >>> signed.reset(4)
+    >>> signed.scan(torch.tensor([[1.0], [-0.6], [0.0], [0.0]]), 4).flatten()  # takes it back
+    tensor([ 1., -1.,  0.,  0.])
     """
 
-    def __init__(self, v_th: float | torch.Tensor, shift: str = "bias", bias_fraction: float = 0.5):
+    def __init__(
+        self,
+        v_th: float | torch.Tensor,
+        shift: str = "bias",
+        bias_fraction: float = 0.5,
+        signed: bool = False,
+    ):
         super().__init__()
         v_th = torch.as_tensor(v_th, dtype=torch.float32).detach().clone()
         if v_th.dim() > 1 or v_th.numel() == 0:
@@ -144,6 +174,9 @@ class IFNeurons(nn.Module):
         self.register_buffer("v_init", None)  # set by calibration (conversion.calibrate)
         self.shift = check_shift(shift)
         self.bias_fraction = float(bias_fraction)
+        if not isinstance(signed, bool):
+            raise TypeError(f"signed must be a bool, got {signed!r}")
+        self.signed = signed
         self.steps: int | None = None  # T of the current simulation
         self.state: IFState | None = None
         self.recorder: list[torch.Tensor] | None = None  # input currents, while recording
@@ -151,11 +184,11 @@ class IFNeurons(nn.Module):
 
     @property
     def params(self) -> IFParameters:
-        return IFParameters(self.v_th, self.shift, self.bias_fraction, self.v_init)
+        return IFParameters(self.v_th, self.shift, self.bias_fraction, self.v_init, self.signed)
 
     def extra_repr(self) -> str:
         v = f"{self.v_th.item():g}" if self.v_th.dim() == 0 else f"per-channel[{self.v_th.numel()}]"
-        return f"v_th={v}, shift={self.shift}"
+        return f"v_th={v}, shift={self.shift}" + (", signed" if self.signed else "")
 
     def reset(self, steps: int) -> None:
         """Start a simulation of ``steps`` steps (state made on the first input)."""
@@ -181,8 +214,15 @@ class IFNeurons(nn.Module):
 
     @property
     def spike_count(self) -> torch.Tensor | None:
-        """Spikes per neuron since ``reset``, [batch, ...]."""
+        """Net spikes per neuron since ``reset`` (positive minus negative), [batch, ...]."""
         return None if self.state is None else self.state.count
+
+    @property
+    def spike_events(self) -> torch.Tensor | None:
+        """Spikes of either sign per neuron since ``reset`` (``spike_count`` unless signed)."""
+        if self.state is None:
+            return None
+        return self.state.count if self.state.events is None else self.state.events
 
     @property
     def t(self) -> int:
@@ -230,12 +270,14 @@ class IFNeurons(nn.Module):
         steps: int,
         out: torch.Tensor | None = None,
         addend: torch.Tensor | None = None,
+        negative: bool = False,
     ) -> torch.Tensor | None:
         """``scan(conv(spikes))`` in one compiled pass (``simulation.if_scan.scan_conv``), or None
-        where that kernel does not apply (nothing changed then)."""
+        where that kernel does not apply (nothing changed then); ``negative``: ``spikes`` come
+        from a signed layer."""
         from snnconv.simulation import if_scan
 
-        return if_scan.scan_conv(self, conv, spikes, amp, steps, out, addend)
+        return if_scan.scan_conv(self, conv, spikes, amp, steps, out, addend, negative)
 
 
 @contextmanager

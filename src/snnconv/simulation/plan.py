@@ -8,6 +8,7 @@ executor may do with it:
   others (the analog input and what is computed from it before the first IF layer) run once;
 - spike convs: ``nn.Conv2d`` nodes whose input is an IF layer's spike map (the lookup kernel
   applies to them); ``amplitude[conv]`` names the IF node whose V_th the spikes carry;
+  ``negative``: those reading a signed layer (maps that hold -V_th too);
 - scan sums: ``a + b`` of two dynamic values whose only user is an IF layer, summed inside that
   layer's scan instead of in a pass of its own;
 - fire convs: spike convs whose only user is an IF layer or a scan sum feeding one, run by that IF
@@ -49,8 +50,10 @@ class Plan:
     dynamic: frozenset[fx.Node]
     amplitude: dict[fx.Node, fx.Node]  # spike conv -> the IF node feeding it
     fire_convs: frozenset[fx.Node]
+    negative: frozenset[fx.Node]  # spike convs reading a signed layer
     free_after: dict[fx.Node, tuple[fx.Node, ...]]
     output: fx.Node  # the value the graph returns
+    signed: frozenset[fx.Node]  # the IF layers with signed neurons when the plan was made
 
     @property
     def neurons(self) -> list[fx.Node]:
@@ -127,6 +130,8 @@ def make_plan(gm: fx.GraphModule) -> Plan:
     dynamic = _dynamic(nodes, neurons)
     convs = {n for n in nodes if _is_spike_conv(n, modules, neurons)}
     sums = {n for n in nodes if _is_scan_sum(n, dynamic, neurons)}
+    signed = _signed(neurons, modules)
+    negative = {n for n in convs if n.args[0] in signed}
     fire = {n for n in convs if len(n.users) == 1 and next(iter(n.users)) in neurons | sums}
     output = next(n for n in nodes if n.op == "output")
     return Plan(
@@ -135,17 +140,28 @@ def make_plan(gm: fx.GraphModule) -> Plan:
         dynamic=frozenset(dynamic),
         amplitude={n: n.args[0] for n in convs},
         fire_convs=frozenset(fire),
+        negative=frozenset(negative),
         free_after=_free_after(nodes, dynamic),
         output=output.args[0],
+        signed=signed,
     )
+
+
+def _signed(neurons, modules: dict) -> frozenset[fx.Node]:
+    return frozenset(n for n in neurons if modules[n.target].signed)
 
 
 _plans: weakref.WeakKeyDictionary[fx.Graph, Plan] = weakref.WeakKeyDictionary()
 
 
 def plan_for(gm: fx.GraphModule) -> Plan:
-    """``make_plan(gm)``, cached while the graph object lives (a new graph gets a new plan)."""
+    """``make_plan(gm)``, cached while the graph object lives (a new graph, or a layer made signed
+    or not since, gets a new plan)."""
     plan = _plans.get(gm.graph)
-    if plan is None or len(plan.nodes) != len(gm.graph.nodes):
+    if (
+        plan is None
+        or len(plan.nodes) != len(gm.graph.nodes)
+        or plan.signed != _signed(plan.neurons, dict(gm.named_modules()))
+    ):
         plan = _plans[gm.graph] = make_plan(gm)
     return plan

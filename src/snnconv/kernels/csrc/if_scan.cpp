@@ -1,10 +1,11 @@
 // The fused IF scan: per step k, v += I[k]; s = v >= theta[k]; v -= s * vth; out[k] = s * vth;
 // count += s, with the same float operations in the same order as IFNeurons.scan's PyTorch loop
-// (tests/test_fused.py compares them bit for bit).
+// (tests/test_fused.py compares them bit for bit). With events (not null) the neurons are signed
+// (if_update.h's signed_block) and events counts spikes of either sign.
 //
-// current: [steps, n] or [n] (constant), addend: [steps, n] or null, v/count: [n], theta: [steps]
-// firing thresholds, out: [steps, n]. Tensors are dense with identical element order (any
-// memory format).
+// current: [steps, n] or [n] (constant), addend: [steps, n] or null, v/count/events: [n], theta:
+// [steps] firing thresholds, out: [steps, n]. Tensors are dense with identical element order
+// (any memory format).
 #include <algorithm>
 #include <cstdint>
 
@@ -15,7 +16,7 @@ namespace snnconv {
 
 template <typename T>
 static void scan(const T* cur, int constant, const T* add, T* v, const T* theta, T vth, T* out,
-                 T* count, int64_t steps, int64_t n, int threads) {
+                 T* count, T* events, int64_t steps, int64_t n, int threads) {
   const int64_t B = 4096;  // neurons whose membranes stay in L1/L2 across the chunk's steps
   const int64_t blocks = (n + B - 1) / B;
   // OpenMP shares PyTorch's thread team (the same libgomp), so no second pool competes with it
@@ -24,7 +25,13 @@ static void scan(const T* cur, int constant, const T* add, T* v, const T* theta,
     const int64_t lo = b * B, len = std::min(n, lo + B) - lo;
     for (int64_t k = 0; k < steps; ++k) {
       const T* in = cur + (constant ? 0 : k * n) + lo;
-      if (add)
+      if (events && add)
+        signed_block<T, true>(in, add + k * n + lo, v + lo, out + k * n + lo, count + lo,
+                              events + lo, theta[k], vth, len);
+      else if (events)
+        signed_block<T, false>(in, nullptr, v + lo, out + k * n + lo, count + lo, events + lo,
+                               theta[k], vth, len);
+      else if (add)
         block<T, true>(in, add + k * n + lo, v + lo, out + k * n + lo, count + lo, theta[k], vth, len);
       else
         block<T, false>(in, nullptr, v + lo, out + k * n + lo, count + lo, theta[k], vth, len);
@@ -37,15 +44,15 @@ static void scan(const T* cur, int constant, const T* add, T* v, const T* theta,
 extern "C" {
 
 void snnconv_if_scan_f32(const float* cur, int32_t constant, const float* add, float* v,
-                         const float* theta, float vth, float* out, float* count, int64_t steps,
-                         int64_t n, int32_t threads) {
-  snnconv::scan<float>(cur, constant, add, v, theta, vth, out, count, steps, n, threads);
+                         const float* theta, float vth, float* out, float* count, float* events,
+                         int64_t steps, int64_t n, int32_t threads) {
+  snnconv::scan<float>(cur, constant, add, v, theta, vth, out, count, events, steps, n, threads);
 }
 
 void snnconv_if_scan_f64(const double* cur, int32_t constant, const double* add, double* v,
                          const double* theta, double vth, double* out, double* count,
-                         int64_t steps, int64_t n, int32_t threads) {
-  snnconv::scan<double>(cur, constant, add, v, theta, vth, out, count, steps, n, threads);
+                         double* events, int64_t steps, int64_t n, int32_t threads) {
+  snnconv::scan<double>(cur, constant, add, v, theta, vth, out, count, events, steps, n, threads);
 }
 
 }

@@ -21,4 +21,22 @@ static void block(const T* in, const T* __restrict__ ad, T* __restrict__ v, T* o
   }
 }
 
+// Signed neurons (simulation/neuron.py): a spike of -1 where v < th - vth (the membrane below 0)
+// and the net count is positive: s = (v >= th) - (v < th - vth && count > 0); the same reset;
+// events += |s| (as s * s, exact for s in {-1, 0, 1}).
+template <typename T, bool ADD>
+static void signed_block(const T* in, const T* __restrict__ ad, T* __restrict__ v, T* o,
+                         T* __restrict__ count, T* __restrict__ events, T th, T vth,
+                         int64_t len) {
+  const T lo = th - vth;
+  for (int64_t i = 0; i < len; ++i) {
+    T x = ADD ? v[i] + (in[i] + ad[i]) : v[i] + in[i];
+    T s = static_cast<T>(x >= th) - static_cast<T>((x < lo) & (count[i] > T(0)));
+    v[i] = x - s * vth;
+    o[i] = s * vth;
+    count[i] += s;
+    events[i] += s * s;
+  }
+}
+
 }  // namespace snnconv

@@ -9,24 +9,27 @@
 #include <cstddef>
 #include <cstdint>
 
-#define SNNCONV_ABI 1
+#define SNNCONV_ABI 3
 
 extern "C" {
 
 // One lookup convolution (spike_conv.cpp): the shapes and the table's plan (lookup_conv.plan).
 // Input x is [n][h][w][c] (channels_last), the output [n][ho][wo][cout]; kernel kh x kw, stride
 // (sh, sw), zero padding (ph, pw); channels in groups of gb (4 or 8) bits, output blocks of
-// 16*nv (nv in 1..4) channels, input blocks of gr groups.
+// 16*nv (nv in 1..4) channels, input blocks of gr groups. negative: 1 if x may also hold -amp[c]
+// (signed neurons' spikes), else 0.
 struct snnconv_conv_geometry {
   int64_t n;
   int32_t c, h, w;
   int32_t cout, kh, kw, sh, sw, ph, pw, ho, wo;
   int32_t gb, nv, gr;
+  int32_t negative;
 };
 
 // The IF layer that reads the convolution, updated in the same pass: images are n = k*batch + b
 // (step k < steps, sample b); v and count are [batch][ho][wo][cout], theta [steps] each step's
-// firing threshold, vth the spike amplitude, addend null or shaped like the output.
+// firing threshold, vth the spike amplitude, addend null or shaped like the output; events null
+// (ordinary neurons) or shaped like v (signed neurons: spikes of either sign counted there).
 struct snnconv_fire {
   const float* addend;
   float* v;
@@ -34,6 +37,7 @@ struct snnconv_fire {
   const float* theta;
   float vth;
   int64_t batch, steps;
+  float* events;
 };
 
 // The ABI version (SNNCONV_ABI); the size of a struct (field null) or of one of its fields, and
@@ -42,17 +46,19 @@ int32_t snnconv_abi(void);
 int64_t snnconv_sizeof(const char* type, const char* field);
 int64_t snnconv_offsetof(const char* type, const char* field);
 
-// The IF scan (if_scan.cpp), in place on v, out and count. cur is [steps][n], or [n] when
-// constant; add null or [steps][n]; theta [steps].
+// The IF scan (if_scan.cpp), in place on v, out and count (and events). cur is [steps][n], or
+// [n] when constant; add null or [steps][n]; theta [steps]; events null (binary neurons) or [n]
+// (signed neurons: spikes of either sign counted there).
 void snnconv_if_scan_f32(const float* cur, int32_t constant, const float* add, float* v,
-                         const float* theta, float vth, float* out, float* count, int64_t steps,
-                         int64_t n, int32_t threads);
+                         const float* theta, float vth, float* out, float* count, float* events,
+                         int64_t steps, int64_t n, int32_t threads);
 void snnconv_if_scan_f64(const double* cur, int32_t constant, const double* add, double* v,
                          const double* theta, double vth, double* out, double* count,
-                         int64_t steps, int64_t n, int32_t threads);
+                         double* events, int64_t steps, int64_t n, int32_t threads);
 
 // The lookup convolution (spike_conv.cpp), with the IF update when fire is not null. Returns 0;
-// 1 if x holds a value that is neither 0 nor its channel's amplitude (nothing written); 2 if the
+// 1 if x holds a value that is neither 0 nor its channel's amplitude (nor minus it, with
+// geometry->negative) (nothing written); 2 if the
 // geometry's plan is out of range (nothing read or written).
 int32_t snnconv_spike_conv2d_f32(const float* x, const float* amp, const float* table,
                                  const float* bias, float* out,

@@ -5,7 +5,9 @@
 // out [N,Ho,Wo,Cout], table [ceil(Cout/L)][ceil(G/GR)][KH*KW][GR][2^GB][L] with L = 16*NV and
 // G = ceil(C/GB): output block b covers channels [b*L, min(Cout, (b+1)*L)), input block c the
 // groups [c*GR, min(G, (c+1)*GR)). With fire, out then holds the IF layer's spikes (N = steps *
-// batch).
+// batch). With negative (signed neurons' maps, values 0, amp[c] or -amp[c]) each pixel has a
+// second set of G masks for the -amp[c] values, whose table rows are subtracted:
+// out = bias + sum table[mask+] - sum table[mask-] (the conv is linear in its input).
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
@@ -28,6 +30,69 @@ static constexpr int ACC = 16;  // v16 accumulators that fit the 32 zmm register
 static constexpr int ACC = 4;   // 8 of the 16 ymm registers
 #endif
 
+// Store the mask bits k of 16 (GB 8) or 8 (GB 4, AVX2) consecutive channels starting at c.
+template <int GB>
+static inline void put16(uint8_t* m, int c, uint32_t k) {
+  if (GB == 8) {
+    uint16_t w = k;
+    std::memcpy(m + c / 8, &w, 2);
+  } else {  // four nibbles, one per byte
+    uint32_t w = (k & 0xF) | (k & 0xF0) << 4 | (k & 0xF00) << 8 | (k & 0xF000) << 12;
+    std::memcpy(m + c / 4, &w, 4);
+  }
+}
+
+// Masks of a signed pixel: bit b of m[g] is set iff x[g*GB + b] == amp, of m[G + g] iff it is
+// -amp. Returns nonzero if a value is none of 0, amp[c], -amp[c].
+template <int GB>
+static inline unsigned signed_masks(const float* x, const float* amp, int C, int G, uint8_t* m) {
+  int c = 0;
+  unsigned bad = 0;
+#ifdef __AVX512F__
+  const __m512 zero16 = _mm512_setzero_ps(), sign16 = _mm512_set1_ps(-0.f);
+  for (; c + 16 <= C; c += 16) {
+    __m512 v = _mm512_loadu_ps(x + c), a = _mm512_loadu_ps(amp + c);
+    __mmask16 nz = _mm512_cmp_ps_mask(v, zero16, _CMP_NEQ_UQ);
+    __mmask16 pos = _mm512_cmp_ps_mask(v, a, _CMP_EQ_OQ);
+    __mmask16 neg = _mm512_cmp_ps_mask(v, _mm512_xor_ps(a, sign16), _CMP_EQ_OQ);
+    bad |= nz & ~(pos | neg);
+    put16<GB>(m, c, pos);
+    put16<GB>(m + G, c, neg);
+  }
+#endif
+#ifdef __AVX2__
+  const __m256 zero = _mm256_setzero_ps(), sign = _mm256_set1_ps(-0.f);
+  for (; c + 8 <= C; c += 8) {
+    __m256 v = _mm256_loadu_ps(x + c), a = _mm256_loadu_ps(amp + c);
+    int nz = _mm256_movemask_ps(_mm256_cmp_ps(v, zero, _CMP_NEQ_UQ));
+    int pos = _mm256_movemask_ps(_mm256_cmp_ps(v, a, _CMP_EQ_OQ));
+    int neg = _mm256_movemask_ps(_mm256_cmp_ps(v, _mm256_xor_ps(a, sign), _CMP_EQ_OQ));
+    bad |= nz & ~(pos | neg);
+    if (GB == 8) {
+      m[c / 8] = pos;
+      m[G + c / 8] = neg;
+    } else {
+      m[c / 4] = pos & 15;
+      m[c / 4 + 1] = pos >> 4;
+      m[G + c / 4] = neg & 15;
+      m[G + c / 4 + 1] = neg >> 4;
+    }
+  }
+#endif
+  for (; c < C; c += GB) {
+    int kp = 0, kn = 0;
+    for (int b = 0; b < GB && c + b < C; ++b) {
+      float v = x[c + b], a = amp[c + b];
+      kp |= (v == a) << b;
+      kn |= (v == -a) << b;
+      bad |= !(v == 0.f || v == a || v == -a);
+    }
+    m[c / GB] = kp;
+    m[G + c / GB] = kn;
+  }
+  return bad;
+}
+
 // Masks of one pixel's C channels in groups of GB (4 or 8) bits: bit b of m[g] is set iff
 // x[g*GB + b] != 0. Returns nonzero if a nonzero value is not its channel's amplitude amp[c]
 // (the input is not a spike map).
@@ -41,14 +106,7 @@ static inline unsigned spike_masks(const float* x, const float* amp, int C, uint
     __m512 v = _mm512_loadu_ps(x + c);
     __mmask16 nz = _mm512_cmp_ps_mask(v, zero16, _CMP_NEQ_UQ);
     bad |= _mm512_mask_cmp_ps_mask(nz, v, _mm512_loadu_ps(amp + c), _CMP_NEQ_UQ);
-    uint32_t k = nz;
-    if (GB == 8) {
-      uint16_t w = k;
-      std::memcpy(m + c / 8, &w, 2);
-    } else {  // four nibbles, one per byte
-      uint32_t w = (k & 0xF) | (k & 0xF0) << 4 | (k & 0xF00) << 8 | (k & 0xF000) << 12;
-      std::memcpy(m + c / 4, &w, 4);
-    }
+    put16<GB>(m, c, nz);
   }
 #endif
 #ifdef __AVX2__
@@ -74,16 +132,20 @@ static inline unsigned spike_masks(const float* x, const float* amp, int C, uint
   return bad;
 }
 
-// The masks of image x [H][W][C] into m [Hp][Wp][G] with a zero border of (ph, pw).
-template <int GB>
+// The masks of image x [H][W][C] into m [Hp][Wp][MS] with a zero border of (ph, pw); MS = G
+// mask bytes per pixel, or 2G with NEG (the -amp masks after the +amp ones).
+template <int GB, bool NEG>
 static bool image_masks(const float* x, const float* amp, int C, int H, int W, int ph, int pw,
                         int Wp, int G, int64_t size, uint8_t* m) {
   std::memset(m, 0, size);
   unsigned bad = 0;
+  const int MS = NEG ? 2 * G : G;
   for (int h = 0; h < H; ++h) {
-    uint8_t* row = m + ((int64_t)(h + ph) * Wp + pw) * G;
+    uint8_t* row = m + ((int64_t)(h + ph) * Wp + pw) * MS;
     const float* xr = x + (int64_t)h * W * C;
-    for (int w = 0; w < W; ++w) bad |= spike_masks<GB>(xr + (int64_t)w * C, amp, C, row + w * G);
+    for (int w = 0; w < W; ++w)
+      bad |= NEG ? signed_masks<GB>(xr + (int64_t)w * C, amp, C, G, row + w * MS)
+                 : spike_masks<GB>(xr + (int64_t)w * C, amp, C, row + w * MS);
   }
   return bad == 0;
 }
@@ -101,11 +163,12 @@ static void copy_streaming(float* dst, const float* src, int64_t n) {
   for (; i < n; ++i) dst[i] = src[i];
 }
 
-// One convolution's shape. Masks are stored per image as [Hp][Wp][G] bytes with a zero border
-// of the padding's width, so every tap reads a mask (the all-zero pattern's table row is 0 and
-// adds nothing): no bounds tests in the inner loops. tap_off[t] = (kh*Wp + kw)*G.
+// One convolution's shape. Masks are stored per image as [Hp][Wp][MS] bytes (MS = G, or 2G
+// for signed maps) with a zero border of the padding's width, so every tap reads a mask (the
+// all-zero pattern's table row is 0 and adds nothing): no bounds tests in the inner loops.
+// tap_off[t] = (kh*Wp + kw)*MS.
 struct LutGeom {
-  int G, GR, E, Hp, Wp, taps, sh, sw, Ho, Wo, Cout;
+  int G, MS, GR, E, Hp, Wp, taps, sh, sw, Ho, Wo, Cout;
   const int64_t* tap_off;
 };
 
@@ -113,13 +176,14 @@ struct LutGeom {
 // of input groups [g0, g0+gn), gn <= GR (mp points at the first pixel's window corner, group g0):
 // sum = over taps t and groups g of table[t][g][mask][0..L), out = bias + sum for the first
 // input block, else out += sum. The P*NV accumulators are independent, which keeps many table
-// loads in flight.
-template <int NV, int P>
+// loads in flight. With NEG the rows of the -amp masks are subtracted (skipped when a mask is
+// 0, which is nearly always: a signed neuron rarely takes a spike back).
+template <int NV, int P, bool NEG>
 static inline void lut_pixels(const float* table, const uint8_t* mp, const LutGeom& q, int gn,
                               const float* bias, int cw, bool accumulate, float* o) {
   constexpr int L = 16 * NV;
   v16 a[P][NV] = {};
-  const int64_t step = (int64_t)q.sw * q.G, rows = (int64_t)q.E * L;
+  const int64_t step = (int64_t)q.sw * q.MS, rows = (int64_t)q.E * L;
   for (int t = 0; t < q.taps; ++t) {
     const uint8_t* m = mp + q.tap_off[t];
     const float* tt = table + t * q.GR * rows;  // a block holds GR groups (zero-padded)
@@ -127,6 +191,13 @@ static inline void lut_pixels(const float* table, const uint8_t* mp, const LutGe
       for (int p = 0; p < P; ++p) {
         const float* r = tt + (int64_t)m[p * step + g] * L;
         for (int j = 0; j < NV; ++j) a[p][j] += ld16(r + 16 * j);
+        if (NEG) {
+          const unsigned neg = m[p * step + q.G + g];
+          if (neg) {
+            const float* rn = tt + (int64_t)neg * L;
+            for (int j = 0; j < NV; ++j) a[p][j] -= ld16(rn + 16 * j);
+          }
+        }
       }
   }
   for (int p = 0; p < P; ++p) {
@@ -146,49 +217,53 @@ static inline void lut_pixels(const float* table, const uint8_t* mp, const LutGe
 }
 
 // One image (masks m at group g0, output on at channel co).
-template <int NV>
+template <int NV, bool NEG>
 static void lut_image(const float* table, const uint8_t* m, const LutGeom& q, int gn,
                       const float* bias, int cw, bool accumulate, float* on) {
   constexpr int P = ACC / NV > 8 ? 8 : (ACC / NV < 1 ? 1 : ACC / NV);
   for (int ho = 0; ho < q.Ho; ++ho) {
-    const uint8_t* mrow = m + (int64_t)ho * q.sh * q.Wp * q.G;
+    const uint8_t* mrow = m + (int64_t)ho * q.sh * q.Wp * q.MS;
     float* orow = on + (int64_t)ho * q.Wo * q.Cout;
     int wo = 0;
     for (; wo + P <= q.Wo; wo += P)
-      lut_pixels<NV, P>(table, mrow + (int64_t)wo * q.sw * q.G, q, gn, bias, cw, accumulate,
-                        orow + (int64_t)wo * q.Cout);
+      lut_pixels<NV, P, NEG>(table, mrow + (int64_t)wo * q.sw * q.MS, q, gn, bias, cw,
+                             accumulate, orow + (int64_t)wo * q.Cout);
     for (; wo < q.Wo; ++wo)
-      lut_pixels<NV, 1>(table, mrow + (int64_t)wo * q.sw * q.G, q, gn, bias, cw, accumulate,
-                        orow + (int64_t)wo * q.Cout);
+      lut_pixels<NV, 1, NEG>(table, mrow + (int64_t)wo * q.sw * q.MS, q, gn, bias, cw,
+                             accumulate, orow + (int64_t)wo * q.Cout);
   }
 }
 
 typedef void (*lut_fn)(const float*, const uint8_t*, const LutGeom&, int, const float*, int, bool,
                        float*);
-static const lut_fn lut_images[5] = {nullptr, lut_image<1>, lut_image<2>, lut_image<3>,
-                                     lut_image<4>};
+static const lut_fn lut_images[2][5] = {
+    {nullptr, lut_image<1, false>, lut_image<2, false>, lut_image<3, false>, lut_image<4, false>},
+    {nullptr, lut_image<1, true>, lut_image<2, true>, lut_image<3, true>, lut_image<4, true>}};
 
 // With fire (snnconv_fire), after image n = k*batch + s's current is complete, out[n] =
-// IF(current (+ addend[n])) exactly as the scan computes it (block, if_update.h).
+// IF(current (+ addend[n])) exactly as the scan computes it (block, or signed_block with
+// fire->events, if_update.h).
 
 // One call's sizes, derived once from the geometry (the names of the comments above).
 struct Conv {
   explicit Conv(const snnconv_conv_geometry& g)
       : N(g.n), C(g.c), H(g.h), W(g.w), Cout(g.cout), ph(g.ph), pw(g.pw), GB(g.gb), GR(g.gr),
-        G((C + GB - 1) / GB), L(16 * g.nv), cblocks((G + GR - 1) / GR), Hp(H + 2 * ph),
-        Wp(W + 2 * pw), Ho(g.ho), Wo(g.wo), fn(lut_images[g.nv]) {
+        G((C + GB - 1) / GB), MS(g.negative ? 2 * G : G), L(16 * g.nv),
+        cblocks((G + GR - 1) / GR), Hp(H + 2 * ph), Wp(W + 2 * pw), Ho(g.ho), Wo(g.wo),
+        negative(g.negative != 0), fn(lut_images[negative][g.nv]) {
     const int E = 1 << GB;
     for (int kh = 0; kh < g.kh; ++kh)
-      for (int kw = 0; kw < g.kw; ++kw) tap_off.push_back(((int64_t)kh * Wp + kw) * G);
-    q = LutGeom{G, GR, E, Hp, Wp, g.kh * g.kw, g.sh, g.sw, Ho, Wo, Cout, tap_off.data()};
+      for (int kw = 0; kw < g.kw; ++kw) tap_off.push_back(((int64_t)kh * Wp + kw) * MS);
+    q = LutGeom{G, MS, GR, E, Hp, Wp, g.kh * g.kw, g.sh, g.sw, Ho, Wo, Cout, tap_off.data()};
     tblock = (int64_t)g.kh * g.kw * GR * E * L;
-    mimg = (int64_t)Hp * Wp * G;
+    mimg = (int64_t)Hp * Wp * MS;
     opix = (int64_t)Ho * Wo * Cout;
   }
   Conv(const Conv&) = delete;  // q points into tap_off
 
   const int64_t N;
-  const int C, H, W, Cout, ph, pw, GB, GR, G, L, cblocks, Hp, Wp, Ho, Wo;
+  const int C, H, W, Cout, ph, pw, GB, GR, G, MS, L, cblocks, Hp, Wp, Ho, Wo;
+  const bool negative;
   const lut_fn fn;
   std::vector<int64_t> tap_off;
   LutGeom q;
@@ -202,8 +277,9 @@ static bool all_masks(const Conv& p, const float* x, const float* amp, int threa
   for (int64_t n = 0; n < p.N; ++n) {
     const float* xi = x + n * p.H * p.W * p.C;
     uint8_t* mi = mk + n * p.mimg;
-    bad |= !(p.GB == 8 ? image_masks<8>(xi, amp, p.C, p.H, p.W, p.ph, p.pw, p.Wp, p.G, p.mimg, mi)
-                       : image_masks<4>(xi, amp, p.C, p.H, p.W, p.ph, p.pw, p.Wp, p.G, p.mimg, mi));
+    const auto masks = p.negative ? (p.GB == 8 ? image_masks<8, true> : image_masks<4, true>)
+                                  : (p.GB == 8 ? image_masks<8, false> : image_masks<4, false>);
+    bad |= !masks(xi, amp, p.C, p.H, p.W, p.ph, p.pw, p.Wp, p.G, p.mimg, mi);
   }
   return !bad;
 }
@@ -228,7 +304,14 @@ static void tile_steps(const Conv& p, const float* table, const uint8_t* mk, con
       for (int64_t s = s0; s < s1; ++s) {
         const int64_t n = k * batch + s, opix = p.opix;
         float* o = scratch ? scratch + (s - s0) * opix : out + n * opix;
-        if (fire->addend)
+        float* ev = fire->events ? fire->events + s * opix : nullptr;
+        if (ev && fire->addend)
+          signed_block<float, true>(o, fire->addend + n * opix, fire->v + s * opix, o,
+                                    fire->count + s * opix, ev, fire->theta[k], fire->vth, opix);
+        else if (ev)
+          signed_block<float, false>(o, nullptr, fire->v + s * opix, o, fire->count + s * opix,
+                                     ev, fire->theta[k], fire->vth, opix);
+        else if (fire->addend)
           block<float, true>(o, fire->addend + n * opix, fire->v + s * opix, o,
                              fire->count + s * opix, fire->theta[k], fire->vth, opix);
         else
@@ -281,6 +364,8 @@ extern "C" int32_t snnconv_spike_conv2d_f32(const float* x, const float* amp, co
                                             const snnconv_fire* fire, int32_t threads,
                                             int64_t stream_bytes) {
   const snnconv_conv_geometry& g = *geometry;
-  if ((g.gb != 4 && g.gb != 8) || g.nv < 1 || g.nv > 4 || g.gr < 1) return 2;
+  if ((g.gb != 4 && g.gb != 8) || g.nv < 1 || g.nv > 4 || g.gr < 1 ||
+      (g.negative != 0 && g.negative != 1))
+    return 2;
   return snnconv::spike_conv2d(x, amp, table, bias, out, g, fire, threads, stream_bytes);
 }

@@ -1,0 +1,187 @@
+"""Time to a usable accuracy: the smallest T that brings each SNN within 1 point (and 0.5 point)
+of its own ANN on the full CIFAR-10 test set, times the wall time to simulate the test set at
+that T.
+
+    python benchmarks/time_to_accuracy.py --data-root ../shared/data             # snnconv rows
+    .venv-sj/bin/python benchmarks/time_to_accuracy.py --data-root ../shared/data  # + SpikingJelly
+
+Accuracy vs T comes from benchmarks/low_latency.py's cache (benchmarks/results/low_latency.jsonl,
+full test set, 10,000 images; run that first): every row there, snnconv's methods on the shipped
+models and SpikingJelly 2.0.0's modes on the ReLU model. T* is the smallest T of the cache's grid
+(1, 2, 4, ..., 64) whose accuracy is >= ANN - 1 point (resp. 0.5); "not reached by T=64" when
+none is. Rows calibrated per T ("+mse") also need their calibration, run once per T before
+deployment: its seconds (from the cache) are shown beside, not added.
+
+Then, in this one process, the wall time to simulate --time-images test images at T* is measured
+for each row (snnconv: ``snn(x, T*)`` per batch of --batch; SpikingJelly: its single-step loop,
+``for t in range(T): net(x)``, the faster of its two step modes in benchmarks/spikingjelly_compare.py,
+channels_last like snnconv) and scaled to 10,000 images; where SpikingJelly never reaches the
+target, its time at T=64 is a lower bound ("> ..."). Each timing: one warm-up batch, then every
+batch timed; the spread is the fastest and slowest batch scaled the same way. Rows run one after
+the other, each on all --threads. The machine's instruction set is printed with the table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+import snnconv
+from snnconv.io import data
+from snnconv.kernels import backend
+from snnconv.zoo import shipped
+
+sys.path.insert(0, str(Path(__file__).parent))
+import low_latency  # noqa: E402  (the cache and the conversions of the accuracy table)
+
+FULL = 10000
+TARGETS = (0.01, 0.005)  # within 1 point, within 0.5 point of the ANN
+
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--data-root", default=None)
+    p.add_argument("--cache", default="benchmarks/results/low_latency.jsonl")
+    p.add_argument("--time-images", type=int, default=2000, help="test images timed per row")
+    p.add_argument("--batch", type=int, default=250)
+    p.add_argument("--calibration-images", type=int, default=1024)
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--out", default=None, help="also write the rows as JSON here")
+    return p.parse_args(argv)
+
+
+def first_t(acc: dict[int, float], target: float) -> int | None:
+    return next((t for t in sorted(acc) if acc[t] >= target), None)
+
+
+def cached_rows(path: str) -> list[dict]:
+    """The last full-test-set row per (model, method) of low_latency.py's cache."""
+    rows = {}
+    for line in Path(path).read_text().splitlines():
+        row = json.loads(line)
+        if row.get("settings", {}).get("images") == FULL:
+            row["accuracy"] = {int(k): v for k, v in row["accuracy"].items()}
+            rows[(row["model"], row["method"])] = row
+    return list(rows.values())
+
+
+def timed(run, batches) -> dict:
+    """Seconds per FULL images (median batch, fastest and slowest), after one warm-up batch."""
+    run(batches[0])
+    per = []
+    for x in batches:
+        begun = time.perf_counter()
+        run(x)
+        per.append((time.perf_counter() - begun) / x.shape[0] * FULL)
+    return {"seconds": statistics.median(per), "min": min(per), "max": max(per)}
+
+
+class Timer:
+    def __init__(self, args):
+        self.args = args
+        test = data.load("cifar10", "test", args.data_root)
+        train = data.load("cifar10", "train", args.data_root)
+        fmt = torch.channels_last
+        x = data.normalize(test.images[: args.time_images], "cifar10")
+        self.batches = list(x.contiguous(memory_format=fmt).split(args.batch))
+        self.cal = data.normalize(train.images[: args.calibration_images], "cifar10")
+        self.cal = self.cal.contiguous(memory_format=fmt)
+
+    def snnconv(self, row: dict, steps: int) -> dict:
+        model = shipped.load_pretrained(row["model"]).to(memory_format=torch.channels_last)
+        snn = low_latency.convert_row(model, row["method"], self.cal)
+        if "mse" in low_latency.parse_method(row["method"])[1]:
+            snnconv.calibrate(snn, self.cal, steps, method="mse")
+        with torch.no_grad():
+            return timed(lambda x: snn(x, steps), self.batches)
+
+    def spikingjelly(self, row: dict, steps: int) -> dict:
+        import spikingjelly_compare as sjc  # needs spikingjelly (.venv-sj)
+
+        ann, _ = sjc.relu_copy(shipped.load_pretrained(row["model"]))
+        mode = row["method"].split(" ", 1)[1]
+        net = sjc.sj_convert(ann, self.cal.contiguous(), mode, 128)
+        net = net.to(memory_format=torch.channels_last)
+        with torch.no_grad():
+            return timed(lambda x: sjc.sj_single(net, x, steps), self.batches)
+
+
+def measure(rows: list[dict], timer: Timer) -> list[dict]:
+    out = []
+    for row in rows:
+        accs, ann = row["accuracy"], row["ann"]
+        sj = row["tool"] != "snnconv"
+        for gap in TARGETS:
+            steps = first_t(accs, ann - gap)
+            res = {"model": row["model"], "method": row["method"], "tool": row["tool"]}
+            res.update(ann=ann, within=gap, T=steps, reached=steps is not None)
+            timed_at = steps or max(accs)
+            res["accuracy"] = accs[timed_at]
+            if steps is None and not sj:
+                out.append(res)
+                continue
+            print(f"{row['model']} {row['method']}: T={timed_at} ...", flush=True)
+            run = timer.spikingjelly if sj else timer.snnconv
+            res.update(timed_T=timed_at, **run(row, timed_at))
+            cal = row.get("calibration_seconds", {}).get(str(steps)) if steps else None
+            res["calibration_seconds"] = cal
+            out.append(res)
+    return out
+
+
+def table(results: list[dict]) -> str:
+    lines = [
+        "| model | method | ANN | within | T* | accuracy at T* | s per 10,000 images (range) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        if r["reached"]:
+            t = str(r["T"])
+            s = f"{r['seconds']:.1f} ({r['min']:.1f}-{r['max']:.1f})"
+            if r.get("calibration_seconds"):
+                s += f" + calibration {r['calibration_seconds']:.0f} s once"
+        else:
+            t = f"not reached by T={max(low_latency.STEPS)}"
+            s = f"> {r['seconds']:.1f} (at T={r['timed_T']})" if "seconds" in r else "—"
+        lines.append(
+            f"| {r['model']} | {r['method']} | {100 * r['ann']:.2f} | {100 * r['within']:.1f} | "
+            f"{t} | {100 * r['accuracy']:.2f} | {s} |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    rows = cached_rows(args.cache)
+    try:
+        import spikingjelly  # noqa: F401
+    except ImportError:
+        print("spikingjelly not importable: its rows are skipped (use .venv-sj's python)")
+        rows = [r for r in rows if r["tool"] == "snnconv"]
+    if not rows:
+        raise SystemExit(f"no full-test-set rows in {args.cache}: run low_latency.py first")
+    timer = Timer(args)
+    isa = backend.cpu_isa()
+    print(
+        f"machine: {platform.machine()} ({isa}), torch {torch.__version__}, "
+        f"{torch.get_num_threads()} threads; timing {args.time_images} images, batch {args.batch}"
+    )
+    results = measure(rows, timer)
+    print(table(results))
+    if args.out:
+        Path(args.out).write_text(json.dumps({"isa": isa, "rows": results}, indent=1) + "\n")
+    print(json.dumps({"isa": isa, "rows": results}))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
