@@ -148,26 +148,30 @@ def test_residual_add_goes_into_the_scan_and_matches_the_oracle():
         ("-mno-avx512f", "-mno-avx2", "-mno-fma", "-mno-avx"),
     ],
 )  # SSE2
-def test_kernels_built_without_avx512_agree(monkeypatch, flags):
+@pytest.mark.parametrize("signed", [False, True])
+def test_kernels_built_without_avx512_agree(monkeypatch, flags, signed):
     """The code paths for older vector units (16-lane vectors in halves or quarters, fewer
     pixels at once, scalar mask extraction) give the same lookup convolution and fused IF
-    update as the native build, bit for bit. (CPU only: the C++ kernels.)"""
+    update as the native build, bit for bit; also for signed spike maps read by signed neurons.
+    (CPU only: the C++ kernels.)"""
     from torch import nn
 
     torch.manual_seed(0)
     conv = nn.Conv2d(16, 40, 3, 2, 1)  # 8-bit groups, 3 output blocks (the last one partial)
     amp = torch.full((16,), 0.9)
-    x = ((torch.rand(4 * 6, 16, 9, 9) < 0.3).float() * 0.9).contiguous(
-        memory_format=torch.channels_last
-    )
+    fired = (torch.rand(4 * 6, 16, 9, 9) < 0.3).float()
+    if signed:  # a third of the spikes negative
+        fired = fired * (1 - 2 * (torch.rand(fired.shape) < 0.3).float())
+    x = (fired * 0.9).contiguous(memory_format=torch.channels_last)
     monkeypatch.setattr(lookup_conv, "STREAM_BYTES", 0)  # the streaming stores' path too
     results = []
     for lib in (cpu.kernel(), cpu.load(flags)):
         monkeypatch.setattr(backend, "_cpp", backend.CppState(kernels=lib))
-        layer = IFNeurons(0.5, "membrane")
+        layer = IFNeurons(0.5, "membrane", signed=signed)
         layer.reset(8)
-        cur = lookup_conv.conv2d(conv, x, amp)
-        results.append((cur, layer.scan_conv(conv, x, amp, 4), layer.v, layer.spike_count))
+        cur = lookup_conv.conv2d(conv, x, amp, negative=signed)
+        fused = layer.scan_conv(conv, x, amp, 4, negative=signed)
+        results.append((cur, fused, layer.v, layer.spike_count, layer.spike_events))
     assert all(r[1] is not None for r in results), "the fused path ran on both builds"
     with torch.no_grad():
         torch.testing.assert_close(results[1][0], conv(x), rtol=0, atol=1e-5)
