@@ -55,6 +55,7 @@ ROWS = (
     ("resnet20-cifar10-qcfs", "membrane"),
     ("resnet20-cifar10-qcfs", "membrane+mse"),
     ("resnet20-cifar10-qcfs", "membrane+signed"),
+    ("resnet20-cifar10-qcfs", "membrane+signed+mse"),
     ("resnet20-cifar10-relu", "percentile"),
     ("resnet20-cifar10-relu", "percentile+mse"),
     ("resnet20-cifar10-relu", "percentile+signed"),
@@ -97,6 +98,11 @@ def parse_args(argv):
     p.add_argument("--cache", default="benchmarks/results/low_latency.jsonl")
     p.add_argument("--plot", default="docs/low_latency.png", help="PNG to write (accuracy vs T)")
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument(
+        "--table-only",
+        action="store_true",
+        help="print the table (and plot) of the cache, run nothing",
+    )
     return p.parse_args(argv)
 
 
@@ -297,7 +303,7 @@ def main(argv=None) -> int:
     def save(row: dict) -> None:
         append(cache, {**row, "settings": bench.settings})
 
-    for name, method in wanted:
+    for name, method in [] if args.table_only else wanted:
         partial = done.get((name, method))
         if partial is not None and (
             not method.endswith("+mse")
