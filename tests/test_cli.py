@@ -279,6 +279,7 @@ report.write_set({"a": b"new a", "b": b"new b"}, sys.argv[1])
 """
 
 
+@pytest.mark.slow  # 1.5 s (a subprocess / the CIFAR-100 archive): the quick subset stays < 30 s
 def test_kill_during_the_write_phase_leaves_the_previous_set(tmp_path):
     out = tmp_path / "eval"
     report.write_set({"a": b"old a", "b": b"old b"}, out)

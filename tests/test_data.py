@@ -136,6 +136,7 @@ def test_normalize_cifar10_train(cifar10_train):
     assert torch.allclose(std, torch.ones(3), atol=1e-2)
 
 
+@pytest.mark.slow  # 1.5 s (a subprocess / the CIFAR-100 archive): the quick subset stays < 30 s
 def test_cifar100_test_and_cache():
     hits = data._read.cache_info().hits
     ds = data.load("cifar100", "test", root=DATA)
