@@ -214,6 +214,7 @@ def _siblings(out) -> list[str]:
     return sorted(p.name for p in out.parent.iterdir() if p.name != out.name)
 
 
+@pytest.mark.slow  # 1.5 s: the quick subset stays < 30 s with a margin
 def test_failing_last_write_leaves_the_previous_set(tmp_path, monkeypatch):
     res = _results()
     out = tmp_path / "eval"
