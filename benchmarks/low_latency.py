@@ -38,6 +38,7 @@ import os
 import platform
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -222,14 +223,14 @@ class Bench:
         }
 
 
-def load_cache(path: Path, settings: dict) -> dict:
-    """(model, method) -> the last row saved with these settings (a calibrated row holds the T
-    done so far)."""
+def load_cache(path: Path, keep: Callable[[dict], bool]) -> dict:
+    """(model, method) -> the last row saved whose settings ``keep`` accepts (a calibrated row
+    holds the T done so far)."""
     done = {}
     if path.is_file():
         for line in path.read_text().splitlines():
             row = json.loads(line)
-            if row.get("settings") == settings:
+            if keep(row.get("settings", {})):
                 for key in ("accuracy", "calibration_seconds"):
                     if key in row:
                         row[key] = {int(k): v for k, v in row[key].items()}
@@ -296,7 +297,7 @@ def main(argv=None) -> int:
                 parse_method(method)
         wanted = [r for r in wanted if r in keep] + [r for r in keep if r not in wanted]
     cache = Path(args.cache)
-    done = load_cache(cache, bench.settings)
+    done = load_cache(cache, lambda settings: settings == bench.settings)
     print(f"machine: {platform.machine()}, torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads; settings {bench.settings}")  # fmt: skip
 

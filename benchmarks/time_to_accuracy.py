@@ -62,17 +62,6 @@ def first_t(acc: dict[int, float], target: float) -> int | None:
     return next((t for t in sorted(acc) if acc[t] >= target), None)
 
 
-def cached_rows(path: str) -> list[dict]:
-    """The last full-test-set row per (model, method) of low_latency.py's cache."""
-    rows = {}
-    for line in Path(path).read_text().splitlines():
-        row = json.loads(line)
-        if row.get("settings", {}).get("images") == FULL:
-            row["accuracy"] = {int(k): v for k, v in row["accuracy"].items()}
-            rows[(row["model"], row["method"])] = row
-    return list(rows.values())
-
-
 def timed(run, batches) -> dict:
     """Seconds per FULL images (median batch, fastest and slowest), after one warm-up batch."""
     run(batches[0])
@@ -169,7 +158,8 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    rows = cached_rows(args.cache)
+    full = lambda settings: settings.get("images") == FULL  # noqa: E731
+    rows = list(low_latency.load_cache(Path(args.cache), full).values())
     try:
         import spikingjelly  # noqa: F401
     except ImportError:

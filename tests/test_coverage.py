@@ -21,6 +21,7 @@ from snnconv.conversion.prepare import (
     WithConstants,
     quantisation_error,
 )
+from snnconv.evaluation import evaluate
 
 NETS = coverage_nets()
 
@@ -64,6 +65,9 @@ def test_nets_convert_and_match_their_ann(name, model, shape):
     assert not any(isinstance(m, nn.BatchNorm2d) for m in snn.ann.modules())
     assert_matches_ann(snn, x)
     assert_fast_equals_oracle(model, x)
+    # evaluate measures them too: SOPs through every op (the U-Net's crashed before)
+    res = evaluate.evaluate(snn, [(x, torch.zeros(8, dtype=torch.long))], [4], progress=False)
+    assert res.cost.per_T[4].sops > 0 and res.cost.ann_macs > 0
 
 
 class OpNet(nn.Module):

@@ -13,7 +13,7 @@ import snnconv
 from conftest import SHARED_DATA
 from snnconv import ThresholdReLU, cli
 from snnconv.evaluation import evaluate
-from snnconv.measures import error_split
+from snnconv.measures import cost, error_split
 from snnconv.zoo import shipped
 
 
@@ -66,6 +66,69 @@ def test_sop_count_equals_brute_force():
         assert res.cost.per_T[t].sops == pytest.approx(  # float sums in another order
             sum(r.sops[t] for r in rows.values()), rel=1e-12
         )
+
+
+class UpNet(nn.Module):
+    """Upsampling after spiking layers: a transposed convolution, bilinear interpolation at a
+    non-integer scale, nearest upsampling (the U-Net ops whose fan-out crashed evaluate)."""
+
+    def __init__(self):
+        super().__init__()
+        self.c1, self.a1 = nn.Conv2d(2, 3, 3, padding=1), ThresholdReLU(1.0)
+        self.up, self.a2 = nn.ConvTranspose2d(3, 4, 3, stride=2, padding=1), ThresholdReLU(1.0)
+        self.c3, self.a3 = nn.Conv2d(4, 3, 1), ThresholdReLU(1.0)
+        self.near, self.a4 = nn.Upsample(scale_factor=2), ThresholdReLU(1.0)
+        self.fc = nn.Linear(3 * 26 * 20, 5)
+
+    def interp(self, s):
+        return nn.functional.interpolate(s, scale_factor=1.5, mode="bilinear")
+
+    def forward(self, x):
+        h = self.a3(self.c3(self.interp(self.a2(self.up(self.a1(self.c1(x)))))))
+        return self.fc(self.a4(self.near(h)).flatten(1))
+
+
+def test_sop_count_through_transposed_convs_and_upsampling_equals_brute_force():
+    torch.manual_seed(0)
+    net = UpNet().double().eval()
+    snn = snnconv.convert(net)
+    x = torch.rand(3, 2, 5, 4, dtype=torch.float64) * 3
+    res = evaluate.evaluate(snn, [(x, torch.zeros(3, dtype=torch.long))], [8], progress=False)
+    # the brute force counts non-zero entries of the composite map, the fan-out counts paths:
+    # equal here because no two paths between consecutive IF layers meet in one output
+    fans = {
+        "input": brute_fan_out(net.c1, (2, 5, 4)),
+        "a1": brute_fan_out(net.up, (3, 5, 4)),
+        "a2": brute_fan_out(lambda s: net.c3(net.interp(s)), (4, 9, 7)),
+        "a3": brute_fan_out(net.near, (3, 13, 10)),
+    }
+    rows = {r.name: r for r in res.cost.layers}
+    snn(x, 8)
+    assert rows["a3"].sops[8] > 0
+    for name in ("a1", "a2", "a3"):
+        want = (snn.layers[name].spike_count * fans[name]).sum().item() / len(x)
+        assert rows[name].sops[8] == want, name
+        assert rows[name].ann_macs == fans[name].sum().item(), name
+
+
+@pytest.mark.parametrize(
+    "shape, kwargs",
+    [
+        ((2, 5, 4), dict(scale_factor=1.5, mode="bilinear")),
+        ((2, 5, 4), dict(scale_factor=2, mode="bilinear", align_corners=True)),
+        ((2, 5, 4), dict(size=(7, 11), mode="bicubic")),
+        ((2, 5, 4), dict(size=(3, 2), mode="bilinear", antialias=True)),
+        ((2, 6, 5), dict(size=(4, 3), mode="area")),
+        ((2, 5, 4), dict(scale_factor=(1.7, 2.5), mode="nearest")),
+        ((2, 7), dict(scale_factor=2.2, mode="linear")),
+        ((1, 3, 4, 2), dict(size=(5, 6, 3), mode="trilinear", align_corners=True)),
+    ],
+)
+def test_interpolation_fan_out_counts_the_non_zero_weights(shape, kwargs):
+    fn = lambda s: nn.functional.interpolate(s, **kwargs)  # noqa: E731
+    ones = torch.ones(1, *shape, dtype=torch.float64, requires_grad=True)
+    cost._interpolate_indicator(ones, **kwargs).sum().backward()
+    assert torch.equal(ones.grad[0], brute_fan_out(fn, shape))
 
 
 def test_error_parts_add_up_and_behave():

@@ -270,3 +270,39 @@ def test_init_from_a_model_file(tmp_path):
         ]
     )
     assert r.returncode == 2 and "--init" in r.stderr
+
+
+def test_distillation_loss_is_cross_entropy_at_weight_0_and_adds_the_kl_term():
+    g = torch.Generator().manual_seed(0)
+    z, t = torch.randn(8, 10, generator=g), torch.randn(8, 10, generator=g)
+    y = torch.randint(0, 10, (8,), generator=g)
+    ce = torch.nn.functional.cross_entropy(z, y, label_smoothing=0.1)
+    assert torch.equal(train.distillation_loss(z, t, y, 0.0, 4.0, 0.1), ce)
+    # a teacher equal to the student up to a constant shift adds nothing: KL = 0
+    same = train.distillation_loss(z, z + 3.0, y, 0.9, 4.0, 0.1)
+    assert same.item() == pytest.approx(0.1 * ce.item(), abs=1e-6)  # float32 rounding only
+    # the soft term's gradient is τ·(p_student - p_teacher)/B with p = softmax(z/τ)
+    zz = z.clone().requires_grad_(True)
+    train.distillation_loss(zz, t, y, 1.0, 4.0).backward()
+    want = 4.0 * (torch.softmax(z / 4, 1) - torch.softmax(t / 4, 1)) / 8
+    torch.testing.assert_close(zz.grad, want)
+
+
+def test_a_teacher_of_another_dataset_is_refused():
+    arch = {"num_classes": 10}
+    with pytest.raises(ValueError, match="--teacher cnn-mnist is a mnist model"):
+        train.load_teacher("cnn-mnist", arch, "cifar10")
+    teacher = train.load_teacher("cnn-mnist", arch, "mnist")
+    assert not teacher.training and not any(p.requires_grad for p in teacher.parameters())
+
+
+@pytest.mark.slow
+def test_train_with_a_teacher_records_it_and_resumes_only_with_it(tmp_path):
+    out = str(tmp_path / "kd")
+    args = ["train", *SMALL, "--epochs", "1", "--teacher", "cnn-mnist", "--out", out]
+    r = run_cli(args)
+    assert r.returncode == 0, r.stderr
+    cfg = json.loads((tmp_path / "kd" / "config.json").read_text())
+    assert cfg["teacher"] == "cnn-mnist" and cfg["distill_weight"] == 0.9
+    r = run_cli(["train", *SMALL, "--epochs", "2", "--distill-weight", "0.5", "--out", out])
+    assert r.returncode == 2 and "distill_weight" in r.stderr

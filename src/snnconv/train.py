@@ -1,6 +1,7 @@
 """Train the source ANN the paper's way: threshold ReLU, SGD with momentum, a warm-up then a
 cosine (or step) schedule, random-crop (+ flip for CIFAR) augmentation, model selection on a
-validation split carved from the training data (the test split is never read here).
+validation split carved from the training data (the test split is never read here). Optionally
+distilled from a teacher model's logits (``--teacher``; ``distillation_loss``).
 
 Resumable: every epoch ends with an atomic checkpoint of model, optimizer, scheduler, RNG and
 epoch, and each epoch's data order and augmentation come from a generator seeded by (seed, epoch),
@@ -43,6 +44,7 @@ def _option(default=dataclasses.MISSING, help: str = "", *, choices=None, check=
 _count = options.check_count
 _at_least_0 = lambda v, what: options.check_number(v, what)
 _fraction = lambda v, what: options.check_number(v, what, 0.0, 1.0)
+_positive = lambda v, what: options.check_number(v, what, 1e-6)
 
 
 @dataclass
@@ -82,6 +84,15 @@ class TrainConfig:
     threads: int | None = _option(None, "CPU threads (default: PyTorch's)", check=_count)
     init: str | None = _option(
         None, "start from these weights (a model file or shipped name of the same architecture)"
+    )
+    teacher: str | None = _option(
+        None, "distil from this model's logits (a model file or shipped name, same dataset)"
+    )
+    distill_weight: float = _option(
+        0.9, "share of the distillation term in the loss (with --teacher)", check=_fraction
+    )
+    distill_temperature: float = _option(
+        4.0, "softmax temperature of the distillation term (with --teacher)", check=_positive
     )
 
     def __post_init__(self):
@@ -166,6 +177,50 @@ def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     return [{"params": decay, "weight_decay": weight_decay}, {"params": rest, "weight_decay": 0.0}]
 
 
+def distillation_loss(
+    logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    labels: torch.Tensor,
+    weight: float,
+    temperature: float,
+    label_smoothing: float = 0.0,
+) -> torch.Tensor:
+    """Knowledge distillation (Hinton et al. 2015): with p^τ = softmax(z/τ),
+
+        loss = (1 - w)·CE(z_student, y) + w·τ²·KL(p^τ_teacher ‖ p^τ_student)
+
+    averaged over the batch; τ² keeps the soft term's gradient scale independent of τ. w = 0 is
+    plain (label-smoothed) cross-entropy; the KL term is 0 when the student's logits equal the
+    teacher's up to a constant."""
+    hard = F.cross_entropy(logits, labels, label_smoothing=label_smoothing)
+    if weight == 0.0:
+        return hard
+    t = temperature
+    soft = F.kl_div(
+        F.log_softmax(logits.float() / t, dim=1),
+        F.log_softmax(teacher_logits.float() / t, dim=1),
+        reduction="batchmean",
+        log_target=True,
+    )
+    return (1.0 - weight) * hard + weight * t * t * soft
+
+
+def load_teacher(path: str, arch: dict, dataset: str) -> nn.Module:
+    """The teacher of ``--teacher`` in eval mode, its parameters frozen; ValueError when it was
+    trained on another dataset or has another number of classes than the student."""
+    start = shipped.load_checkpoint(path)
+    theirs = start.get("dataset"), start["arch"].get("num_classes")
+    if theirs != (dataset, arch["num_classes"]):
+        raise ValueError(
+            f"--teacher {path} is a {theirs[0]} model with {theirs[1]} classes, "
+            f"not {dataset} with {arch['num_classes']}"
+        )
+    teacher = checkpoint.build_model(start).eval()
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    return teacher
+
+
 def epoch_generator(seed: int, epoch: int, rank: int = 0) -> torch.Generator:
     return torch.Generator().manual_seed(seed * 1_000_003 + epoch * 1_009 + rank)
 
@@ -240,6 +295,7 @@ class _Session:
     sched: torch.optim.lr_scheduler.LRScheduler
     steps_per_epoch: int
     out: Path
+    teacher: nn.Module | None = None
 
 
 def _datasets(cfg: TrainConfig) -> tuple[data.Dataset, data.Dataset, data.Dataset]:
@@ -280,6 +336,10 @@ def _setup(cfg: TrainConfig) -> _Session:
         load_init(model, cfg.init, arch)
     memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
     model = model.to(device).to(memory_format=memory_format)
+    teacher = None
+    if cfg.teacher:
+        teacher = load_teacher(cfg.teacher, arch, cfg.dataset)
+        teacher = teacher.to(device).to(memory_format=memory_format)
     opt = torch.optim.SGD(
         parameter_groups(model, cfg.weight_decay),
         lr=cfg.lr,
@@ -304,6 +364,7 @@ def _setup(cfg: TrainConfig) -> _Session:
         sched,
         steps_per_epoch,
         out,
+        teacher,
     )
 
 
@@ -378,7 +439,19 @@ def _train_epoch(s: _Session, net: nn.Module, epoch: int, progress: bool) -> tup
         y = s.train.labels[idx].to(s.device, non_blocking=True)
         with _autocast(s.device):
             logits = net(x)
-            loss = F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
+            if s.teacher is None:
+                loss = F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
+            else:
+                with torch.no_grad():
+                    teacher_logits = s.teacher(x)
+                loss = distillation_loss(
+                    logits,
+                    teacher_logits,
+                    y,
+                    cfg.distill_weight,
+                    cfg.distill_temperature,
+                    cfg.label_smoothing,
+                )
         s.opt.zero_grad(set_to_none=True)
         loss.backward()
         s.opt.step()

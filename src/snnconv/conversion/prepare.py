@@ -99,13 +99,18 @@ class WithConstants(nn.Module):
         for name, value in constants.items():
             self.register_buffer(name, value)
 
-    def forward(self, *inputs):
+    def arguments(self, *inputs) -> tuple[tuple, dict]:
+        """(args, kwargs) of the call on ``inputs``: the template with its slots filled."""
+
         def fill(a):
             if isinstance(a, Slot):
                 return inputs[a.index]
             return getattr(self, a.name) if isinstance(a, Constant) else a
 
-        args, kwargs = fx.node.map_aggregate(self.template, fill)
+        return fx.node.map_aggregate(self.template, fill)
+
+    def forward(self, *inputs):
+        args, kwargs = self.arguments(*inputs)
         if self.op == "call_method":
             return getattr(args[0], self.target)(*args[1:], **kwargs)
         return self.target(*args, **kwargs)

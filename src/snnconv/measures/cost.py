@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
+from snnconv.conversion.prepare import WithConstants
 from snnconv.options import E_AC_PJ, E_MAC_PJ
 
 INPUT = "input"
@@ -57,6 +58,68 @@ def _adaptive_sum(x: torch.Tensor, output_size) -> torch.Tensor:
     return y * window.to(y.dtype)
 
 
+def _interpolate_indicator(x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+    """``F.interpolate(x, ...)`` with its weights replaced by their non-zero indicators. Every
+    mode is separable: along each spatial axis d the output is M_d applied to the input, so the
+    weight of (output, input) is the product of the axes' weights, non-zero iff each factor is.
+    M_d is read off by interpolating, with the same arguments, one impulse per index along d
+    that is constant along the other axes (each mode's weights sum to 1 along every axis, so
+    the other axes contribute a factor 1)."""
+    spatial = x.shape[2:]
+    for d, n in enumerate(spatial):
+        impulse = torch.eye(n, dtype=x.dtype).reshape(
+            n, 1, *[n if a == d else 1 for a in range(len(spatial))]
+        )
+        impulse = impulse.expand(n, 1, *[n if a == d else s for a, s in enumerate(spatial)])
+        response = F.interpolate(impulse.contiguous(), *args, **kwargs)
+        along_d = response[
+            (slice(None), 0, *[slice(None) if a == d else 0 for a in range(len(spatial))])
+        ]
+        matrix = _indicator(along_d.T)  # [out_d, in_d]
+        x = torch.movedim(torch.movedim(x, 2 + d, -1) @ matrix.T, -1, 2 + d)
+    return x
+
+
+def _on_path(t) -> bool:
+    """Whether ``t`` carries the fan-out (derived from a leaf), not a constant of the network."""
+    return torch.is_tensor(t) and t.requires_grad and not isinstance(t, nn.Parameter)
+
+
+def _scaled(a, b, divide: bool) -> torch.Tensor:
+    """a·b or a/b, one operand on the fan-out's path and the other a constant (a scalar or a
+    tensor that may broadcast): the path times the constant's non-zero pattern (a divisor
+    counts wherever it is)."""
+    if not divide and not _on_path(a):
+        a, b = b, a
+    if torch.is_tensor(b):
+        return a * (torch.ones_like(b, dtype=a.dtype) if divide else _indicator(b))
+    return a if divide or b != 0 else a * 0.0
+
+
+_CONV_MODULES = {
+    nn.Conv1d: F.conv1d,
+    nn.Conv2d: F.conv2d,
+    nn.Conv3d: F.conv3d,
+    nn.ConvTranspose1d: F.conv_transpose1d,
+    nn.ConvTranspose2d: F.conv_transpose2d,
+    nn.ConvTranspose3d: F.conv_transpose3d,
+}
+_WEIGHTED = (F.linear, *_CONV_MODULES.values())
+
+
+def _conv_module(m: nn.Module, x: torch.Tensor, output_size=None) -> torch.Tensor:
+    """A (transposed) convolution module's map with indicator weights and no bias."""
+    w = _indicator(m.weight)
+    if isinstance(m, nn.modules.conv._ConvTransposeNd):
+        k = len(m.kernel_size)
+        pad = m._output_padding(x, output_size, m.stride, m.padding, m.kernel_size, k, m.dilation)
+        return _CONV_MODULES[type(m)](x, w, None, m.stride, m.padding, pad, m.groups, m.dilation)
+    if m.padding_mode != "zeros":
+        x = F.pad(x, m._reversed_padding_repeated_twice, mode=m.padding_mode)
+        return _CONV_MODULES[type(m)](x, w, None, m.stride, 0, m.dilation, m.groups)
+    return _CONV_MODULES[type(m)](x, w, None, m.stride, m.padding, m.dilation, m.groups)
+
+
 class _FanOut(fx.Interpreter):
     """Runs an ANN graph as its indicator map: weights -> 1[w != 0], averages -> sums, biases
     dropped; each activation's input current is summed into the objective and its output is a
@@ -87,9 +150,14 @@ class _FanOut(fx.Interpreter):
 
     def call_module(self, target, args, kwargs):
         m, x = self.fetch_attr(target), args[0]
-        if isinstance(m, (nn.Conv1d, nn.Conv2d)):
-            conv = F.conv1d if isinstance(m, nn.Conv1d) else F.conv2d
-            return conv(x, _indicator(m.weight), None, m.stride, m.padding, m.dilation, m.groups)
+        if isinstance(m, WithConstants):  # a call with constant weights: run as that call
+            args, kwargs = m.arguments(*args)
+            call = self.call_method if m.op == "call_method" else self.call_function
+            return call(m.target, args, kwargs)
+        if type(m) in _CONV_MODULES:
+            return _conv_module(m, x, *args[1:], **kwargs)
+        if isinstance(m, nn.Upsample):
+            return _interpolate_indicator(x, m.size, m.scale_factor, m.mode, m.align_corners)
         if isinstance(m, nn.Linear):
             return F.linear(x, _indicator(m.weight))
         if isinstance(m, nn.AvgPool2d):
@@ -112,18 +180,22 @@ class _FanOut(fx.Interpreter):
         return m(*args, **kwargs)  # Flatten, ZeroPad2d, ...: index maps, kept as they are
 
     def call_function(self, target, args, kwargs):
-        if target in (F.conv1d, F.conv2d, F.linear):
+        if target in _WEIGHTED:
             w = args[1] if len(args) > 1 else kwargs["weight"]
             rest = {k: v for k, v in kwargs.items() if k not in ("input", "weight", "bias")}
             return target(args[0], _indicator(w), None, *args[3:], **rest)
+        if target is F.interpolate:
+            return _interpolate_indicator(*args, **kwargs)
         if target in (F.avg_pool1d, F.avg_pool2d):
             return _sum_pool(target, args, kwargs)
         if target in (F.adaptive_avg_pool1d, F.adaptive_avg_pool2d):
             return _adaptive_sum(args[0], args[1] if len(args) > 1 else kwargs["output_size"])
         if target is torch.mean:
             return torch.sum(*args, **kwargs)
-        if target in (operator.mul, operator.truediv, torch.mul, torch.div):
-            return args[0] if torch.is_tensor(args[0]) else args[1]
+        if target in (operator.mul, torch.mul):
+            return _scaled(*args[:2], divide=False)
+        if target in (operator.truediv, torch.div):
+            return _scaled(*args[:2], divide=True)
         if target in (operator.sub, torch.sub):
             return args[0] + args[1]
         if target in (operator.neg, torch.neg):
@@ -134,7 +206,7 @@ class _FanOut(fx.Interpreter):
         if target == "mean":
             return args[0].sum(*args[1:], **kwargs)
         if target in ("mul", "div"):
-            return args[0]
+            return _scaled(*args[:2], divide=target == "div")
         if target == "sub":
             return args[0] + args[1]
         if target == "neg":
