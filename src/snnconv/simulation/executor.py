@@ -20,6 +20,7 @@ s (the last linear layer's current with readout="current", V_th-amplitude spikes
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 
 import torch
@@ -111,6 +112,29 @@ def is_zero_pad(node: fx.Node, args, kwargs) -> bool:
     )
 
 
+def memory_bytes(device: torch.device) -> int | None:
+    """The memory a tensor on ``device`` can at most take: the GPU's, or the machine's RAM
+    (None when the platform does not say)."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).total_memory
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def check_readout_fits(steps: int, one_step: torch.Tensor, memory: int | None) -> None:
+    """SimulationError when the readout after every step, [steps, *one_step.shape], cannot fit in
+    ``memory`` bytes (it would fail to allocate or be killed by the OS later)."""
+    need = steps * one_step.numel() * one_step.element_size()
+    if memory is not None and need > memory:
+        raise SimulationError(
+            f"T={steps} needs {need / 2**30:.1f} GiB for the readout after every step "
+            f"([T, {', '.join(map(str, one_step.shape))}] {one_step.dtype}), more than the "
+            f"{memory / 2**30:.1f} GiB of memory here: use a smaller T or batch"
+        )
+
+
 class Readout:
     """out[t-1] = (1/t) sum_{s<=t} y[s], written into one [T, batch, ...] tensor as the chunks of
     y arrive, so the readout costs its own size and no more. The running sum is carried step
@@ -132,6 +156,7 @@ class Readout:
 
     def _add(self, y: torch.Tensor) -> None:
         if self.out is None:
+            check_readout_fits(self.steps, y[0], memory_bytes(y.device))
             self.out = torch.empty((self.steps, *y.shape[1:]), dtype=y.dtype, device=y.device)
             wide = y.is_floating_point() and y.device.type == "cpu"
             self.total = torch.zeros(
