@@ -27,9 +27,9 @@ What runs
   snnTorch's), the fraction of neurons whose spike count equals snnconv's, and the ratio of total
   spikes (snnTorch / snnconv).
 
-Output: the table, then one JSON line with every figure; progress on stderr. Cost: snnTorch's
-runs take seconds per step and batch of 100 on the project's shared 2-core CPU (--images 100:
-652 s in all); the 2,000-image default needs hours there.
+Output: the table, then one JSON line with every figure; progress on stderr. Cost: the default
+2,000 images took 1,799 s on the project's 2-core Zen 4 machine while it shared the CPU with a
+training (benchmarks/results/nir_crosscheck.txt); --images 100 takes minutes.
 """
 
 from __future__ import annotations
