@@ -6,8 +6,8 @@ that T.
     .venv-sj/bin/python benchmarks/time_to_accuracy.py --data-root ../shared/data  # + SpikingJelly
 
 Accuracy vs T comes from benchmarks/low_latency.py's cache (benchmarks/results/low_latency.jsonl,
-full test set, 10,000 images; run that first): every row there, snnconv's methods on the shipped
-models and SpikingJelly 2.0.0's modes on the ReLU model. T* is the smallest T of the cache's grid
+full test set, 10,000 images; run that first): every row there of a shipped model, snnconv's
+methods and SpikingJelly 2.0.0's modes on the ReLU model. T* is the smallest T of the cache's grid
 (1, 2, 4, ..., 64) whose accuracy is >= ANN - 1 point (resp. 0.5); "not reached by T=64" when
 none is. Rows calibrated per T ("+mse") also need their calibration, run once per T before
 deployment: its seconds (from the cache) are shown beside, not added; their simulation is timed
@@ -127,7 +127,7 @@ def measure(rows: list[dict], timer: Timer) -> list[dict]:
             print(f"{row['model']} {row['method']}: T={timed_at} ...", flush=True)
             run = timer.spikingjelly if sj else timer.snnconv
             res.update(timed_T=timed_at, **run(row, timed_at))
-            cal = row.get("calibration_seconds", {}).get(str(steps)) if steps else None
+            cal = row.get("calibration_seconds", {}).get(steps) if steps else None
             res["calibration_seconds"] = cal
             out.append(res)
     return out
@@ -159,7 +159,8 @@ def main(argv=None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     full = lambda settings: settings.get("images") == FULL  # noqa: E731
-    rows = list(low_latency.load_cache(Path(args.cache), full).values())
+    shipped_model = lambda row: row["model"] in shipped.names()  # noqa: E731
+    rows = list(filter(shipped_model, low_latency.load_cache(Path(args.cache), full).values()))
     try:
         import spikingjelly  # noqa: F401
     except ImportError:
