@@ -28,7 +28,7 @@ What runs
   spikes (snnTorch / snnconv).
 
 Output: the table, then one JSON line with every figure; progress on stderr. Cost: the default
-2,000 images took 1,799 s on the project's 2-core Zen 4 machine while it shared the CPU with a
+2,000 images took 1,799 s on the project's 2-core Zen 4 machine (AVX-512) while it shared the CPU with a
 training (benchmarks/results/nir_crosscheck.txt); --images 100 takes minutes.
 """
 

@@ -203,15 +203,12 @@ class _FanOut(fx.Interpreter):
         return super().call_function(target, args, kwargs)
 
     def call_method(self, target, args, kwargs):
-        if target == "mean":
-            return args[0].sum(*args[1:], **kwargs)
-        if target in ("mul", "div"):
-            return _scaled(*args[:2], divide=target == "div")
-        if target == "sub":
-            return args[0] + args[1]
-        if target == "neg":
-            return args[0]
+        if target in _AS_FUNCTION:  # x.mean(...), x.mul(c), ...: as torch.mean(x, ...), ...
+            return self.call_function(_AS_FUNCTION[target], args, kwargs)
         return super().call_method(target, args, kwargs)
+
+
+_AS_FUNCTION = {name: getattr(torch, name) for name in ("mean", "mul", "div", "sub", "neg")}
 
 
 def fan_out(
