@@ -113,6 +113,8 @@ def main() -> None:
     cpu = next((ln.split(":")[1].strip() for ln in open("/proc/cpuinfo") if "model name" in ln), "")
     flags = open("/proc/cpuinfo").read()
     isa = "avx512" if "avx512f" in flags else "avx2" if "avx2" in flags else platform.machine()
+    if os.environ.get("SNNCONV_ISA", "native") != "native":  # trees that predate it build native
+        isa = f"{os.environ['SNNCONV_ISA']} (SNNCONV_ISA) on an {isa} CPU"
     print(
         f"{cpu}, {os.cpu_count()} cores, {isa}; batch {args.batch}, {args.rounds} rounds, "
         f"shift membrane, channels_last"

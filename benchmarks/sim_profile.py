@@ -17,6 +17,7 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 import snnconv
+from snnconv.kernels import backend
 from snnconv.zoo import models, shipped
 
 
@@ -86,6 +87,7 @@ def main():
     print(
         f"{args.model}, batch {args.batch}, T={args.T}, "
         f"{torch.cuda.get_device_name() if cuda else f'{torch.get_num_threads()} threads'}, "
+        f"{backend.isa_label()}, "
         f"{'channels_last' if args.channels_last else 'contiguous'}"
     )
     print(f"dense ANN forward x {args.T}:\n{top(*dense, cuda=cuda)}")

@@ -33,6 +33,7 @@ import warnings
 import torch
 
 import snnconv
+from snnconv.kernels import backend
 from snnconv.zoo import models, shipped
 
 
@@ -158,12 +159,14 @@ def main():
     device = torch.device(args.device)
     name_dev = torch.cuda.get_device_name() if device.type == "cuda" else platform.processor()
     print(
-        f"device: {name_dev or platform.machine()}, {os.cpu_count()} cores, torch "
-        f"{torch.__version__}, {torch.get_num_threads()} threads, batch {args.batch}"
+        f"device: {name_dev or platform.machine()}, {os.cpu_count()} cores, "
+        f"{backend.isa_label()}, torch {torch.__version__}, {torch.get_num_threads()} threads, "
+        f"batch {args.batch}"
     )
     report = {
         "device": args.device,
         "device_name": name_dev,
+        "isa": backend.isa_label(),
         "threads": torch.get_num_threads(),
         "batch": args.batch,
         "repeats": args.repeats,

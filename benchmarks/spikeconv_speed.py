@@ -15,7 +15,7 @@ import time
 import torch
 from torch import nn
 
-from snnconv.kernels import lookup_conv
+from snnconv.kernels import backend, lookup_conv
 
 SHAPES = [
     (16, 16, 32),
@@ -32,6 +32,7 @@ SHAPES = [
 def main():
     torch.manual_seed(0)
     rows = []
+    print(f"{backend.isa_label()}, {torch.get_num_threads()} threads", flush=True)
     with torch.no_grad():
         for c_in, c_out, size in SHAPES:
             conv = nn.Conv2d(c_in, c_out, 3, padding=1)
@@ -67,7 +68,16 @@ def main():
                 f"{1e3 * d:7.1f} ms  lookup {1e3 * s:7.1f} ms  dense/lookup {d / s:.2f}",
                 flush=True,
             )
-    print(json.dumps({"threads": torch.get_num_threads(), "batch": 256, "rows": rows}))
+    print(
+        json.dumps(
+            {
+                "isa": backend.isa_label(),
+                "threads": torch.get_num_threads(),
+                "batch": 256,
+                "rows": rows,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

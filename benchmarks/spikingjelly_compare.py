@@ -76,6 +76,7 @@ from torch import nn
 
 import snnconv
 from snnconv.io import data as sdata
+from snnconv.kernels import backend
 from snnconv.zoo import models as smodels
 from snnconv.zoo import shipped
 
@@ -98,6 +99,7 @@ def versions() -> dict:
         "torchvision": v("torchvision"),
         "platform": platform.platform(),
         "cpu": platform.processor() or platform.machine(),
+        "isa": backend.isa_label(),
         "cpu_count": os.cpu_count(),
     }
 
@@ -257,7 +259,7 @@ def main(argv=None) -> int:
         f"versions: python {info['python']}, torch {info['torch']}, spikingjelly {info['spikingjelly']}, "
         f"snnconv {info['snnconv']}, numpy {info['numpy']}, torchvision {info['torchvision'] or 'not installed'}"
     )
-    print(f"CPU: {info['cpu']}, {info['cpu_count']} cores, torch threads {threads}")
+    print(f"CPU: {info['cpu']} ({info['isa']}), {info['cpu_count']} cores, torch threads {threads}")
 
     # --- model and data ---------------------------------------------------------------------
     model = shipped.load_pretrained(args.checkpoint).eval()

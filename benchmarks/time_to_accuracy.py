@@ -169,7 +169,7 @@ def main(argv=None) -> int:
     if not rows:
         raise SystemExit(f"no full-test-set rows in {args.cache}: run low_latency.py first")
     timer = Timer(args)
-    isa = backend.cpu_isa()
+    isa = backend.isa_label()
     print(
         f"machine: {platform.machine()} ({isa}), torch {torch.__version__}, "
         f"{torch.get_num_threads()} threads; timing {args.time_images} images, batch {args.batch}"

@@ -6,7 +6,7 @@ import torch
 
 import snnconv
 from conftest import DEVICE
-from snnconv import IFNeurons
+from snnconv import IFNeurons, options
 from snnconv.kernels import backend, cpu, lookup_conv
 from snnconv.zoo import models
 
@@ -141,31 +141,39 @@ def test_residual_add_goes_into_the_scan_and_matches_the_oracle():
     torch.testing.assert_close(fast, snn.stepwise(x, 10), rtol=1e-9, atol=1e-9)
 
 
-@pytest.mark.parametrize(
-    "flags",
-    [
-        ("-mno-avx512f",),  # AVX2: 16 lanes as two halves
-        ("-mno-avx512f", "-mno-avx2", "-mno-fma", "-mno-avx"),
-    ],
-)  # SSE2
+@pytest.mark.parametrize("isa", [i for i in options.KERNEL_ISAS if i != "native"])
 @pytest.mark.parametrize("signed", [False, True])
-def test_kernels_built_without_avx512_agree(monkeypatch, flags, signed):
-    """The code paths for older vector units (16-lane vectors in halves or quarters, fewer
-    pixels at once, scalar mask extraction) give the same lookup convolution and fused IF
-    update as the native build, bit for bit; also for signed spike maps read by signed neurons.
-    (CPU only: the C++ kernels.)"""
+@pytest.mark.parametrize(
+    "c_in, c_out, four_bit",
+    [
+        (16, 40, False),  # 8-bit groups, NV 3: 3 output blocks, the last one partial
+        (24, 20, True),  # 4-bit groups, NV 2, two input blocks (the last one partial)
+        (12, 64, True),  # NV 4: the widest rows, one pixel at a time below AVX-512
+        (8, 16, True),  # NV 1: the most pixels at once
+    ],
+)
+def test_kernels_built_without_avx512_agree(monkeypatch, isa, signed, c_in, c_out, four_bit):
+    """The code paths for older vector units (8- or 4-lane registers, fewer pixels at once,
+    scalar mask extraction) give the same lookup convolution and fused IF update as the native
+    build, bit for bit, for each output block width (NV) and both group sizes; also for signed
+    spike maps read by signed neurons. (CPU only: the C++ kernels; on an AVX2-only CPU the
+    "avx2" build is the native one, still compared.)"""
     from torch import nn
 
     torch.manual_seed(0)
-    conv = nn.Conv2d(16, 40, 3, 2, 1)  # 8-bit groups, 3 output blocks (the last one partial)
-    amp = torch.full((16,), 0.9)
-    fired = (torch.rand(4 * 6, 16, 9, 9) < 0.3).float()
+    conv = nn.Conv2d(c_in, c_out, 3, 2, 1)
+    if four_bit:  # 8-bit tables refused; input blocks of at most 4 groups
+        monkeypatch.setattr(lookup_conv, "TABLE8_BYTES", 0)
+        nv = lookup_conv.plan(c_in, c_out, 9)[1]
+        monkeypatch.setattr(lookup_conv, "TABLE_BYTES", 4 * 9 * 16 * 64 * nv)
+    amp = torch.full((c_in,), 0.9)
+    fired = (torch.rand(4 * 6, c_in, 9, 9) < 0.3).float()
     if signed:  # a third of the spikes negative
         fired = fired * (1 - 2 * (torch.rand(fired.shape) < 0.3).float())
     x = (fired * 0.9).contiguous(memory_format=torch.channels_last)
     monkeypatch.setattr(lookup_conv, "STREAM_BYTES", 0)  # the streaming stores' path too
     results = []
-    for lib in (cpu.kernel(), cpu.load(flags)):
+    for lib in (cpu.kernel(), cpu.load(isa)):
         monkeypatch.setattr(backend, "_cpp", backend.CppState(kernels=lib))
         layer = IFNeurons(0.5, "membrane", signed=signed)
         layer.reset(8)

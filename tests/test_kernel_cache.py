@@ -257,3 +257,53 @@ def test_abi_version_mismatch_is_refused_then_pytorch_runs(monkeypatch):
     with pytest.warns(UserWarning, match="compiled kernels unavailable .*ABI version"):
         assert backend.describe()["scan"] == "torch"
     assert cpu.kernel() is None
+
+
+# ---- SNNCONV_ISA: the kernels built for a lower x86 instruction set ----
+
+AVX512_FLAGS = "flags\t\t: fpu sse2 avx avx2 fma avx512f avx512bw\n"
+AVX2_FLAGS = "flags\t\t: fpu sse2 avx avx2 fma\n"
+
+
+@pytest.mark.parametrize(
+    "features,asked,built",
+    [
+        (AVX512_FLAGS, "native", "avx512"),
+        (AVX512_FLAGS, "avx2", "avx2"),
+        (AVX512_FLAGS, "sse2", "sse2"),
+        (AVX2_FLAGS, "avx2", "avx2"),
+        (AVX2_FLAGS, "sse2", "sse2"),
+    ],
+)
+def test_kernel_isa_is_the_lower_of_the_cpu_and_snnconv_isa(monkeypatch, features, asked, built):
+    monkeypatch.setattr(build, "cpu_features", lambda: features)
+    monkeypatch.setenv("SNNCONV_ISA", asked)
+    assert backend.kernel_isa() == built
+    label = backend.isa_label()
+    cpu_isa = "avx512" if "avx512f" in features else "avx2"
+    assert label == cpu_isa if built == cpu_isa else label.startswith(f"{built} (emulated on an")
+
+
+def test_unknown_snnconv_isa_is_an_error_naming_the_variable(monkeypatch):
+    monkeypatch.setenv("SNNCONV_ISA", "avx3")
+    monkeypatch.setattr(backend, "_cpp", backend.CppState())
+    with pytest.raises(SnnconvError, match=r"SNNCONV_ISA \(environment\) must be one of"):
+        backend.cpp()
+    with pytest.raises(SnnconvError, match="kernel ISA must be one of"):
+        cpu.load("avx3")
+
+
+def test_x86_isa_on_another_cpu_is_refused(monkeypatch):
+    monkeypatch.setattr(build, "x86", lambda: False)
+    with pytest.raises(SnnconvError, match="'avx2' is an x86 instruction set"):
+        cpu.load("avx2")
+
+
+@pytest.mark.skipif(not build.x86(), reason="x86 builds only exist on x86")
+def test_snnconv_isa_selects_the_build_the_simulator_loads(monkeypatch):
+    """SNNCONV_ISA=sse2 makes backend.cpp() load the SSE2 build (its own cache entry), not the
+    native one."""
+    monkeypatch.setenv("SNNCONV_ISA", "sse2")
+    monkeypatch.setattr(backend, "_cpp", backend.CppState())
+    loaded = backend.cpp()
+    assert loaded is not None and loaded.path == cpu.load("sse2").path != cpu.load().path

@@ -21,6 +21,9 @@ Schedule = Literal["cosine", "step"]  # training LR schedule after the warm-up
 Device = Literal["auto", "cpu", "cuda"]  # training device ("auto": CUDA if there is one)
 CalibrationMethod = Literal["none", "bias", "potential", "mse"]  # see conversion.calibrate
 CalibrationGranularity = Literal["channel", "neuron"]
+# The widest x86 vector instructions the compiled kernels may use (SNNCONV_ISA in the environment;
+# "native": all the CPU has). A lower one runs a machine's code as on an older CPU.
+KernelIsa = Literal["native", "avx2", "sse2"]
 
 SHIFTS: tuple[str, ...] = get_args(Shift)
 NEURONS: tuple[str, ...] = get_args(Neuron)
@@ -32,6 +35,7 @@ DEVICES: tuple[str, ...] = get_args(Device)
 CALIBRATION_METHODS: tuple[str, ...] = get_args(CalibrationMethod)[1:]  # what calibrate() does
 CALIBRATION_CHOICES: tuple[str, ...] = get_args(CalibrationMethod)  # the CLI's, "none" first
 CALIBRATION_GRANULARITIES: tuple[str, ...] = get_args(CalibrationGranularity)
+KERNEL_ISAS: tuple[str, ...] = get_args(KernelIsa)
 CALIBRATION_IMAGES = 1024  # unaugmented training images (the first N) for --calibrate
 CALIBRATION_BATCH = 128
 

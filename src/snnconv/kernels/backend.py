@@ -4,7 +4,10 @@
   "torch" (PyTorch's loop: the reference, and the fallback everywhere else).
 - Spike convolution: "lookup" (the C++ table-lookup kernel, CPU) or "torch" (the module itself).
 
-``SNNCONV_FUSED=0`` in the environment forces "torch" for both (read at each decision). The C++
+``SNNCONV_FUSED=0`` in the environment forces "torch" for both (read at each decision);
+``SNNCONV_ISA=avx2`` (or sse2; options.KERNEL_ISAS) builds the C++ kernels for at most that x86
+instruction set, e.g. to measure on an AVX-512 machine what an AVX2-only one runs
+(benchmarks/emulate_avx2.sh also caps PyTorch's own kernels). The C++
 kernels are loaded once per process, on first use (``cpp``); if that fails (no compiler, a
 failed build, a library that disagrees with cpu.py's ABI) one warning says why and PyTorch runs.
 The simulator asks through cpu.kernel, cpu.scan_available and lookup_conv.applies, which ask here.
@@ -23,11 +26,18 @@ from typing import Literal
 
 import torch
 
+from snnconv import options
 from snnconv.exceptions import KernelError
 from snnconv.kernels import build, cpu
 
 ScanBackend = Literal["cpp", "triton", "torch"]
 ConvBackend = Literal["lookup", "torch"]
+
+
+def requested_isa() -> str:
+    """SNNCONV_ISA in the environment, checked (options.KERNEL_ISAS); "native" when unset."""
+    value = os.environ.get("SNNCONV_ISA", "native")
+    return options.choice("SNNCONV_ISA (environment)", value, options.KERNEL_ISAS)
 
 
 def enabled() -> bool:
@@ -57,7 +67,7 @@ def cpp() -> cpu.Kernels | None:
         with _loading:
             if state.kernels is None and state.error is None:
                 try:
-                    state.kernels = cpu.load()
+                    state.kernels = cpu.load(requested_isa())
                 except (KernelError, OSError, subprocess.SubprocessError) as err:
                     state.error = f"{type(err).__name__}: {str(err)[:2000]}"
                     warnings.warn(
@@ -95,6 +105,35 @@ def cpu_isa() -> str:
     return platform.machine() or "unknown"
 
 
+_ISA_ORDER = ("sse2", "avx2", "avx512")
+
+
+def kernel_isa() -> str:
+    """The instruction set the C++ kernels are built for: the CPU's (cpu_isa), or the lower
+    SNNCONV_ISA asks for."""
+    have, cap = cpu_isa(), requested_isa()
+    if cap == "native" or have not in _ISA_ORDER:
+        return have
+    return min(have, cap, key=_ISA_ORDER.index)
+
+
+def torch_isa() -> str:
+    """PyTorch's own CPU kernels' instruction set ("avx512", "avx2", "default", ...): capped by
+    ATEN_CPU_CAPABILITY."""
+    return torch.backends.cpu.get_cpu_capability().lower()
+
+
+def isa_label() -> str:
+    """The instruction set a benchmark ran with, for its output: the CPU's ("avx512"), or e.g.
+    "avx2 (emulated on an avx512 CPU; PyTorch: avx2)" when SNNCONV_ISA asks for less. Emulation
+    runs the other instruction set's code on this CPU's cores and caches: it measures the code, not
+    the other machine."""
+    have, used = cpu_isa(), kernel_isa()
+    if used == have:
+        return have
+    return f"{used} (emulated on an {have} CPU; PyTorch: {torch_isa()})"
+
+
 def describe(device: torch.device | str = "cpu") -> dict:
     """What runs where, for results files: backends, CPU instruction set, threads."""
     device = torch.device(device)
@@ -102,6 +141,8 @@ def describe(device: torch.device | str = "cpu") -> dict:
         "scan": scan_backend(device),
         "conv": conv_backend(device),
         "cpu_isa": cpu_isa(),
+        "kernel_isa": kernel_isa(),
+        "torch_isa": torch_isa(),
         "threads": torch.get_num_threads(),
         "device": str(device),
     }

@@ -31,6 +31,7 @@ import contextlib
 import ctypes
 import hashlib
 import os
+import platform
 import shutil
 import stat
 import subprocess
@@ -71,6 +72,11 @@ def cpu_features() -> str:
             return next((line for line in f if line.startswith(("flags", "Features"))), "")
     except OSError:
         return ""
+
+
+def x86() -> bool:
+    """The CPU is x86 (where the kernels' ISA can be capped: options.KERNEL_ISAS)."""
+    return platform.machine().lower() in ("x86_64", "amd64", "i386", "i686")
 
 
 def cache_folder() -> Path:

@@ -32,12 +32,12 @@ Which backend runs (C++, Triton, PyTorch) is decided in backend.py; ``kernel``,
 from __future__ import annotations
 
 import ctypes
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from snnconv import options
 from snnconv.exceptions import KernelError, SimulationError
 from snnconv.kernels import build
 
@@ -52,6 +52,12 @@ FLAGS = (
     "-fPIC",
 )
 OPTIONAL_FLAGS = ("-fopenmp",)  # without OpenMP support in the compiler: built serial
+# What each options.KERNEL_ISAS value adds to FLAGS (x86 only): the instruction sets it takes away
+ISA_FLAGS: dict[str, tuple[str, ...]] = {
+    "native": (),
+    "avx2": ("-mno-avx512f",),  # and every AVX-512 extension, which needs it
+    "sse2": ("-mno-avx512f", "-mno-avx2", "-mno-fma", "-mno-avx"),
+}
 ABI = 3  # SNNCONV_ABI in csrc/snnconv_kernels.h
 
 _i32, _i64, _ptr = ctypes.c_int32, ctypes.c_int64, ctypes.c_void_p
@@ -319,11 +325,15 @@ class Kernels:
         return done == 0
 
 
-def load(extra_flags: Sequence[str] = ()) -> Kernels:
-    """The kernels built from csrc/ with FLAGS + ``extra_flags`` (e.g. -mno-avx512f, for the
-    tests), from the cache or compiled now, their ABI checked. Raises KernelError (no
-    compiler, the build failed, an ABI mismatch) or OSError (the library does not load)."""
-    return Kernels(build.load(CSRC, FLAGS + tuple(extra_flags), OPTIONAL_FLAGS))
+def load(isa: str = "native") -> Kernels:
+    """The kernels built from csrc/ for ``isa`` (options.KERNEL_ISAS: FLAGS + ISA_FLAGS[isa]),
+    from the cache or compiled now, their ABI checked. Raises KernelError (no compiler, the build
+    failed, an ABI mismatch, an x86 ISA asked of another CPU) or OSError (the library does not
+    load)."""
+    options.choice("kernel ISA", isa, options.KERNEL_ISAS)
+    if isa != "native" and not build.x86():
+        raise KernelError(f"kernel ISA {isa!r} is an x86 instruction set; this CPU is not x86")
+    return Kernels(build.load(CSRC, FLAGS + ISA_FLAGS[isa], OPTIONAL_FLAGS))
 
 
 # ---- What the simulator calls (simulation/neuron.py, lookup_conv.py) ----

@@ -21,14 +21,23 @@
 
 namespace snnconv {
 
-typedef float v16 __attribute__((vector_size(64)));  // 16 lanes: one zmm, or two ymm on AVX2
-static inline v16 ld16(const float* p) { v16 r; std::memcpy(&r, p, sizeof r); return r; }
-static inline void st16(float* p, v16 r) { std::memcpy(p, &r, sizeof r); }
-#ifdef __AVX512F__
-static constexpr int ACC = 16;  // v16 accumulators that fit the 32 zmm registers with room
+// Sums are held in the widest native vectors (VW floats: one zmm, ymm, or xmm/NEON register), a
+// table row's 16-channel chunk being 16/VW of them. (GCC's generic 64-byte vectors without
+// AVX-512 are kept on the stack: 3-4x slower on AVX2.) Each lane adds the same floats in the same
+// order whatever VW is, so every build gives the same bits.
+#if defined(__AVX512F__)
+static constexpr int VW = 16, REGS = 16;  // accumulators: half the 32 zmm registers
+#elif defined(__AVX__)
+static constexpr int VW = 8, REGS = 12;  // of the 16 ymm registers
+#elif defined(__aarch64__)
+static constexpr int VW = 4, REGS = 24;  // of the 32 NEON registers
 #else
-static constexpr int ACC = 4;   // 8 of the 16 ymm registers
+static constexpr int VW = 4, REGS = 12;  // of the 16 xmm registers (SSE2), or plain C++
 #endif
+static constexpr int K = 16 / VW;  // native vectors per 16 channels
+typedef float vf __attribute__((vector_size(VW * sizeof(float))));
+static inline vf ldv(const float* p) { vf r; std::memcpy(&r, p, sizeof r); return r; }
+static inline void stv(float* p, vf r) { std::memcpy(p, &r, sizeof r); }
 
 // Store the mask bits k of 16 (GB 8) or 8 (GB 4, AVX2) consecutive channels starting at c.
 template <int GB>
@@ -181,8 +190,8 @@ struct LutGeom {
 template <int NV, int P, bool NEG>
 static inline void lut_pixels(const float* table, const uint8_t* mp, const LutGeom& q, int gn,
                               const float* bias, int cw, bool accumulate, float* o) {
-  constexpr int L = 16 * NV;
-  v16 a[P][NV] = {};
+  constexpr int L = 16 * NV, R = NV * K;  // R native vectors per table row
+  vf a[P][R] = {};
   const int64_t step = (int64_t)q.sw * q.MS, rows = (int64_t)q.E * L;
   for (int t = 0; t < q.taps; ++t) {
     const uint8_t* m = mp + q.tap_off[t];
@@ -190,12 +199,12 @@ static inline void lut_pixels(const float* table, const uint8_t* mp, const LutGe
     for (int g = 0; g < gn; ++g, tt += rows)
       for (int p = 0; p < P; ++p) {
         const float* r = tt + (int64_t)m[p * step + g] * L;
-        for (int j = 0; j < NV; ++j) a[p][j] += ld16(r + 16 * j);
+        for (int j = 0; j < R; ++j) a[p][j] += ldv(r + VW * j);
         if (NEG) {
           const unsigned neg = m[p * step + q.G + g];
           if (neg) {
             const float* rn = tt + (int64_t)neg * L;
-            for (int j = 0; j < NV; ++j) a[p][j] -= ld16(rn + 16 * j);
+            for (int j = 0; j < R; ++j) a[p][j] -= ldv(rn + VW * j);
           }
         }
       }
@@ -203,11 +212,11 @@ static inline void lut_pixels(const float* table, const uint8_t* mp, const LutGe
   for (int p = 0; p < P; ++p) {
     float* op = o + (int64_t)p * q.Cout;
     if (cw == L) {
-      for (int j = 0; j < NV; ++j)
-        st16(op + 16 * j, accumulate ? ld16(op + 16 * j) + a[p][j] : a[p][j] + ld16(bias + 16 * j));
+      for (int j = 0; j < R; ++j)
+        stv(op + VW * j, accumulate ? ldv(op + VW * j) + a[p][j] : a[p][j] + ldv(bias + VW * j));
     } else {
       float tmp[L];
-      for (int j = 0; j < NV; ++j) st16(tmp + 16 * j, a[p][j]);
+      for (int j = 0; j < R; ++j) stv(tmp + VW * j, a[p][j]);
       if (accumulate)
         for (int k = 0; k < cw; ++k) op[k] += tmp[k];
       else
@@ -220,7 +229,7 @@ static inline void lut_pixels(const float* table, const uint8_t* mp, const LutGe
 template <int NV, bool NEG>
 static void lut_image(const float* table, const uint8_t* m, const LutGeom& q, int gn,
                       const float* bias, int cw, bool accumulate, float* on) {
-  constexpr int P = ACC / NV > 8 ? 8 : (ACC / NV < 1 ? 1 : ACC / NV);
+  constexpr int P = REGS / (NV * K) > 8 ? 8 : (REGS / (NV * K) < 1 ? 1 : REGS / (NV * K));
   for (int ho = 0; ho < q.Ho; ++ho) {
     const uint8_t* mrow = m + (int64_t)ho * q.sh * q.Wp * q.MS;
     float* orow = on + (int64_t)ho * q.Wo * q.Cout;
