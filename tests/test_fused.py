@@ -152,7 +152,10 @@ def test_residual_add_goes_into_the_scan_and_matches_the_oracle():
         (8, 16, True),  # NV 1: the most pixels at once
     ],
 )
-def test_kernels_built_without_avx512_agree(monkeypatch, isa, signed, c_in, c_out, four_bit):
+@pytest.mark.parametrize("sparse_below", [0.0, 2.0])  # dense lookups, then the sparse form
+def test_kernels_built_without_avx512_agree(
+    monkeypatch, isa, signed, c_in, c_out, four_bit, sparse_below
+):
     """The code paths for older vector units (8- or 4-lane registers, fewer pixels at once,
     scalar mask extraction) give the same lookup convolution and fused IF update as the native
     build, bit for bit, for each output block width (NV) and both group sizes; also for signed
@@ -172,6 +175,7 @@ def test_kernels_built_without_avx512_agree(monkeypatch, isa, signed, c_in, c_ou
         fired = fired * (1 - 2 * (torch.rand(fired.shape) < 0.3).float())
     x = (fired * 0.9).contiguous(memory_format=torch.channels_last)
     monkeypatch.setattr(lookup_conv, "STREAM_BYTES", 0)  # the streaming stores' path too
+    monkeypatch.setattr(lookup_conv, "SPARSE_BELOW", sparse_below)
     results = []
     for lib in (cpu.kernel(), cpu.load(isa)):
         monkeypatch.setattr(backend, "_cpp", backend.CppState(kernels=lib))

@@ -90,6 +90,62 @@ def test_signed_spike_maps_equal_conv2d(c_in, c_out, kernel, stride, padding, si
     assert lookup_conv.conv2d(conv, bad, amp, negative=True) is None
 
 
+@pytest.mark.parametrize(
+    "c_in,c_out,kernel,stride,padding,size,table_bytes",
+    [
+        (16, 16, 3, 1, 1, 12, None),  # 8-bit groups, NV 1
+        (64, 64, 3, 2, 1, 9, None),  # 8-bit groups, NV 4, strided
+        (128, 72, 3, 1, 1, 6, 9 * 16 * 64 * 5),  # 4-bit, input blocks of 5 groups (last partial)
+        (70, 40, (3, 1), 1, (1, 0), 8, None),  # non-square kernel, C not a multiple of 8
+        (64, 64, 3, 1, 1, 2, None),  # tiny images: most taps read the zero border
+    ],
+)
+@pytest.mark.parametrize("rate", [0.0, 0.05, 0.5])
+@pytest.mark.parametrize("signed", [False, True])
+def test_skipping_all_zero_groups_gives_the_same_bits(
+    monkeypatch, c_in, c_out, kernel, stride, padding, size, table_bytes, rate, signed
+):
+    """The sparse form (lists of each pixel's non-zero groups; SPARSE_BELOW above 1: always)
+    sums the same rows in the same order as the dense lookups (SPARSE_BELOW 0: never) minus the
+    all-zero ones, which add exactly nothing: the same bits, alone and fused with the IF update,
+    also for signed maps (their -amp rows subtracted in group order)."""
+    if table_bytes:
+        monkeypatch.setattr(lookup_conv, "TABLE8_BYTES", 0)
+        monkeypatch.setattr(lookup_conv, "TABLE_BYTES", table_bytes)
+    torch.manual_seed(0)
+    conv = nn.Conv2d(c_in, c_out, kernel, stride, padding)
+    amp = torch.rand(c_in) + 0.5
+    x = spike_map(2 * 3, c_in, size, size, amp, rate=rate)
+    if signed:  # a third of the spikes negative
+        g = torch.Generator().manual_seed(2)
+        x = x * (1 - 2 * (torch.rand(x.shape, generator=g) < 0.3).float())
+    results = []
+    for sparse_below in (0.0, 2.0):
+        monkeypatch.setattr(lookup_conv, "SPARSE_BELOW", sparse_below)
+        layer = IFNeurons(0.7, "membrane", signed=signed)
+        layer.reset(3)
+        cur = lookup_conv.conv2d(conv, x, amp, negative=signed)
+        fired = layer.scan_conv(conv, x, amp, 2, negative=signed)
+        assert cur is not None and fired is not None
+        results.append((cur, fired, layer.v, layer.spike_count))
+    with torch.no_grad():
+        torch.testing.assert_close(results[1][0], conv(x), rtol=0, atol=1e-5)
+    for dense, sparse in zip(*results):
+        assert torch.equal(dense, sparse)
+
+
+def test_sparse_threshold_must_be_a_number_at_least_zero(monkeypatch):
+    """The kernel's geometry check refuses a NaN or negative SPARSE_BELOW before the call."""
+    from snnconv.exceptions import SimulationError
+
+    conv, amp = nn.Conv2d(8, 8, 3, padding=1), torch.ones(8)
+    x = spike_map(2, 8, 5, 5, amp)
+    for bad in (float("nan"), -0.5):
+        monkeypatch.setattr(lookup_conv, "SPARSE_BELOW", bad)
+        with pytest.raises(SimulationError, match="impossible geometry .*sparse_below"):
+            lookup_conv.conv2d(conv, x, amp)
+
+
 def test_scalar_amplitude_and_cached_table_follows_weights():
     torch.manual_seed(0)
     conv = nn.Conv2d(16, 16, 3, padding=1)

@@ -58,7 +58,7 @@ ISA_FLAGS: dict[str, tuple[str, ...]] = {
     "avx2": ("-mno-avx512f",),  # and every AVX-512 extension, which needs it
     "sse2": ("-mno-avx512f", "-mno-avx2", "-mno-fma", "-mno-avx"),
 }
-ABI = 3  # SNNCONV_ABI in csrc/snnconv_kernels.h
+ABI = 4  # SNNCONV_ABI in csrc/snnconv_kernels.h
 
 _i32, _i64, _ptr = ctypes.c_int32, ctypes.c_int64, ctypes.c_void_p
 
@@ -69,6 +69,7 @@ class ConvGeometry(ctypes.Structure):
     _fields_ = [
         ("n", _i64),
         *[(f, _i32) for f in "c h w cout kh kw sh sw ph pw ho wo gb nv gr negative".split()],
+        ("sparse_below", ctypes.c_float),
     ]
 
 
@@ -213,6 +214,7 @@ def check_geometry(g: ConvGeometry) -> None:
         or not 1 <= g.nv <= 4
         or g.gr < 1
         or g.negative not in (0, 1)
+        or not g.sparse_below >= 0  # NaN too
     ):
         fields = ", ".join(f"{name}={getattr(g, name)}" for name, *_ in g._fields_)
         raise SimulationError(f"spike_conv2d: impossible geometry ({fields})")

@@ -9,7 +9,10 @@ patterns, so it can be read from a table instead of computed:
     out[n, o, ho, wo]   = bias[o] + sum over taps, over g, of table[tap][g][mask(n, hi, wi, g)][o]
 
 That is KH*KW*G vector adds per output pixel and block of 16 output channels instead of KH*KW*C
-multiply-adds: GB times fewer operations whatever the firing rate. The masks of an image are
+multiply-adds: GB times fewer operations whatever the firing rate. The all-zero pattern's row adds
+nothing, so where most groups are silent (and the layer is wide enough for it to pay) the kernel
+reads per-pixel lists of the non-zero groups instead (SPARSE_BELOW): the same sums in the same
+order, the same bits, fewer adds. The masks of an image are
 stored with a zero border as wide as the padding, so taps outside the image read the all-zero
 pattern, whose row is 0 (no bounds tests); several output pixels are summed at once so that many
 table loads are in flight. 8-bit groups are used where the whole table is at most TABLE8_BYTES
@@ -65,6 +68,11 @@ def _l2_bytes() -> int:
 TABLE_BYTES = int(0.6 * _l2_bytes())
 STREAM_BYTES = 32 << 20  # fused outputs above this bypass the caches (streaming stores): 3 % faster
 TABLE8_BYTES = 8 << 20  # an 8-bit-group table up to this size is read from L3 (a share of it)
+# The kernel skips the all-zero groups (per-pixel lists of the others, the same bits) when fewer
+# than this fraction of an input's groups are non-zero and the layer's shape lets it pay
+# (spike_conv.cpp's sparse_pays); 0: never, above 1: always. Measured with
+# benchmarks/spikeconv_speed.py --rates: wide layers gain 1.1-1.6x at 76 % non-zero groups.
+SPARSE_BELOW = 0.85
 
 _tables: weakref.WeakKeyDictionary[nn.Conv2d, tuple] = weakref.WeakKeyDictionary()
 
@@ -193,6 +201,7 @@ def geometry(
         nv=nv,
         gr=gr,
         negative=int(negative),
+        sparse_below=SPARSE_BELOW,
     )
 
 

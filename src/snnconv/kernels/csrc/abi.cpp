@@ -22,7 +22,7 @@ const Field fields[] = {
     SNNCONV_FIELD(conv_geometry, pw),   SNNCONV_FIELD(conv_geometry, ho),
     SNNCONV_FIELD(conv_geometry, wo),   SNNCONV_FIELD(conv_geometry, gb),
     SNNCONV_FIELD(conv_geometry, nv),   SNNCONV_FIELD(conv_geometry, gr),
-    SNNCONV_FIELD(conv_geometry, negative),
+    SNNCONV_FIELD(conv_geometry, negative), SNNCONV_FIELD(conv_geometry, sparse_below),
     SNNCONV_FIELD(fire, addend),        SNNCONV_FIELD(fire, v),
     SNNCONV_FIELD(fire, count),         SNNCONV_FIELD(fire, theta),
     SNNCONV_FIELD(fire, vth),           SNNCONV_FIELD(fire, batch),

@@ -9,7 +9,7 @@
 #include <cstddef>
 #include <cstdint>
 
-#define SNNCONV_ABI 3
+#define SNNCONV_ABI 4
 
 extern "C" {
 
@@ -17,13 +17,16 @@ extern "C" {
 // Input x is [n][h][w][c] (channels_last), the output [n][ho][wo][cout]; kernel kh x kw, stride
 // (sh, sw), zero padding (ph, pw); channels in groups of gb (4 or 8) bits, output blocks of
 // 16*nv (nv in 1..4) channels, input blocks of gr groups. negative: 1 if x may also hold -amp[c]
-// (signed neurons' spikes), else 0.
+// (signed neurons' spikes), else 0. sparse_below: the lookups skip the all-zero groups (through
+// per-pixel lists of the others) when the fraction of non-zero groups in x is below it (0:
+// never, above 1: always); the result is the same bits either way.
 struct snnconv_conv_geometry {
   int64_t n;
   int32_t c, h, w;
   int32_t cout, kh, kw, sh, sw, ph, pw, ho, wo;
   int32_t gb, nv, gr;
   int32_t negative;
+  float sparse_below;
 };
 
 // The IF layer that reads the convolution, updated in the same pass: images are n = k*batch + b

@@ -143,9 +143,10 @@ static inline unsigned spike_masks(const float* x, const float* amp, int C, uint
 
 // The masks of image x [H][W][C] into m [Hp][Wp][MS] with a zero border of (ph, pw); MS = G
 // mask bytes per pixel, or 2G with NEG (the -amp masks after the +amp ones).
+// Adds the number of non-zero masks to *nonzero.
 template <int GB, bool NEG>
 static bool image_masks(const float* x, const float* amp, int C, int H, int W, int ph, int pw,
-                        int Wp, int G, int64_t size, uint8_t* m) {
+                        int Wp, int G, int64_t size, uint8_t* m, int64_t* nonzero) {
   std::memset(m, 0, size);
   unsigned bad = 0;
   const int MS = NEG ? 2 * G : G;
@@ -156,6 +157,9 @@ static bool image_masks(const float* x, const float* amp, int C, int H, int W, i
       bad |= NEG ? signed_masks<GB>(xr + (int64_t)w * C, amp, C, G, row + w * MS)
                  : spike_masks<GB>(xr + (int64_t)w * C, amp, C, row + w * MS);
   }
+  int64_t n = 0;
+  for (int64_t i = 0; i < size; ++i) n += m[i] != 0;
+  *nonzero += n;
   return bad == 0;
 }
 
@@ -180,6 +184,24 @@ struct LutGeom {
   int G, MS, GR, E, Hp, Wp, taps, sh, sw, Ho, Wo, Cout;
   const int64_t* tap_off;
 };
+
+// R = NV*K sums of a block of L = 16*NV output channels into op[0..cw): op = bias + sum (the first
+// input block), or op += sum.
+template <int NV>
+static inline void store_sums(const vf* a, const float* bias, int cw, bool accumulate, float* op) {
+  constexpr int L = 16 * NV, R = NV * K;
+  if (cw == L) {
+    for (int j = 0; j < R; ++j)
+      stv(op + VW * j, accumulate ? ldv(op + VW * j) + a[j] : a[j] + ldv(bias + VW * j));
+  } else {
+    float tmp[L];
+    for (int j = 0; j < R; ++j) stv(tmp + VW * j, a[j]);
+    if (accumulate)
+      for (int k = 0; k < cw; ++k) op[k] += tmp[k];
+    else
+      for (int k = 0; k < cw; ++k) op[k] = tmp[k] + bias[k];
+  }
+}
 
 // P output pixels of a row at once (consecutive wo), one block of L = 16*NV output channels and
 // of input groups [g0, g0+gn), gn <= GR (mp points at the first pixel's window corner, group g0):
@@ -209,20 +231,7 @@ static inline void lut_pixels(const float* table, const uint8_t* mp, const LutGe
         }
       }
   }
-  for (int p = 0; p < P; ++p) {
-    float* op = o + (int64_t)p * q.Cout;
-    if (cw == L) {
-      for (int j = 0; j < R; ++j)
-        stv(op + VW * j, accumulate ? ldv(op + VW * j) + a[p][j] : a[p][j] + ldv(bias + VW * j));
-    } else {
-      float tmp[L];
-      for (int j = 0; j < R; ++j) stv(tmp + VW * j, a[p][j]);
-      if (accumulate)
-        for (int k = 0; k < cw; ++k) op[k] += tmp[k];
-      else
-        for (int k = 0; k < cw; ++k) op[k] = tmp[k] + bias[k];
-    }
-  }
+  for (int p = 0; p < P; ++p) store_sums<NV>(a[p], bias, cw, accumulate, o + (int64_t)p * q.Cout);
 }
 
 // One image (masks m at group g0, output on at channel co).
@@ -249,6 +258,75 @@ static const lut_fn lut_images[2][5] = {
     {nullptr, lut_image<1, false>, lut_image<2, false>, lut_image<3, false>, lut_image<4, false>},
     {nullptr, lut_image<1, true>, lut_image<2, true>, lut_image<3, true>, lut_image<4, true>}};
 
+// The sparse form of the lookups: the same sums without the all-zero masks (whose rows add
+// nothing: a sum that starts at +0 never becomes -0, so adding +-0 leaves it unchanged bit for
+// bit). An image's lists hold, for each padded pixel and input block c, a segment of S = 1 + GR
+// (2 GR with NEG) uint32: the count n, then n entries in the dense loop's order (group by group,
+// with NEG a group's +amp mask before its -amp one): the offset of the mask's table row within
+// its tap's block, ((g - c*GR)*E + mask)*L, plus 1 for a -amp mask (subtracted). Offsets are
+// multiples of L >= 16, so the low bit is free.
+struct Lists {
+  int S;              // uint32 per segment
+  int64_t pixel;      // uint32 per padded pixel: cblocks * S
+  int64_t image;      // uint32 per image: Hp * Wp * pixel
+  std::vector<int64_t> tap_off;  // (kh*Wp + kw) * pixel
+};
+
+template <bool NEG>
+static void image_lists(const uint8_t* m, int G, int GR, int E, int L, int cblocks,
+                        int64_t pixels, const Lists& ls, uint32_t* li) {
+  const int MS = NEG ? 2 * G : G;
+  for (int64_t px = 0; px < pixels; ++px, m += MS)
+    for (int c = 0; c < cblocks; ++c) {
+      uint32_t* seg = li + px * ls.pixel + (int64_t)c * ls.S;
+      uint32_t n = 0;
+      const int g1 = std::min(G, (c + 1) * GR);
+      for (int g = c * GR; g < g1; ++g) {
+        const uint32_t row = (uint32_t)(g - c * GR) * E;
+        if (m[g]) seg[1 + n++] = (row + m[g]) * L;
+        if (NEG && m[G + g]) seg[1 + n++] = (row + m[G + g]) * L + 1;
+      }
+      seg[0] = n;
+    }
+}
+
+// lut_image on an image's lists (li at input block c): one output pixel at a time, its R
+// accumulators over the non-zero masks of each tap.
+template <int NV, bool NEG>
+static void lut_sparse_image(const float* table, const uint32_t* li, const LutGeom& q,
+                             const Lists& ls, const float* bias, int cw, bool accumulate,
+                             float* on) {
+  constexpr int L = 16 * NV, R = NV * K;
+  const int64_t block = (int64_t)q.GR * q.E * L;  // floats per tap in a table block
+  for (int ho = 0; ho < q.Ho; ++ho)
+    for (int wo = 0; wo < q.Wo; ++wo) {
+      const uint32_t* lp = li + ((int64_t)ho * q.sh * q.Wp + (int64_t)wo * q.sw) * ls.pixel;
+      vf a[R] = {};
+      const float* tt = table;
+      for (int t = 0; t < q.taps; ++t, tt += block) {
+        const uint32_t* seg = lp + ls.tap_off[t];
+        const uint32_t n = seg[0];
+        for (uint32_t i = 1; i <= n; ++i) {
+          const uint32_t e = seg[i];
+          const float* r = tt + (e & ~1u);
+          if (NEG && (e & 1))
+            for (int j = 0; j < R; ++j) a[j] -= ldv(r + VW * j);
+          else
+            for (int j = 0; j < R; ++j) a[j] += ldv(r + VW * j);
+        }
+      }
+      store_sums<NV>(a, bias, cw, accumulate, on + ((int64_t)ho * q.Wo + wo) * q.Cout);
+    }
+}
+
+typedef void (*sparse_fn)(const float*, const uint32_t*, const LutGeom&, const Lists&,
+                          const float*, int, bool, float*);
+static const sparse_fn lut_sparse_images[2][5] = {
+    {nullptr, lut_sparse_image<1, false>, lut_sparse_image<2, false>, lut_sparse_image<3, false>,
+     lut_sparse_image<4, false>},
+    {nullptr, lut_sparse_image<1, true>, lut_sparse_image<2, true>, lut_sparse_image<3, true>,
+     lut_sparse_image<4, true>}};
+
 // With fire (snnconv_fire), after image n = k*batch + s's current is complete, out[n] =
 // IF(current (+ addend[n])) exactly as the scan computes it (block, or signed_block with
 // fire->events, if_update.h).
@@ -259,10 +337,17 @@ struct Conv {
       : N(g.n), C(g.c), H(g.h), W(g.w), Cout(g.cout), ph(g.ph), pw(g.pw), GB(g.gb), GR(g.gr),
         G((C + GB - 1) / GB), MS(g.negative ? 2 * G : G), L(16 * g.nv),
         cblocks((G + GR - 1) / GR), Hp(H + 2 * ph), Wp(W + 2 * pw), Ho(g.ho), Wo(g.wo),
-        negative(g.negative != 0), fn(lut_images[negative][g.nv]) {
+        negative(g.negative != 0), fn(lut_images[negative][g.nv]),
+        sparse(lut_sparse_images[negative][g.nv]) {
     const int E = 1 << GB;
+    ls.S = 1 + (negative ? 2 * GR : GR);
+    ls.pixel = (int64_t)cblocks * ls.S;
+    ls.image = (int64_t)Hp * Wp * ls.pixel;
     for (int kh = 0; kh < g.kh; ++kh)
-      for (int kw = 0; kw < g.kw; ++kw) tap_off.push_back(((int64_t)kh * Wp + kw) * MS);
+      for (int kw = 0; kw < g.kw; ++kw) {
+        tap_off.push_back(((int64_t)kh * Wp + kw) * MS);
+        ls.tap_off.push_back(((int64_t)kh * Wp + kw) * ls.pixel);
+      }
     q = LutGeom{G, MS, GR, E, Hp, Wp, g.kh * g.kw, g.sh, g.sw, Ho, Wo, Cout, tap_off.data()};
     tblock = (int64_t)g.kh * g.kw * GR * E * L;
     mimg = (int64_t)Hp * Wp * MS;
@@ -274,59 +359,94 @@ struct Conv {
   const int C, H, W, Cout, ph, pw, GB, GR, G, MS, L, cblocks, Hp, Wp, Ho, Wo;
   const bool negative;
   const lut_fn fn;
+  const sparse_fn sparse;
   std::vector<int64_t> tap_off;
   LutGeom q;
+  Lists ls;
   int64_t tblock, mimg, opix;
 };
 
-// The masks of all N images into mk [N][Hp][Wp][G]; false if an image is not a spike map.
-static bool all_masks(const Conv& p, const float* x, const float* amp, int threads, uint8_t* mk) {
+// Whether skipping the all-zero masks can pay for this shape (else only sparse_below > 1 asks
+// for it): each entry brings R = NV*K >= 4 vectors of independent adds (fewer, and the
+// accumulators' add chains set the pace: one pixel at a time instead of P), and an input block
+// has GR >= 8 groups (fewer, and the per-tap count loop's mispredicted exits cost more than the
+// skipped rows save). Measured with benchmarks/spikeconv_speed.py --rates on AVX-512 and AVX2.
+static bool sparse_pays(const Conv& p) { return p.L / 16 * K >= 4 && p.GR >= 8; }
+
+// The masks of all N images into mk [N][Hp][Wp][MS]; false if an image is not a spike map.
+// *nonzero: how many of the masks are not 0.
+static bool all_masks(const Conv& p, const float* x, const float* amp, int threads, uint8_t* mk,
+                      int64_t* nonzero) {
   int bad = 0;
-#pragma omp parallel for schedule(static) num_threads(threads) reduction(|| : bad)
+  int64_t nz = 0;
+#pragma omp parallel for schedule(static) num_threads(threads) reduction(|| : bad) reduction(+ : nz)
   for (int64_t n = 0; n < p.N; ++n) {
     const float* xi = x + n * p.H * p.W * p.C;
     uint8_t* mi = mk + n * p.mimg;
     const auto masks = p.negative ? (p.GB == 8 ? image_masks<8, true> : image_masks<4, true>)
                                   : (p.GB == 8 ? image_masks<8, false> : image_masks<4, false>);
-    bad |= !masks(xi, amp, p.C, p.H, p.W, p.ph, p.pw, p.Wp, p.G, p.mimg, mi);
+    bad |= !masks(xi, amp, p.C, p.H, p.W, p.ph, p.pw, p.Wp, p.G, p.mimg, mi, &nz);
   }
+  *nonzero = nz;
   return !bad;
+}
+
+// The IF update of image n (sample s of the tile's samples [s0, ...), step k) in o, then the
+// spikes streamed to out when o is the scratch.
+static void fire_image(const Conv& p, const snnconv_fire* fire, float* o, float* out, int64_t n,
+                       int64_t s, int64_t k, bool scratch) {
+  const int64_t opix = p.opix;
+  float* ev = fire->events ? fire->events + s * opix : nullptr;
+  if (ev && fire->addend)
+    signed_block<float, true>(o, fire->addend + n * opix, fire->v + s * opix, o,
+                              fire->count + s * opix, ev, fire->theta[k], fire->vth, opix);
+  else if (ev)
+    signed_block<float, false>(o, nullptr, fire->v + s * opix, o, fire->count + s * opix, ev,
+                               fire->theta[k], fire->vth, opix);
+  else if (fire->addend)
+    block<float, true>(o, fire->addend + n * opix, fire->v + s * opix, o, fire->count + s * opix,
+                       fire->theta[k], fire->vth, opix);
+  else
+    block<float, false>(o, nullptr, fire->v + s * opix, o, fire->count + s * opix,
+                        fire->theta[k], fire->vth, opix);
+  if (scratch) copy_streaming(out + n * opix, o, opix);
 }
 
 // Samples [s0, s1) for all steps in order: each image's current, then (with fire) its IF update.
 // o is the current's buffer: out, or with stream a scratch of (s1 - s0) images that stays in L2,
-// from which the spikes are streamed to out.
+// from which the spikes are streamed to out. With lists (the sparse form), each step first
+// builds the lists of its (s1 - s0) images there.
 static void tile_steps(const Conv& p, const float* table, const uint8_t* mk, const float* bias,
                        float* out, const snnconv_fire* fire, int64_t s0, int64_t s1,
-                       int64_t batch, int64_t steps, float* scratch) {
+                       int64_t batch, int64_t steps, float* scratch, uint32_t* lists) {
   for (int64_t k = 0; k < steps; ++k) {
+    if (lists)
+      for (int64_t s = s0; s < s1; ++s) {
+        const uint8_t* mi = mk + (k * batch + s) * p.mimg;
+        uint32_t* li = lists + (s - s0) * p.ls.image;
+        (p.negative ? image_lists<true> : image_lists<false>)(
+            mi, p.G, p.GR, p.q.E, p.L, p.cblocks, (int64_t)p.Hp * p.Wp, p.ls, li);
+      }
     for (int b = 0, co = 0; co < p.Cout; ++b, co += p.L)
-      for (int c = 0; c < p.cblocks; ++c)
+      for (int c = 0; c < p.cblocks; ++c) {
+        const float* tb = table + (int64_t)(b * p.cblocks + c) * p.tblock;
+        const int cw = std::min(p.L, p.Cout - co);
         for (int64_t s = s0; s < s1; ++s) {
           const int64_t n = k * batch + s;
-          float* o = scratch ? scratch + (s - s0) * p.opix : out + n * p.opix;
-          p.fn(table + (int64_t)(b * p.cblocks + c) * p.tblock, mk + n * p.mimg + c * p.GR, p.q,
-               std::min(p.GR, p.G - c * p.GR), bias + co, std::min(p.L, p.Cout - co), c > 0,
-               o + co);
+          float* o = (scratch ? scratch + (s - s0) * p.opix : out + n * p.opix) + co;
+          if (lists)
+            p.sparse(tb, lists + (s - s0) * p.ls.image + (int64_t)c * p.ls.S, p.q, p.ls,
+                        bias + co, cw, c > 0, o);
+          else
+            p.fn(tb, mk + n * p.mimg + c * p.GR, p.q, std::min(p.GR, p.G - c * p.GR), bias + co,
+                 cw, c > 0, o);
         }
+      }
     if (fire)
       for (int64_t s = s0; s < s1; ++s) {
-        const int64_t n = k * batch + s, opix = p.opix;
-        float* o = scratch ? scratch + (s - s0) * opix : out + n * opix;
-        float* ev = fire->events ? fire->events + s * opix : nullptr;
-        if (ev && fire->addend)
-          signed_block<float, true>(o, fire->addend + n * opix, fire->v + s * opix, o,
-                                    fire->count + s * opix, ev, fire->theta[k], fire->vth, opix);
-        else if (ev)
-          signed_block<float, false>(o, nullptr, fire->v + s * opix, o, fire->count + s * opix,
-                                     ev, fire->theta[k], fire->vth, opix);
-        else if (fire->addend)
-          block<float, true>(o, fire->addend + n * opix, fire->v + s * opix, o,
-                             fire->count + s * opix, fire->theta[k], fire->vth, opix);
-        else
-          block<float, false>(o, nullptr, fire->v + s * opix, o, fire->count + s * opix,
-                              fire->theta[k], fire->vth, opix);
-        if (scratch) copy_streaming(out + n * opix, o, opix);
+        const int64_t n = k * batch + s;
+        fire_image(p, fire, scratch ? scratch + (s - s0) * p.opix : out + n * p.opix, out, n, s,
+                   k, scratch != nullptr);
       }
   }
 }
@@ -340,7 +460,10 @@ static int spike_conv2d(const float* x, const float* amp, const float* table, co
   thread_local std::vector<uint8_t> masks;  // kept between calls: no fresh pages each time
   if ((int64_t)masks.size() < p.N * p.mimg) masks.resize(p.N * p.mimg);
   uint8_t* mk = masks.data();
-  if (!all_masks(p, x, amp, threads, mk)) return 1;
+  int64_t nonzero = 0;
+  if (!all_masks(p, x, amp, threads, mk, &nonzero)) return 1;
+  const bool sparse = g.sparse_below > 1 || (nonzero < (double)g.sparse_below * p.N * p.H * p.W * p.G &&
+                                              sparse_pays(p));
   const int64_t batch = fire ? fire->batch : p.N, steps = fire ? fire->steps : 1;
   // tiles of samples whose images share each table block (a small image alone would reload the
   // whole table from memory for a handful of pixels); with fire, a tile runs its steps in order
@@ -355,9 +478,11 @@ static int spike_conv2d(const float* x, const float* amp, const float* table, co
   for (int64_t t = 0; t < tiles; ++t) {
     const int64_t s0 = t * tile, s1 = std::min(batch, s0 + tile);
     thread_local std::vector<float> scratch;
+    thread_local std::vector<uint32_t> lists;
     if (stream && (int64_t)scratch.size() < tile * p.opix) scratch.resize(tile * p.opix);
+    if (sparse && (int64_t)lists.size() < tile * p.ls.image) lists.resize(tile * p.ls.image);
     tile_steps(p, table, mk, bias, out, fire, s0, s1, batch, steps,
-               stream ? scratch.data() : nullptr);
+               stream ? scratch.data() : nullptr, sparse ? lists.data() : nullptr);
   }
 #if defined(__SSE2__)
   if (stream) _mm_sfence();  // streaming stores are weakly ordered: done before we return
@@ -374,7 +499,7 @@ extern "C" int32_t snnconv_spike_conv2d_f32(const float* x, const float* amp, co
                                             int64_t stream_bytes) {
   const snnconv_conv_geometry& g = *geometry;
   if ((g.gb != 4 && g.gb != 8) || g.nv < 1 || g.nv > 4 || g.gr < 1 ||
-      (g.negative != 0 && g.negative != 1))
+      (g.negative != 0 && g.negative != 1) || !(g.sparse_below >= 0))
     return 2;
   return snnconv::spike_conv2d(x, amp, table, bias, out, g, fire, threads, stream_bytes);
 }
