@@ -277,11 +277,19 @@ AVX2_FLAGS = "flags\t\t: fpu sse2 avx avx2 fma\n"
 )
 def test_kernel_isa_is_the_lower_of_the_cpu_and_snnconv_isa(monkeypatch, features, asked, built):
     monkeypatch.setattr(build, "cpu_features", lambda: features)
+    monkeypatch.setattr(backend, "torch_isa", lambda: "avx512" if "avx512f" in features else "avx2")
     monkeypatch.setenv("SNNCONV_ISA", asked)
     assert backend.kernel_isa() == built
     label = backend.isa_label()
     cpu_isa = "avx512" if "avx512f" in features else "avx2"
     assert label == cpu_isa if built == cpu_isa else label.startswith(f"{built} (emulated on an")
+
+
+def test_isa_label_says_when_only_pytorch_is_capped(monkeypatch):
+    monkeypatch.setattr(build, "cpu_features", lambda: AVX512_FLAGS)
+    monkeypatch.setattr(backend, "torch_isa", lambda: "avx2")
+    monkeypatch.delenv("SNNCONV_ISA", raising=False)
+    assert backend.isa_label() == "avx512 (PyTorch capped at avx2)"
 
 
 def test_unknown_snnconv_isa_is_an_error_naming_the_variable(monkeypatch):

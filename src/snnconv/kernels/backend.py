@@ -125,13 +125,16 @@ def torch_isa() -> str:
 
 def isa_label() -> str:
     """The instruction set a benchmark ran with, for its output: the CPU's ("avx512"), or e.g.
-    "avx2 (emulated on an avx512 CPU; PyTorch: avx2)" when SNNCONV_ISA asks for less. Emulation
+    "avx2 (emulated on an avx512 CPU; PyTorch: avx2)" when SNNCONV_ISA asks for less (or
+    "avx512 (PyTorch capped at avx2)" when only ATEN_CPU_CAPABILITY does). Emulation
     runs the other instruction set's code on this CPU's cores and caches: it measures the code, not
     the other machine."""
-    have, used = cpu_isa(), kernel_isa()
-    if used == have:
-        return have
-    return f"{used} (emulated on an {have} CPU; PyTorch: {torch_isa()})"
+    have, used, theirs = cpu_isa(), kernel_isa(), torch_isa()
+    if used != have:
+        return f"{used} (emulated on an {have} CPU; PyTorch: {theirs})"
+    if theirs in _ISA_ORDER and theirs != have:  # ATEN_CPU_CAPABILITY alone
+        return f"{have} (PyTorch capped at {theirs})"
+    return have
 
 
 def describe(device: torch.device | str = "cpu") -> dict:
