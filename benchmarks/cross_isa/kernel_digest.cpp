@@ -1,0 +1,87 @@
+// Runs snnconv's C++ kernels (src/snnconv/kernels/csrc) on fixed pseudo-random inputs and prints
+// one FNV-1a digest of the outputs per case. Built for two instruction sets (or two CPUs: x86 and
+// aarch64 under qemu-user), equal digests mean the builds compute the same bits
+// (benchmarks/cross_isa/check.sh). The tables are random floats but for the all-zero pattern's
+// rows (0, as lookup_conv.lookup_table makes them): the kernel only sums rows, so such a table
+// tests the summation order. The dense and the sparse lookups (sparse_below 0 and 2)
+// of a case read the same inputs: their digests must be equal too.
+#include <cstdint>
+#include <cstdio>
+#include <vector>
+
+#include "snnconv_kernels.h"
+
+static uint64_t state = 0x9E3779B97F4A7C15ull;
+static uint32_t next() {  // xorshift64*
+  state ^= state >> 12, state ^= state << 25, state ^= state >> 27;
+  return (uint32_t)((state * 0x2545F4914F6CDD1Dull) >> 32);
+}
+static float uniform() { return (next() >> 8) * (1.0f / 16777216.0f); }  // [0, 1)
+
+static uint64_t digest(const std::vector<float>& v, uint64_t h = 0xcbf29ce484222325ull) {
+  for (float f : v) {
+    uint32_t b;
+    __builtin_memcpy(&b, &f, 4);
+    for (int i = 0; i < 4; ++i) h = (h ^ ((b >> (8 * i)) & 255)) * 0x100000001b3ull;
+  }
+  return h;
+}
+
+// One lookup convolution (with the fused IF update when steps > 0) of random spike maps.
+static void conv_case(int c, int cout, int size, int gb, int nv, int gr, int negative,
+                      float sparse_below, int steps) {
+  state = 0x9E3779B97F4A7C15ull ^ ((uint64_t)c << 40 | (uint64_t)cout << 24 | size << 12 | steps);
+  const int batch = 3, n = steps > 0 ? steps * batch : batch, k = 3, ho = size, wo = size;
+  const int g = (c + gb - 1) / gb, lanes = 16 * nv;
+  const int64_t table_n = (int64_t)((cout + lanes - 1) / lanes) * ((g + gr - 1) / gr) * k * k *
+                          gr * (1 << gb) * lanes;
+  std::vector<float> amp(c), x((int64_t)n * size * size * c), table(table_n), bias(cout);
+  for (float& a : amp) a = 0.5f + uniform();
+  for (int64_t i = 0; i < (int64_t)x.size(); ++i) {
+    const float u = uniform(), a = amp[i % c];
+    x[i] = u < 0.15f ? a : (negative && u > 0.95f ? -a : 0.0f);
+  }
+  for (int64_t i = 0; i < table_n; ++i)  // the all-zero pattern's rows are 0, as in real tables
+    table[i] = (i / lanes) % (1 << gb) == 0 ? 0.0f : uniform() - 0.5f;
+  for (float& b : bias) b = uniform() - 0.5f;
+  std::vector<float> out((int64_t)n * ho * wo * cout);
+  snnconv_conv_geometry geo{n, c, size, size, cout, k, k, 1, 1, 1, 1, ho, wo, gb, nv, gr,
+                            negative, sparse_below};
+  const int64_t per = (int64_t)batch * ho * wo * cout;
+  std::vector<float> v(per, 0.25f), count(per, 0.0f), events(per, 0.0f), theta(steps, 0.6f);
+  snnconv_fire fire{nullptr, v.data(), count.data(), theta.data(), 0.6f, batch, steps,
+                    negative ? events.data() : nullptr};
+  const int rc = snnconv_spike_conv2d_f32(x.data(), amp.data(), table.data(), bias.data(),
+                                          out.data(), &geo, steps > 0 ? &fire : nullptr, 2, 0);
+  std::printf("conv c=%d cout=%d size=%d gb=%d nv=%d gr=%d neg=%d sparse=%.1f steps=%d: rc=%d "
+              "%016llx\n",
+              c, cout, size, gb, nv, gr, negative, sparse_below, steps, rc,
+              (unsigned long long)digest(v, digest(count, digest(out))));
+}
+
+static void scan_case(int signed_neurons) {
+  const int64_t steps = 7, n = 1003;
+  std::vector<float> cur(steps * n), add(steps * n), v(n, 0.3f), out(steps * n), count(n, 0.0f),
+      events(n, 0.0f), theta(steps, 0.5f);
+  for (float& c : cur) c = 2.0f * uniform() - 0.6f;
+  for (float& a : add) a = uniform() - 0.5f;
+  snnconv_if_scan_f32(cur.data(), 0, add.data(), v.data(), theta.data(), 0.5f, out.data(),
+                      count.data(), signed_neurons ? events.data() : nullptr, steps, n, 2);
+  std::printf("scan signed=%d: %016llx\n", signed_neurons,
+              (unsigned long long)digest(events, digest(count, digest(v, digest(out)))));
+}
+
+int main() {
+  for (int neg = 0; neg <= 1; ++neg) {
+    scan_case(neg);
+    for (float sparse : {0.0f, 2.0f})
+      for (int steps : {0, 2}) {
+        conv_case(16, 40, 7, 8, 3, 2, neg, sparse, steps);   // 8-bit groups, NV 3
+        conv_case(24, 20, 6, 4, 2, 4, neg, sparse, steps);   // 4-bit, two input blocks
+        conv_case(12, 64, 5, 4, 4, 3, neg, sparse, steps);   // NV 4
+        conv_case(8, 16, 9, 4, 1, 2, neg, sparse, steps);    // NV 1
+        conv_case(70, 33, 4, 4, 3, 8, neg, sparse, steps);   // C, Cout not multiples
+      }
+  }
+  return 0;
+}
