@@ -64,6 +64,8 @@ def test_names():
 
 # The small CNN stays in the quick subset; the rest of the zoo (1-5 s per model) is slow.
 ZOO = [n if n == "cnn" else pytest.param(n, marks=pytest.mark.slow) for n in NAMES]
+BIG = ("cifarnet", "vgg16-paper")  # 35-45 M parameters: ~0.5 s a build, so slow where built twice
+SIZED = [pytest.param(n, marks=pytest.mark.slow) if n in BIG else n for n in NAMES]
 
 
 @pytest.mark.parametrize("act", ["relu", "threshold"])
@@ -159,9 +161,9 @@ def test_batch_norm_follows_conv(name):
     "name, default",
     [
         ("cnn", True),
-        ("cifarnet", False),
+        pytest.param("cifarnet", False, marks=pytest.mark.slow),
         ("vgg16", True),
-        ("vgg16-paper", False),
+        pytest.param("vgg16-paper", False, marks=pytest.mark.slow),
         ("resnet20", True),
         ("resnet20-paper", False),
     ],
@@ -174,6 +176,7 @@ def test_batch_norm_default_and_switch(name, default):
     assert has_bn(build(name, batch_norm=not default)) == (not default)
 
 
+@pytest.mark.slow  # builds every model
 def test_parameter_counts():
     for name in NAMES:
         n = count_parameters(build(name))
@@ -220,7 +223,7 @@ def test_resnet20_downsampling_block_uses_option_a():
     assert block.residual(x).shape == (2, 32, 4, 4)
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", SIZED)
 def test_same_seed_same_weights(name):
     torch.manual_seed(123)
     a = build(name).state_dict()
