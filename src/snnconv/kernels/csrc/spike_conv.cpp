@@ -23,7 +23,7 @@ namespace snnconv {
 
 // Sums are held in the widest native vectors (VW floats: one zmm, ymm, or xmm/NEON register), a
 // table row's 16-channel chunk being 16/VW of them. (GCC's generic 64-byte vectors without
-// AVX-512 are kept on the stack: 3-4x slower on AVX2.) Each lane adds the same floats in the same
+// AVX-512 are kept on the stack: 2-4x slower on AVX2.) Each lane adds the same floats in the same
 // order whatever VW is, so every build gives the same bits.
 #if defined(__AVX512F__)
 static constexpr int VW = 16, REGS = 16;  // accumulators: half the 32 zmm registers
@@ -261,7 +261,7 @@ static const lut_fn lut_images[2][5] = {
 // The sparse form of the lookups: the same sums without the all-zero masks (whose rows add
 // nothing: a sum that starts at +0 never becomes -0, so adding +-0 leaves it unchanged bit for
 // bit). An image's lists hold, for each padded pixel and input block c, a segment of S = 1 + GR
-// (2 GR with NEG) uint32: the count n, then n entries in the dense loop's order (group by group,
+// (1 + 2 GR with NEG) uint32: the count n, then n entries in the dense loop's order (group by group,
 // with NEG a group's +amp mask before its -amp one): the offset of the mask's table row within
 // its tap's block, ((g - c*GR)*E + mask)*L, plus 1 for a -amp mask (subtracted). Offsets are
 // multiples of L >= 16, so the low bit is free.
