@@ -237,6 +237,7 @@ def test_failing_last_write_leaves_the_previous_set(tmp_path, monkeypatch):
     assert _snapshot(out) == before and _siblings(out) == []
 
 
+@pytest.mark.slow  # two evaluations with plots: ~1.5 s
 @pytest.mark.parametrize("exchange", [True, False], ids=["renameat2", "rename-twice"])
 def test_rerun_without_plots_leaves_none(tmp_path, monkeypatch, exchange):
     if not exchange:

@@ -310,6 +310,7 @@ def tiny_mobilenet(bn: str):
     return model, x
 
 
+@pytest.mark.slow  # converts every coverage net: ~1 s
 def test_regime_notes_name_the_two_mobilenet_regimes_and_spare_the_others():
     """The MobileNetV2 finding (benchmarks/mobilenet_finding.py): with BN normalising, a random
     MobileNetV2 amplifies rate rounding ~1.14x per IF layer; with random BN statistics its
