@@ -272,24 +272,6 @@ struct Lists {
   std::vector<int64_t> tap_off;  // (kh*Wp + kw) * pixel
 };
 
-template <bool NEG>
-static void image_lists(const uint8_t* m, int G, int GR, int E, int L, int cblocks,
-                        int64_t pixels, const Lists& ls, uint32_t* li) {
-  const int MS = NEG ? 2 * G : G;
-  for (int64_t px = 0; px < pixels; ++px, m += MS)
-    for (int c = 0; c < cblocks; ++c) {
-      uint32_t* seg = li + px * ls.pixel + (int64_t)c * ls.S;
-      uint32_t n = 0;
-      const int g1 = std::min(G, (c + 1) * GR);
-      for (int g = c * GR; g < g1; ++g) {
-        const uint32_t row = (uint32_t)(g - c * GR) * E;
-        if (m[g]) seg[1 + n++] = (row + m[g]) * L;
-        if (NEG && m[G + g]) seg[1 + n++] = (row + m[G + g]) * L + 1;
-      }
-      seg[0] = n;
-    }
-}
-
 // lut_image on an image's lists (li at input block c): one output pixel at a time, its R
 // accumulators over the non-zero masks of each tap.
 template <int NV, bool NEG>
@@ -366,6 +348,24 @@ struct Conv {
   int64_t tblock, mimg, opix;
 };
 
+// The lists (Lists' comment) of the masks m of one image, into li.
+template <bool NEG>
+static void image_lists(const Conv& p, const uint8_t* m, uint32_t* li) {
+  const int G = p.G, GR = p.GR, E = p.q.E, L = p.L;
+  for (int64_t px = 0; px < (int64_t)p.Hp * p.Wp; ++px, m += p.MS)
+    for (int c = 0; c < p.cblocks; ++c) {
+      uint32_t* seg = li + px * p.ls.pixel + (int64_t)c * p.ls.S;
+      uint32_t n = 0;
+      const int g1 = std::min(G, (c + 1) * GR);
+      for (int g = c * GR; g < g1; ++g) {
+        const uint32_t row = (uint32_t)(g - c * GR) * E;
+        if (m[g]) seg[1 + n++] = (row + m[g]) * L;
+        if (NEG && m[G + g]) seg[1 + n++] = (row + m[G + g]) * L + 1;
+      }
+      seg[0] = n;
+    }
+}
+
 // Whether skipping the all-zero masks can pay for this shape (else only sparse_below > 1 asks
 // for it): each entry brings R = NV*K >= 4 vectors of independent adds (fewer, and the
 // accumulators' add chains set the pace: one pixel at a time instead of P), and an input block
@@ -424,8 +424,7 @@ static void tile_steps(const Conv& p, const float* table, const uint8_t* mk, con
       for (int64_t s = s0; s < s1; ++s) {
         const uint8_t* mi = mk + (k * batch + s) * p.mimg;
         uint32_t* li = lists + (s - s0) * p.ls.image;
-        (p.negative ? image_lists<true> : image_lists<false>)(
-            mi, p.G, p.GR, p.q.E, p.L, p.cblocks, (int64_t)p.Hp * p.Wp, p.ls, li);
+        (p.negative ? image_lists<true> : image_lists<false>)(p, mi, li);
       }
     for (int b = 0, co = 0; co < p.Cout; ++b, co += p.L)
       for (int c = 0; c < p.cblocks; ++c) {
