@@ -7,6 +7,7 @@ qemu-user, which CI installs (.ci/run sets SNNCONV_REQUIRE_CROSS=1, so there it 
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -20,7 +21,10 @@ def test_every_build_gives_the_native_bits():
     have_arm = all(shutil.which(tool) for tool in ARM_TOOLS)
     if os.environ.get("SNNCONV_REQUIRE_CROSS") == "1":
         assert have_arm, "install g++-aarch64-linux-gnu and qemu-user (Debian) for the ARM check"
-    done = subprocess.run(["bash", str(SCRIPT)], capture_output=True, text=True, timeout=600)
+    env = {**os.environ, "PYTHON": sys.executable}  # reads the flags from this snnconv
+    done = subprocess.run(
+        ["bash", str(SCRIPT)], capture_output=True, text=True, timeout=600, env=env
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     assert "native: the sparse lookups give the dense lookups' bits in every case" in done.stdout
     assert "avx2: same bits as native" in done.stdout

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The C++ kernels give the same bits on every instruction set they are built for, x86 and ARM:
-# kernel_digest.cpp (fixed pseudo-random inputs, one digest per case) built with -march=native,
-# capped at AVX2 and at SSE2 (the flags of snnconv.kernels.cpu.ISA_FLAGS), and, where a cross
+# kernel_digest.cpp (fixed pseudo-random inputs, one digest per case) built with the library's
+# flags (snnconv.kernels.cpu.FLAGS, read from it with $PYTHON, default python3), as is and capped
+# at AVX2 and at SSE2 (cpu.ISA_FLAGS), and, where a cross
 # compiler and qemu-user are installed (Debian: g++-aarch64-linux-gnu qemu-user), for aarch64
 # (NEON) and run under emulation. Also checks, in the native build, that the sparse lookups give
 # the dense ones' bits. Prints each agreement; exit 1 on a mismatch.
@@ -12,15 +13,20 @@ here=$(cd "$(dirname "$0")" && pwd)
 csrc="$here/../../src/snnconv/kernels/csrc"
 out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT
-flags=(-O3 -fno-trapping-math -ffp-contract=off -std=c++17 -fopenmp -I "$csrc")
-build() {  # name compiler extra-flags...
+flags_of() {  # the library's compile flags for an ISA (options.KERNEL_ISAS), as a program's
+  "${PYTHON:-python3}" -c "from snnconv.kernels import cpu
+print(' '.join(f for f in cpu.FLAGS + cpu.OPTIONAL_FLAGS + cpu.ISA_FLAGS['$1'] if f not in ('-shared', '-fPIC')))"
+}
+build() {  # name compiler flags...
   local name=$1 cxx=$2
   shift 2
-  "$cxx" "${flags[@]}" "$@" "$here/kernel_digest.cpp" "$csrc"/*.cpp -o "$out/$name"
+  "$cxx" "$@" -I "$csrc" "$here/kernel_digest.cpp" "$csrc"/*.cpp -o "$out/$name"
 }
-build native "${CXX:-g++}" -march=native
-build avx2 "${CXX:-g++}" -march=native -mno-avx512f
-build sse2 "${CXX:-g++}" -march=native -mno-avx512f -mno-avx2 -mno-fma -mno-avx
+for isa in native avx2 sse2; do
+  line=$(flags_of $isa)  # fails the script if snnconv does not import
+  read -r -a isa_flags <<< "$line"
+  build "$isa" "${CXX:-g++}" "${isa_flags[@]}"
+done
 "$out/native" > "$out/native.txt"
 echo "native ($(grep -o -m1 'avx512f' /proc/cpuinfo || echo 'no avx512')): $(wc -l < "$out/native.txt") cases"
 status=0
@@ -44,7 +50,9 @@ for isa in avx2 sse2; do
   compare "$isa" "$out/$isa.txt"
 done
 if command -v aarch64-linux-gnu-g++ > /dev/null && command -v qemu-aarch64 > /dev/null; then
-  build aarch64 aarch64-linux-gnu-g++ -march=armv8-a
+  line=$(flags_of native)
+  read -r -a arm_flags <<< "${line/-march=native/-march=armv8-a}"
+  build aarch64 aarch64-linux-gnu-g++ "${arm_flags[@]}"
   QEMU_LD_PREFIX=/usr/aarch64-linux-gnu qemu-aarch64 "$out/aarch64" > "$out/aarch64.txt"
   compare "aarch64 (NEON, under qemu-user)" "$out/aarch64.txt"
 else
