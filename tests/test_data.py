@@ -39,7 +39,7 @@ CIFAR10_CLASSES = (
 
 @pytest.fixture(scope="module")
 def cifar10_train():
-    return data.load("cifar10", "train", root=DATA)  # ~10 s of xz decompression, once
+    return data.load("cifar10", "train", root=DATA)  # ~6 s of xz decompression, once
 
 
 # ----------------------------------------------------------------------------- fake files
@@ -102,7 +102,7 @@ def small_dataset(n):
 # ----------------------------------------------------------------------------- real data
 
 
-@pytest.mark.slow  # ~10 s: decompresses the whole CIFAR-10 archive
+@pytest.mark.slow  # ~6 s: decompresses the whole CIFAR-10 archive (8 blocks, 2 at a time)
 def test_cifar10_train(cifar10_train):
     ds = cifar10_train
     assert (len(ds), ds.name, ds.split) == (50_000, "cifar10", "train")
@@ -116,7 +116,7 @@ def test_cifar10_train(cifar10_train):
     )
 
 
-@pytest.mark.slow  # ~8 s: test_batch is the archive's last member
+@pytest.mark.slow  # ~5 s: test_batch is the archive's last member
 def test_cifar10_test():
     ds = data.load("cifar10", "test", root=DATA)
     assert ds.images.shape == (10_000, 3, 32, 32) and ds.split == "test"

@@ -1,9 +1,10 @@
 """Datasets as uint8 tensors: CIFAR-10, CIFAR-100 and MNIST in their authors' file formats.
 
 ``load`` reads, under a root folder, either the extracted folders (``cifar-10-batches-py/``,
-``cifar-100-python/``, ``MNIST/raw/``) or the CIFAR archives in place (``.tar.gz``/``.tar.xz``),
-and can download the official files (md5-checked) when none is there. Every problem with the
-data raises ``DataError``. Images stay uint8 [N, C, H, W] until ``normalize``; ``augment``,
+``cifar-100-python/``, ``MNIST/raw/``) or the CIFAR archives in place (``.tar.gz``/``.tar.xz``;
+a multi-block ``.xz`` has its blocks decoded in parallel, ``snnconv.io.xz``), and can download
+the official files (md5-checked) when none is there. Every problem with the data raises
+``DataError``. Images stay uint8 [N, C, H, W] until ``normalize``; ``augment``,
 ``train_val_split`` and ``batches`` work on those tensors.
 
 Invariant: a data file is data. A CIFAR pickle can build nothing but builtin containers and plain
@@ -14,6 +15,7 @@ archive holding a wanted member twice is refused.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import gzip
 import hashlib
@@ -35,6 +37,7 @@ import torch
 import torch.nn.functional as F
 
 from snnconv.exceptions import DataError
+from snnconv.io import xz
 
 NAMES = ("cifar10", "cifar100", "mnist")
 SPLITS = ("train", "test")
@@ -359,7 +362,12 @@ def _read_archive(path: Path, members: list[str], what: str) -> dict[str, dict]:
     """
     decoded, seen = {}, {}  # seen: every entry name, in order (a dict for O(1) lookups)
     try:
-        with tarfile.open(path, "r|*") as tar:
+        # a multi-block .xz decodes its blocks in parallel (io.xz); anything else streams
+        parallel = xz.open_parallel(path) if path.suffix == ".xz" else None
+        with (
+            parallel or contextlib.nullcontext(),
+            tarfile.open(None if parallel else path, "r|*", fileobj=parallel) as tar,
+        ):
             for info in tar:
                 member = posixpath.normpath(info.name)
                 if member in members and member in seen:
