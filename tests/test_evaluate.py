@@ -310,3 +310,16 @@ def test_shift_scan_first_layer_prefers_half_step(tmp_path, capsys):
     saved = json.loads((tmp_path / "scan" / "shift_scan.json").read_text())
     assert saved["T"] == 8 and saved["checkpoint"]["name"] == "cnn-mnist"
     assert saved["layers"][0]["error"]["0.5"] == saved["layers"][0]["best_error"]
+
+
+@pytest.mark.parametrize("shape", [(5, 3, 4, 6), (5, 1, 4, 6), (5, 3, 1, 1), (1, 3, 4, 4), (7, 10)])
+def test_sum_over_batch_is_sum0_in_every_layout(shape):
+    """The per-position spike totals read in memory order equal x.sum(0) exactly, whatever the
+    layout (channels_last counts, a transposed view that falls back to sum(0))."""
+    x = torch.randint(0, 5, shape).float()
+    layouts = [x, x.transpose(0, -1)]
+    if x.dim() == 4:
+        layouts.append(x.contiguous(memory_format=torch.channels_last))
+    for y in layouts:
+        total = evaluate.sum_over_batch(y)
+        assert total.shape == y.sum(0).shape and torch.equal(total, y.sum(0))

@@ -38,6 +38,18 @@ def ann_pass(snn: SpikingNetwork, names: list[str], x: torch.Tensor):
     return out, acts
 
 
+def sum_over_batch(x: torch.Tensor) -> torch.Tensor:
+    """``x.sum(0)``, read in memory order: a dense tensor in any layout (channels_last spike
+    counts) is summed as [N, rest] and the result viewed back (PyTorch's own sum(0) over a
+    channels_last tensor is ~20x slower: 15 ms vs 0.7 ms for 250 x 16 x 32 x 32 here)."""
+    order = sorted(range(x.dim()), key=lambda d: -x.stride(d))
+    flat = x.permute(order)
+    if x.dim() < 2 or order[0] != 0 or not flat.is_contiguous():
+        return x.sum(0)
+    total = flat.reshape(x.shape[0], -1).sum(0).view(flat.shape[1:])
+    return total.permute([order.index(d) - 1 for d in range(1, x.dim())])
+
+
 class _Totals:
     """Running sums over batches for one T: correct answers, error sums, spike totals."""
 
@@ -48,9 +60,11 @@ class _Totals:
         """Add one batch's spike events (for rates and operations) and net spike counts (their
         error against the ANN's activations); the two differ only for signed neurons."""
         for name, c in counts.items():
-            e = events[name]
-            self.spikes[name] = self.spikes.get(name, 0) + e.sum().item()
-            self.per_position[name] = self.per_position.get(name, 0) + e.sum(0).double()
+            # per position over the batch (exact: counts are small integers), then the total
+            # from it in float64: one pass over the events instead of two
+            per_position = sum_over_batch(events[name]).double()
+            self.spikes[name] = self.spikes.get(name, 0) + per_position.sum().item()
+            self.per_position[name] = self.per_position.get(name, 0) + per_position
             self.n[name] = self.n.get(name, 0) + c.numel()
             if name in acts:
                 sums = error_split.error_sums(
