@@ -174,7 +174,7 @@ def test_kernels_built_without_avx512_agree(
     if signed:  # a third of the spikes negative
         fired = fired * (1 - 2 * (torch.rand(fired.shape) < 0.3).float())
     x = (fired * 0.9).contiguous(memory_format=torch.channels_last)
-    monkeypatch.setattr(lookup_conv, "STREAM_BYTES", 0)  # the streaming stores' path too
+    monkeypatch.setattr(lookup_conv, "STREAM_BYTES", 0)  # the streaming stores' path (default)
     monkeypatch.setattr(lookup_conv, "SPARSE_BELOW", sparse_below)
     results = []
     for lib in (cpu.kernel(), cpu.load(isa)):

@@ -265,8 +265,8 @@ def test_conv_and_if_in_one_pass_equal_the_two_apart(
     monkeypatch, c_in, c_out, size, stride, table_bytes, shift, stream, with_addend
 ):
     """IFNeurons.scan_conv (lookup conv + IF update in one kernel) gives bit for bit the spikes,
-    membranes and counts of the lookup conv followed by the IF scan, chunk after chunk; also
-    when the spikes go out by streaming stores (as for outputs larger than the caches)."""
+    membranes and counts of the lookup conv followed by the IF scan, chunk after chunk, whether
+    the spikes go out by streaming stores (the default) or in place of the currents."""
     monkeypatch.setattr(lookup_conv, "STREAM_BYTES", 0 if stream else 1 << 40)
     if table_bytes:
         monkeypatch.setattr(lookup_conv, "TABLE8_BYTES", 0)

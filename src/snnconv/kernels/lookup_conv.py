@@ -66,7 +66,11 @@ def _l2_bytes() -> int:
 # One table block stays in L2 while the masks and outputs stream past it: 60 % of L2 leaves room
 # for them (and, in the fused IF update, for the membranes of the samples in work).
 TABLE_BYTES = int(0.6 * _l2_bytes())
-STREAM_BYTES = 32 << 20  # fused outputs above this bypass the caches (streaming stores): 3 % faster
+# Fused outputs of more than this many bytes bypass the caches: the currents go to a scratch in L2,
+# the spikes to memory with streaming stores (no read of the output's lines before they are
+# written). 0: always; measured faster at every size tried (benchmarks/ab_speed.py, ResNet-20
+# and VGG-16, batch 8-250, against 32 MiB: new/old 0.93-0.97 AVX-512, 0.98 AVX2 emulated).
+STREAM_BYTES = 0
 TABLE8_BYTES = 8 << 20  # an 8-bit-group table up to this size is read from L3 (a share of it)
 # The kernel skips the all-zero groups (per-pixel lists of the others, the same bits) when fewer
 # than this fraction of an input's groups are non-zero and the layer's shape lets it pay
