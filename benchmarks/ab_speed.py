@@ -2,18 +2,20 @@
 
     python benchmarks/ab_speed.py OLD_SRC NEW_SRC [--models resnet20,vgg16-paper] [--T 16,32]
                                   [--batch 128] [--rounds 7] [--data-root ../shared/data]
+                                  [--neuron if|signed]
 
 e.g. the tree before a refactor against the current one:
     git worktree add /tmp/snnconv-old 071faf8
     python benchmarks/ab_speed.py /tmp/snnconv-old/src src
 
 One worker process per tree (PYTHONPATH = its src), each with the same model and the same input
-(the shipped ResNet-20 and the first --batch CIFAR-10 test images when the data is there, else
-seeded random weights and inputs), converted with shift "membrane", channels_last. The parent
-asks the workers in turn, A then B then B then A..., for one timed simulation ``snn(x, T)``
-after one warm-up each; a pause between runs lets the idle worker's threads stop spinning. It
-prints per tree, model and T the median and min-max of --rounds runs and the ratio new / old of
-the medians, and last one JSON object.
+(shipped weights for resnet20 and resnet20-qcfs, seeded random ones for other zoo models; the
+first --batch CIFAR-10 test images when the data is there, else seeded random inputs), converted
+with shift "membrane" and --neuron, channels_last. The parent asks the workers in turn, A then
+B then B then A..., for one timed simulation ``snn(x, T)`` after one warm-up each; a pause
+between runs lets the idle worker's threads stop spinning. It prints per tree, model and T the
+median and min-max of --rounds runs and the ratio new / old of the medians, and last one JSON
+object.
 """
 
 import argparse
@@ -29,6 +31,9 @@ WORKER = r"""
 import json, sys, time, torch
 import snnconv
 models_, T_values, batch, data_root = sys.argv[1].split(","), sys.argv[2], int(sys.argv[3]), sys.argv[4]
+neuron = sys.argv[5]
+# short names of shipped models; other names are zoo architectures with seeded random weights
+SHIPPED = {"resnet20": "resnet20-cifar10", "resnet20-qcfs": "resnet20-cifar10-qcfs"}
 try:
     from snnconv.zoo import models, shipped
     load_pretrained = shipped.load_pretrained
@@ -41,8 +46,8 @@ except ImportError:
     from snnconv import data
 
 def load(name):
-    if name == "resnet20":
-        return load_pretrained("resnet20-cifar10")
+    if name in SHIPPED:
+        return load_pretrained(SHIPPED[name])
     torch.manual_seed(0)
     return models.build(name).eval()
 
@@ -56,7 +61,8 @@ def inputs():
 x = inputs().contiguous(memory_format=torch.channels_last)
 nets = {}
 for name in models_:
-    snn = snnconv.convert(load(name), shift="membrane").to(memory_format=torch.channels_last)
+    kw = {} if neuron == "if" else {"neuron": neuron}  # trees before signed neurons: "if" only
+    snn = snnconv.convert(load(name), shift="membrane", **kw).to(memory_format=torch.channels_last)
     nets[name] = snn
     for T in map(int, T_values.split(",")):
         snn(x, T)  # warm-up: kernels built, buffers kept
@@ -72,7 +78,16 @@ for line in sys.stdin:
 def start(src: str, args) -> subprocess.Popen:
     env = dict(os.environ, PYTHONPATH=os.path.abspath(src))
     p = subprocess.Popen(
-        [sys.executable, "-c", WORKER, args.models, args.T, str(args.batch), args.data_root],
+        [
+            sys.executable,
+            "-c",
+            WORKER,
+            args.models,
+            args.T,
+            str(args.batch),
+            args.data_root,
+            args.neuron,
+        ],
         env=env,
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
@@ -96,6 +111,7 @@ def main() -> None:
     ap.add_argument("--T", default="16,32")
     ap.add_argument("--batch", type=int, default=128)
     ap.add_argument("--rounds", type=int, default=7)
+    ap.add_argument("--neuron", default="if", choices=("if", "signed"))
     ap.add_argument("--data-root", default="../shared/data")
     args = ap.parse_args()
     workers = {"old": start(args.old, args), "new": start(args.new, args)}
@@ -117,7 +133,7 @@ def main() -> None:
         isa = f"{os.environ['SNNCONV_ISA']} (SNNCONV_ISA) on an {isa} CPU"
     print(
         f"{cpu}, {os.cpu_count()} cores, {isa}; batch {args.batch}, {args.rounds} rounds, "
-        f"shift membrane, channels_last"
+        f"shift membrane, neuron {args.neuron}, channels_last"
     )
     print(f"{'model':<14}{'T':>4}{'old s (min-max)':>26}{'new s (min-max)':>26}{'new/old':>9}")
     result = {"machine": cpu, "isa": isa, "rows": []}

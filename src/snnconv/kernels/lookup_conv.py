@@ -68,8 +68,8 @@ def _l2_bytes() -> int:
 TABLE_BYTES = int(0.6 * _l2_bytes())
 # Fused outputs of more than this many bytes bypass the caches: the currents go to a scratch in L2,
 # the spikes to memory with streaming stores (no read of the output's lines before they are
-# written). 0: always; measured faster at every size tried (benchmarks/ab_speed.py, ResNet-20
-# and VGG-16, batch 8-250, against 32 MiB: new/old 0.93-0.97 AVX-512, 0.98 AVX2 emulated).
+# written). 0: always (benchmarks/ab_speed.py, ResNet-20 and VGG-16, batch 8-250, against 32 MiB:
+# new/old 0.93-1.00 with AVX-512; AVX2 emulated 0.97, 0.98 and 1.05, the spread of the machine).
 STREAM_BYTES = 0
 TABLE8_BYTES = 8 << 20  # an 8-bit-group table up to this size is read from L3 (a share of it)
 # The kernel skips the all-zero groups (per-pixel lists of the others, the same bits) when fewer
