@@ -120,13 +120,58 @@ def test_index_that_lies_about_a_size_is_caught(tmp_path):
     flags, found = xz.blocks(_write(tmp_path / "f.xz", raw))
     blocks = raw[12 : found[-1].offset + -(-found[-1].unpadded // 4) * 4]
     records = [(b.unpadded, b.size) for b in found]
-    records[1] = (records[1][0], records[1][1] + 16)  # one block claims 16 more bytes
+    for lie in (16, -16, -40_000 + 1):  # one block claims more bytes, fewer, almost none
+        forged_records = list(records)
+        forged_records[1] = (records[1][0], records[1][1] + lie)
+        forged = _write(tmp_path / "forged.xz", xz.stream_bytes(flags, blocks, forged_records))
+        assert xz.blocks(forged) is not None  # the index itself checks out
+        with xz.open_parallel(forged) as reader, pytest.raises(lzma.LZMAError):
+            read_all(reader, 1 << 20)
+        with pytest.raises(lzma.LZMAError):
+            lzma.decompress(forged.read_bytes())
+
+
+def test_a_block_is_never_decompressed_past_its_index_size(tmp_path):
+    """A block holding far more than its index says (a decompression bomb) fails after at most
+    the claimed size plus one byte, as the decoder is asked for no more."""
+    bomb = multi_block([b"a", b"\0" * 5_000_000, b"b"])
+    flags, found = xz.blocks(_write(tmp_path / "bomb.xz", bomb))
+    blocks = bomb[12 : found[-1].offset + -(-found[-1].unpadded // 4) * 4]
+    records = [(b.unpadded, b.size) for b in found]
+    records[1] = (records[1][0], 100)
     forged = _write(tmp_path / "forged.xz", xz.stream_bytes(flags, blocks, records))
-    assert xz.blocks(forged) is not None  # the index itself checks out
-    with xz.open_parallel(forged) as reader, pytest.raises(lzma.LZMAError):
-        read_all(reader, 1 << 20)
-    with pytest.raises(lzma.LZMAError):
-        lzma.decompress(forged.read_bytes())
+    _, lied = xz.blocks(forged)
+    asked = []
+    real = lzma.LZMADecompressor
+
+    class Counting:  # the decoder as decode_block uses it, recording how much it asked for
+        def __init__(self, **kw):
+            self.d = real(**kw)
+
+        def decompress(self, data, max_length=-1):
+            asked.append(max_length)
+            return self.d.decompress(data, max_length)
+
+        @property
+        def eof(self):
+            return self.d.eof
+
+    fd = os.open(forged, os.O_RDONLY)
+    try:
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(lzma, "LZMADecompressor", Counting)
+            with pytest.raises(lzma.LZMAError, match="does not hold the 100 bytes"):
+                xz.decode_block(fd, flags, lied[1])
+    finally:
+        os.close(fd)
+    assert asked == [100, 1]
+
+
+def test_blocks_larger_than_the_bound_are_read_sequentially(tmp_path, monkeypatch):
+    path = _write(tmp_path / "f.xz", multi_block(chunks_of(PAYLOAD, 40_000)))
+    assert xz.open_parallel(path) is not None
+    monkeypatch.setattr(xz, "MAX_BLOCK_BYTES", 39_999)
+    assert xz.open_parallel(path) is None
 
 
 def test_bad_index_crc_falls_back_and_is_caught(tmp_path):

@@ -15,8 +15,10 @@ Invariant: nothing is trusted that a sequential decoder would check. Each block 
 one-block stream of its own (the file's stream flags, the block as it is, an index of that one
 record), so liblzma checks its header, its integrity check and both its sizes against the file's
 index, as ``lzma.open`` would; the file's own header, index and footer CRCs are checked here.
-Anything else (one block, several streams, stream padding, a header or index that does not
-parse) gets ``None``: the caller reads the file sequentially, and that reports any corruption.
+Memory stays bounded: a block is decompressed to at most the size its index gives, at most
+MAX_BLOCK_BYTES, a few blocks at a time. Anything else (one block, several streams, stream
+padding, a block larger than that, a header or index that does not parse) gets ``None``: the
+caller reads the file sequentially, and that reports any corruption.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from typing import NamedTuple
 MAGIC = b"\xfd7zXZ\x00"
 FOOTER_MAGIC = b"YZ"
 MAX_WORKERS = 4  # blocks in flight: each holds its compressed and decompressed bytes
+MAX_BLOCK_BYTES = 256 << 20  # a file with a larger block (by its index) is read sequentially
 
 
 class Block(NamedTuple):
@@ -124,7 +127,7 @@ def blocks(path: str | os.PathLike) -> tuple[bytes, list[Block]] | None:
         for _ in range(count):
             unpadded, pos = _read_varint(index, pos)
             uncompressed, pos = _read_varint(index, pos)
-            if unpadded < 5:  # smaller than any block header and its data
+            if unpadded < 5 or uncompressed > MAX_BLOCK_BYTES:  # no block / too large to hold
                 return None
             found.append(Block(offset, unpadded, uncompressed))
             offset += -(-unpadded // 4) * 4
@@ -138,17 +141,19 @@ def blocks(path: str | os.PathLike) -> tuple[bytes, list[Block]] | None:
 
 
 def decode_block(fd: int, flags: bytes, block: Block) -> bytes:
-    """One block's decompressed bytes, read from the open file ``fd`` (liblzma checks it)."""
+    """One block's decompressed bytes, read from the open file ``fd`` (liblzma checks it). No
+    more than the index's size is ever decompressed: a block holding more is an error, not a
+    memory blow-up."""
     padded = -(-block.unpadded // 4) * 4
     raw = os.pread(fd, padded, block.offset)
     if len(raw) != padded:
         raise lzma.LZMAError(f"file ends inside the block at byte {block.offset}")
-    out = lzma.decompress(
-        stream_bytes(flags, raw, [(block.unpadded, block.size)]), format=lzma.FORMAT_XZ
-    )
-    if len(out) != block.size:  # liblzma checks this too; a second look costs nothing
+    decoder = lzma.LZMADecompressor(format=lzma.FORMAT_XZ)
+    out = decoder.decompress(stream_bytes(flags, raw, [(block.unpadded, block.size)]), block.size)
+    extra = b"" if decoder.eof else decoder.decompress(b"", 1)  # then its check, index, footer
+    if len(out) != block.size or extra or not decoder.eof:
         raise lzma.LZMAError(
-            f"the block at byte {block.offset} holds {len(out)} bytes, its index says {block.size}"
+            f"the block at byte {block.offset} does not hold the {block.size} bytes its index says"
         )
     return out
 
