@@ -201,7 +201,7 @@ def test_close_before_the_end_stops_the_workers(tmp_path):
 
 def cifar_tar(tmp_path: Path) -> bytes:
     folder = tmp_path / "src" / "cifar-10-batches-py"
-    write_cifar10_folder(folder, n=40)
+    write_cifar10_folder(folder, n=8)
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w") as tar:
         tar.add(folder, arcname="cifar-10-batches-py")
@@ -213,7 +213,7 @@ def test_loader_reads_multi_block_archives_in_parallel(tmp_path, monkeypatch):
     root_seq, root_par = tmp_path / "seq", tmp_path / "par"
     root_seq.mkdir(), root_par.mkdir()
     _write(root_seq / "cifar-10-python.tar.xz", lzma.compress(tar))
-    _write(root_par / "cifar-10-python.tar.xz", multi_block(chunks_of(tar, 50_000)))
+    _write(root_par / "cifar-10-python.tar.xz", multi_block(chunks_of(tar, 20_000)))
     decoded = []
     real_decode = xz.decode_block
     monkeypatch.setattr(xz, "decode_block", lambda *a: decoded.append(a[2]) or real_decode(*a))
@@ -221,14 +221,14 @@ def test_loader_reads_multi_block_archives_in_parallel(tmp_path, monkeypatch):
         seq = data.load("cifar10", split, root=root_seq)
         assert not decoded  # one block: read sequentially
         par = data.load("cifar10", split, root=root_par)
-        assert len(decoded) == -(-len(tar) // 50_000)  # every block, in the workers
+        assert len(decoded) == -(-len(tar) // 20_000)  # every block, in the workers
         assert (seq.images == par.images).all() and (seq.labels == par.labels).all()
         decoded.clear()
 
 
 def test_loader_reports_a_corrupt_multi_block_archive(tmp_path):
     tar = cifar_tar(tmp_path)
-    raw = multi_block(chunks_of(tar, 50_000))
+    raw = multi_block(chunks_of(tar, 20_000))
     path = _write(tmp_path / "cifar-10-python.tar.xz", raw)
     _, found = xz.blocks(path)
     _write(path, corrupted(raw, found[2].offset + 100))
