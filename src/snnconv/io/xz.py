@@ -160,7 +160,7 @@ def decode_block(fd: int, flags: bytes, block: Block) -> bytes:
 
 class ParallelReader(io.RawIOBase):
     """The decompressed bytes of a multi-block .xz file, in order, the next blocks decoding in
-    worker threads (at most ``workers`` ahead of the reader)."""
+    ``workers`` threads (at most ``workers + 1`` blocks ahead of the reader)."""
 
     def __init__(self, path: str | os.PathLike, flags: bytes, found: list[Block], workers: int):
         super().__init__()
@@ -170,7 +170,7 @@ class ParallelReader(io.RawIOBase):
         self._ahead = workers + 1
         self._pending: deque[Future] = deque()
         self._next = 0  # the next block to submit
-        self._buf, self._pos = b"", 0
+        self._buf, self._pos = memoryview(b""), 0
         self._fill()
 
     def _fill(self) -> None:
@@ -186,7 +186,7 @@ class ParallelReader(io.RawIOBase):
         while self._pos == len(self._buf):
             if not self._pending:
                 return 0
-            self._buf, self._pos = self._pending.popleft().result(), 0
+            self._buf, self._pos = memoryview(self._pending.popleft().result()), 0
             self._fill()
         n = min(len(b), len(self._buf) - self._pos)
         b[:n] = self._buf[self._pos : self._pos + n]
@@ -197,7 +197,7 @@ class ParallelReader(io.RawIOBase):
         if not self.closed:
             self._pool.shutdown(wait=True, cancel_futures=True)
             os.close(self._fd)
-            self._buf, self._pending = b"", deque()
+            self._buf, self._pending = memoryview(b""), deque()
         super().close()
 
 
