@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from snnconv.io import data, xz
 from snnconv.io.data import DataError
@@ -79,7 +80,7 @@ def test_files_it_leaves_to_the_sequential_reader(tmp_path):
     tiny, missing = tmp_path / "tiny.xz", tmp_path / "missing.xz"
     tiny.write_bytes(b"\xfd7zXZ\x00")
     for path in (one, two_streams, padded, tiny, missing):
-        assert xz.open_parallel(path) is None, path.name
+        assert xz.open_parallel(path, 2) is None, path.name
     for path in (one, two_streams):  # and those read them correctly
         assert lzma.decompress(path.read_bytes()).startswith(PAYLOAD)
     fine = tmp_path / "fine.xz"
@@ -102,7 +103,7 @@ def test_corrupt_block_is_caught(tmp_path):
         second.offset + second.unpadded - 1,
     ):  # its header, its data, its check
         _write(path, corrupted(raw, at))
-        with xz.open_parallel(path) as reader, pytest.raises(lzma.LZMAError):
+        with xz.open_parallel(path, 2) as reader, pytest.raises(lzma.LZMAError):
             read_all(reader, 1 << 20)
         with pytest.raises(lzma.LZMAError):  # as the sequential decoder says
             lzma.decompress(path.read_bytes())
@@ -125,7 +126,7 @@ def test_index_that_lies_about_a_size_is_caught(tmp_path):
         forged_records[1] = (records[1][0], records[1][1] + lie)
         forged = _write(tmp_path / "forged.xz", xz.stream_bytes(flags, blocks, forged_records))
         assert xz.blocks(forged) is not None  # the index itself checks out
-        with xz.open_parallel(forged) as reader, pytest.raises(lzma.LZMAError):
+        with xz.open_parallel(forged, 2) as reader, pytest.raises(lzma.LZMAError):
             read_all(reader, 1 << 20)
         with pytest.raises(lzma.LZMAError):
             lzma.decompress(forged.read_bytes())
@@ -169,15 +170,15 @@ def test_a_block_is_never_decompressed_past_its_index_size(tmp_path):
 
 def test_blocks_larger_than_the_bound_are_read_sequentially(tmp_path, monkeypatch):
     path = _write(tmp_path / "f.xz", multi_block(chunks_of(PAYLOAD, 40_000)))
-    assert xz.open_parallel(path) is not None
+    assert xz.open_parallel(path, 2) is not None
     monkeypatch.setattr(xz, "MAX_BLOCK_BYTES", 39_999)
-    assert xz.open_parallel(path) is None
+    assert xz.open_parallel(path, 2) is None
 
 
 def test_bad_index_crc_falls_back_and_is_caught(tmp_path):
     raw = multi_block(chunks_of(PAYLOAD, 40_000))
     path = _write(tmp_path / "f.xz", corrupted(raw, len(raw) - 14))  # the index's CRC32
-    assert xz.blocks(path) is None and xz.open_parallel(path) is None
+    assert xz.blocks(path) is None and xz.open_parallel(path, 2) is None
     with pytest.raises(lzma.LZMAError):
         lzma.decompress(path.read_bytes())
 
@@ -185,7 +186,7 @@ def test_bad_index_crc_falls_back_and_is_caught(tmp_path):
 def test_truncated_file_falls_back(tmp_path):
     raw = multi_block(chunks_of(PAYLOAD, 40_000))
     path = _write(tmp_path / "f.xz", raw[: len(raw) // 2])
-    assert xz.open_parallel(path) is None
+    assert xz.open_parallel(path, 2) is None
 
 
 def test_close_before_the_end_stops_the_workers(tmp_path):
@@ -214,6 +215,7 @@ def test_loader_reads_multi_block_archives_in_parallel(tmp_path, monkeypatch):
     root_seq.mkdir(), root_par.mkdir()
     _write(root_seq / "cifar-10-python.tar.xz", lzma.compress(tar))
     _write(root_par / "cifar-10-python.tar.xz", multi_block(chunks_of(tar, 20_000)))
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)  # data.load's workers
     decoded = []
     real_decode = xz.decode_block
     monkeypatch.setattr(xz, "decode_block", lambda *a: decoded.append(a[2]) or real_decode(*a))

@@ -362,8 +362,8 @@ def _read_archive(path: Path, members: list[str], what: str) -> dict[str, dict]:
     """
     decoded, seen = {}, {}  # seen: every entry name, in order (a dict for O(1) lookups)
     try:
-        # a multi-block .xz decodes its blocks in parallel (io.xz); anything else streams
-        parallel = xz.open_parallel(path) if path.suffix == ".xz" else None
+        # a multi-block .xz decodes its blocks in PyTorch's threads (io.xz); anything else streams
+        parallel = xz.open_parallel(path, torch.get_num_threads())
         with (
             parallel or contextlib.nullcontext(),
             tarfile.open(None if parallel else path, "r|*", fileobj=parallel) as tar,

@@ -7,9 +7,10 @@ An .xz file of one stream is laid out as
 and its index lists each block's unpadded size and uncompressed size: block i starts at
 12 + the padded sizes (unpadded, rounded up to 4) of the blocks before it and decodes on its own.
 ``xz -T`` (the default since xz 5.4) writes such files; CIFAR-10 as ``.tar.xz`` here has 8 blocks
-of 24 MiB. ``open_parallel(path)`` returns a file object that reads the decompressed bytes in
-order while worker threads decode the next blocks (liblzma releases the GIL): on 2 cores the
-archive is read in about half the time.
+of 24 MiB. ``open_parallel(path, workers)`` returns a file object that reads the decompressed
+bytes in order while worker threads decode the next blocks (liblzma releases the GIL): on 2
+cores the archive is read in about half the time. ``snnconv.io.data`` asks for as many workers
+as PyTorch has threads (``torch.get_num_threads()``, the rule the kernels follow too).
 
 Invariant: nothing is trusted that a sequential decoder would check. Each block is decoded as a
 one-block stream of its own (the file's stream flags, the block as it is, an index of that one
@@ -201,15 +202,14 @@ class ParallelReader(io.RawIOBase):
         super().close()
 
 
-def open_parallel(path: str | os.PathLike, workers: int | None = None) -> ParallelReader | None:
-    """A reader of ``path``'s decompressed bytes decoding blocks in parallel, or None when the
-    file is not a single-stream .xz of at least two blocks (read it sequentially then)."""
-    if workers is None:
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-        workers = min(MAX_WORKERS, cores or 1)
-    if not hasattr(os, "pread"):  # Windows: read it sequentially
+def open_parallel(path: str | os.PathLike, workers: int) -> ParallelReader | None:
+    """A reader of ``path``'s decompressed bytes decoding blocks in ``workers`` threads (at most
+    MAX_WORKERS), or None when the file is not a single-stream .xz of at least two blocks or
+    fewer than 2 workers are asked for (read it sequentially then)."""
+    workers = min(workers, MAX_WORKERS)
+    if workers < 2 or not hasattr(os, "pread"):  # Windows: read it sequentially
         return None
     found = blocks(Path(path))
-    if found is None or len(found[1]) < 2 or workers < 2:
+    if found is None or len(found[1]) < 2:
         return None
     return ParallelReader(path, found[0], found[1], workers)
