@@ -36,6 +36,7 @@ static constexpr int VW = 4, REGS = 12;  // of the 16 xmm registers (SSE2), or p
 #endif
 static constexpr int K = 16 / VW;  // native vectors per 16 channels
 typedef float vf __attribute__((vector_size(VW * sizeof(float))));
+typedef int32_t vi __attribute__((vector_size(VW * sizeof(float))));
 static inline vf ldv(const float* p) { vf r; std::memcpy(&r, p, sizeof r); return r; }
 static inline void stv(float* p, vf r) { std::memcpy(p, &r, sizeof r); }
 
@@ -207,8 +208,10 @@ static inline void store_sums(const vf* a, const float* bias, int cw, bool accum
 // of input groups [g0, g0+gn), gn <= GR (mp points at the first pixel's window corner, group g0):
 // sum = over taps t and groups g of table[t][g][mask][0..L), out = bias + sum for the first
 // input block, else out += sum. The P*NV accumulators are independent, which keeps many table
-// loads in flight. With NEG the rows of the -amp masks are subtracted (skipped when a mask is
-// 0, which is nearly always: a signed neuron rarely takes a spike back).
+// loads in flight. With NEG the rows of the -amp masks are subtracted, the all-zero one too (its
+// row is +0): no branch, as a fifth to a third of the -amp masks are not 0 in the shipped QCFS
+// model, which a branch mispredicts (benchmarks/ab_speed.py --neuron signed: new/old 0.71-0.73
+// with AVX-512, 0.78-0.89 with AVX2 code).
 template <int NV, int P, bool NEG>
 static inline void lut_pixels(const float* table, const uint8_t* mp, const LutGeom& q, int gn,
                               const float* bias, int cw, bool accumulate, float* o) {
@@ -222,12 +225,9 @@ static inline void lut_pixels(const float* table, const uint8_t* mp, const LutGe
       for (int p = 0; p < P; ++p) {
         const float* r = tt + (int64_t)m[p * step + g] * L;
         for (int j = 0; j < R; ++j) a[p][j] += ldv(r + VW * j);
-        if (NEG) {
-          const unsigned neg = m[p * step + q.G + g];
-          if (neg) {
-            const float* rn = tt + (int64_t)neg * L;
-            for (int j = 0; j < R; ++j) a[p][j] -= ldv(rn + VW * j);
-          }
+        if (NEG) {  // branch-free: row 0 is +0, and a - (+0) == a bit for bit
+          const float* rn = tt + (int64_t)m[p * step + q.G + g] * L;
+          for (int j = 0; j < R; ++j) a[p][j] -= ldv(rn + VW * j);
         }
       }
   }
@@ -291,10 +291,12 @@ static void lut_sparse_image(const float* table, const uint32_t* li, const LutGe
         for (uint32_t i = 1; i <= n; ++i) {
           const uint32_t e = seg[i];
           const float* r = tt + (e & ~1u);
-          if (NEG && (e & 1))
-            for (int j = 0; j < R; ++j) a[j] -= ldv(r + VW * j);
-          else
+          if (NEG) {  // branch-free: a + (row with its sign bits flipped) == a - row, bit for bit
+            const vi flip = vi{} + (int32_t)((e & 1u) << 31);
+            for (int j = 0; j < R; ++j) a[j] += (vf)((vi)ldv(r + VW * j) ^ flip);
+          } else {
             for (int j = 0; j < R; ++j) a[j] += ldv(r + VW * j);
+          }
         }
       }
       store_sums<NV>(a, bias, cw, accumulate, on + ((int64_t)ho * q.Wo + wo) * q.Cout);
