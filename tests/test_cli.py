@@ -310,3 +310,14 @@ def test_evaluate_writes_the_set_and_records_where_it_ran(capsys, tmp_path):
     assert res.checkpoint.file.endswith("cnn-mnist.pt") and len(res.checkpoint.sha256) == 64
     assert res.environment.kernels["cpu_isa"] == backend.cpu_isa()
     assert sorted(p.name for p in out.iterdir()) == ["report.md", "results.json"]
+
+
+def test_the_command_line_keeps_freed_memory_on_glibc():
+    """cli.main asks glibc's malloc to keep freed memory (workspace.keep_freed_memory); mallopt
+    returns 1 for each accepted setting, so on glibc both are accepted, elsewhere nothing is
+    changed."""
+    import platform
+
+    from snnconv.simulation import workspace
+
+    assert workspace.keep_freed_memory() is (platform.libc_ver()[0] == "glibc")

@@ -23,6 +23,21 @@ def test_forward_is_the_formula(levels, lam):
     assert torch.allclose(got[~edge], torch.tensor(want)[~edge], atol=1e-6)
 
 
+@pytest.mark.parametrize("levels,lam", [(1, 1.0), (4, 0.8), (8, 2.5)])
+def test_no_grad_path_is_the_training_path_bit_for_bit(levels, lam):
+    """Without a gradient QCFS takes plain floor, in place; the same bits as the straight-through
+    form, over random values, negatives, step edges (ties) and +-0 alike."""
+    g = torch.Generator().manual_seed(0)
+    edges = (torch.arange(-4 * levels, 4 * levels + 1) - 0.5) * (lam / levels)
+    x = torch.cat([torch.randn(100_000, generator=g) * 3 * lam, edges, torch.tensor([0.0, -0.0])])
+    q = QCFS(levels, lam)
+    with torch.no_grad():
+        fast = q(x)
+    slow = q(x.clone().requires_grad_(True)).detach()
+    assert torch.equal(fast.view(torch.int32), slow.view(torch.int32))  # bits, sign of 0 too
+    assert x.grad is None and not fast.requires_grad
+
+
 def test_gradient_straight_through_and_threshold():
     q = QCFS(4, 1.0)
     x = torch.tensor([-0.5, 0.1, 0.3, 0.9, 1.5], requires_grad=True)

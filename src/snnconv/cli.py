@@ -28,6 +28,7 @@ from snnconv.evaluation.results import CheckpointRecord, Environment, Results
 from snnconv.exceptions import OptionError, SnnconvError
 from snnconv.io import checkpoint, data
 from snnconv.measures import shift_sweep
+from snnconv.simulation import workspace
 from snnconv.zoo import models, shipped
 
 USER_ERRORS = (SnnconvError, OSError, ValueError, TypeError)
@@ -505,6 +506,7 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    workspace.keep_freed_memory()  # this process's allocations: see the function
     try:
         check_args(args)
         args.func(args)

@@ -13,6 +13,8 @@ valid until the next simulation with the same workspace.
 
 from __future__ import annotations
 
+import ctypes
+
 import torch
 
 Workspace = dict  # node name -> kept buffer
@@ -96,3 +98,27 @@ def pad_into(x: torch.Tensor, pad, out: torch.Tensor | None) -> torch.Tensor:
     out.zero_()
     inside.copy_(x)
     return out
+
+
+# glibc's mallopt parameters (malloc.h)
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+MMAP_THRESHOLD = 32 << 20  # glibc's largest: blocks up to this size come from the heap
+TRIM_THRESHOLD = 1 << 30  # free memory at the heap's top kept before it goes back to the system
+
+
+def keep_freed_memory() -> bool:
+    """Ask glibc's malloc to keep freed memory for the next allocation instead of returning it to
+    the system (the same page-fault cost as above, for the tensors outside the workspace: the
+    ANN's activations, the neurons' fresh state): blocks of up to MMAP_THRESHOLD come from the
+    heap, and up to TRIM_THRESHOLD of free memory stays mapped at its top. Process-wide, so the
+    command line calls it, not the library. Returns False (and changes nothing) where the C
+    library has no ``mallopt`` (not glibc)."""
+    try:
+        libc = ctypes.CDLL(None)
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+    return bool(mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(
+        mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD)
+    )
