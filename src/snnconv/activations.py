@@ -72,7 +72,7 @@ class QCFS(nn.Module):
             # no gradient: the same operations on one temporary, in place. floor(u) equals the
             # straight-through u + (floor(u) - u) wherever the clip keeps it: for u >= 0,
             # floor(u) - u is exact (Sterbenz, or -u below 1); a negative result clips to +0
-            # either way (tests/test_activations.py compares the two bit for bit).
+            # either way (tests/test_qcfs.py compares the two bit for bit).
             q = x * (self.levels / lam)
             return q.add_(0.5).floor_().div_(self.levels).clamp_(0.0, 1.0).mul_(lam)
         q = _floor_ste(x * (self.levels / lam) + 0.5) / self.levels
