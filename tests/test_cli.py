@@ -4,6 +4,7 @@ import dataclasses
 import inspect
 import json
 import math
+import platform
 import subprocess
 import sys
 import textwrap
@@ -21,6 +22,7 @@ from snnconv.evaluation.results import Results
 from snnconv.exceptions import SimulationError, SnnconvError
 from snnconv.kernels import backend
 from snnconv.measures import cost
+from snnconv.simulation import workspace
 
 
 def _actions(command: str) -> dict:
@@ -316,8 +318,4 @@ def test_the_command_line_keeps_freed_memory_on_glibc():
     """cli.main asks glibc's malloc to keep freed memory (workspace.keep_freed_memory); mallopt
     returns 1 for each accepted setting, so on glibc both are accepted, elsewhere nothing is
     changed."""
-    import platform
-
-    from snnconv.simulation import workspace
-
     assert workspace.keep_freed_memory() is (platform.libc_ver()[0] == "glibc")

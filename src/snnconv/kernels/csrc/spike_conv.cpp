@@ -209,9 +209,8 @@ static inline void store_sums(const vf* a, const float* bias, int cw, bool accum
 // sum = over taps t and groups g of table[t][g][mask][0..L), out = bias + sum for the first
 // input block, else out += sum. The P*NV accumulators are independent, which keeps many table
 // loads in flight. With NEG the rows of the -amp masks are subtracted, the all-zero one too (its
-// row is +0): no branch, as a fifth to a third of the -amp masks are not 0 in the shipped QCFS
-// model, which a branch mispredicts (benchmarks/ab_speed.py --neuron signed: new/old 0.71-0.73
-// with AVX-512, 0.78-0.89 with AVX2 code).
+// row is +0): no branch, which those masks' data would mispredict (docs/design.md, "Signed
+// neurons", has the measurements).
 template <int NV, int P, bool NEG>
 static inline void lut_pixels(const float* table, const uint8_t* mp, const LutGeom& q, int gn,
                               const float* bias, int cw, bool accumulate, float* o) {
