@@ -157,10 +157,11 @@ def test_kernels_built_without_avx512_agree(
     monkeypatch, isa, signed, c_in, c_out, four_bit, sparse_below
 ):
     """The code paths for older vector units (8- or 4-lane registers, fewer pixels at once,
-    scalar mask extraction) give the same lookup convolution and fused IF update as the native
-    build, bit for bit, for each output block width (NV) and both group sizes; also for signed
-    spike maps read by signed neurons. (CPU only: the C++ kernels; on an AVX2-only CPU the
-    "avx2" build is the native one, still compared.)"""
+    scalar mask extraction) give the same lookup convolution and fused IF update, and the same
+    masks of its spikes for a next convolution, as the native build, bit for bit, for each output
+    block width (NV) and both group sizes; also for signed spike maps read by signed neurons.
+    (CPU only: the C++ kernels; on an AVX2-only CPU the "avx2" build is the native one, still
+    compared.)"""
     from torch import nn
 
     torch.manual_seed(0)
@@ -182,8 +183,16 @@ def test_kernels_built_without_avx512_agree(
         layer = IFNeurons(0.5, "membrane", signed=signed)
         layer.reset(8)
         cur = lookup_conv.conv2d(conv, x, amp, negative=signed)
-        fused = layer.scan_conv(conv, x, amp, 4, negative=signed)
-        results.append((cur, fused, layer.v, layer.spike_count, layer.spike_events))
+        gb = 4 if four_bit else 8  # the masks of the spikes for a next conv, padding 1
+        size = cpu.mask_bytes(c_out, 5, 5, gb, 1, 1, signed)
+        masks = cpu.SpikeMasks(
+            torch.full((4 * 6, size), 255, dtype=torch.uint8), torch.zeros(1, dtype=torch.int64),
+            gb, 1, 1, signed,
+        )  # fmt: skip
+        fused = layer.scan_conv(conv, x, amp, 4, negative=signed, masks_out=masks)
+        results.append(
+            (cur, fused, layer.v, layer.spike_count, layer.spike_events, masks.data, masks.nonzero)
+        )
     assert all(r[1] is not None for r in results), "the fused path ran on both builds"
     with torch.no_grad():
         torch.testing.assert_close(results[1][0], conv(x), rtol=0, atol=1e-5)

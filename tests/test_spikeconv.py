@@ -1,13 +1,15 @@
 """The lookup-table convolution of spike maps equals F.conv2d up to float rounding, refuses what
 is not a spike map, and the simulator uses it where it applies."""
 
+import dataclasses
+
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 import snnconv
-from snnconv.kernels import lookup_conv
+from snnconv.kernels import cpu, lookup_conv
 from snnconv.simulation.neuron import IFNeurons
 from snnconv.zoo import models
 
@@ -297,6 +299,67 @@ def test_conv_and_if_in_one_pass_equal_the_two_apart(
     assert fused_layer.t == apart.t == sum(steps)
 
 
+@pytest.mark.parametrize(
+    "c_mid,stride,padding,table_bytes",
+    [
+        (16, 1, 1, None),  # ResNet-20 stage 1: 8-bit groups, whole vectors
+        (12, 2, 0, None),  # channels not a multiple of 8 (the plain loop), strided, no border
+        (70, 1, 1, 9 * 16 * 64 * 5),  # 4-bit groups in several input blocks
+    ],
+)
+@pytest.mark.parametrize("signed", [False, True])
+def test_handed_off_masks_give_the_reader_the_same_bits(
+    monkeypatch, c_mid, stride, padding, table_bytes, signed
+):
+    """An IF layer whose fused update also makes the masks of its spikes for the next lookup
+    convolution (masks_out) hands it what its own pass over the spikes would make: the reader's
+    spikes, membranes and counts are bit for bit those without the masks. Given masks are what
+    the reader reads: with them, the spike map's values are not looked at."""
+    if table_bytes:
+        monkeypatch.setattr(lookup_conv, "TABLE8_BYTES", 0)
+        monkeypatch.setattr(lookup_conv, "TABLE_BYTES", table_bytes)
+    torch.manual_seed(0)
+    first = nn.Conv2d(16, c_mid, 3, 1, 1)
+    second = nn.Conv2d(c_mid, 24, 3, stride, padding)
+    with torch.no_grad():
+        first.weight.mul_(3)  # currents of a few V_th: many spikes of either sign
+        second.weight.mul_(3)
+    amp, batch, steps, v_th = torch.full((16,), 0.8), 4, 3, 0.7
+    x = spike_map(steps * batch, 16, 9, 9, amp, seed=2)
+    gb, ph, pw = lookup_conv.mask_layout(second)
+    layers = [IFNeurons(v_th, "membrane", signed=signed) for _ in range(4)]
+    for layer in layers:
+        layer.reset(steps)
+    size = cpu.mask_bytes(c_mid, 9, 9, gb, ph, pw, signed)
+    masks = cpu.SpikeMasks(
+        torch.full((steps * batch, size), 255, dtype=torch.uint8),  # garbage where not written
+        torch.zeros(1, dtype=torch.int64),
+        gb,
+        ph,
+        pw,
+        signed,
+    )
+    handed = layers[0].scan_conv(first, x, amp, steps, masks_out=masks).clone()
+    plain = layers[1].scan_conv(first, x, amp, steps)
+    plain = plain.view(steps * batch, *plain.shape[2:])  # [steps, B, ...] back to [steps*B, ...]
+    assert torch.equal(handed.view(plain.shape), plain)
+    assert 0 < masks.nonzero.item() < masks.data.numel()
+    made = masks.spikes_into(torch.full_like(plain, float("nan")), v_th)
+    assert torch.equal(made.view(torch.int32), plain.view(torch.int32))  # the map, +0s included
+    if signed:
+        assert (plain < 0).any(), "negative spikes, so the -amp masks are exercised"
+    amp_mid = torch.full((c_mid,), v_th)
+    with_masks = layers[2].scan_conv(
+        second, torch.zeros_like(plain), amp_mid, steps, negative=signed, masks=masks
+    )
+    without = layers[3].scan_conv(second, plain, amp_mid, steps, negative=signed)
+    assert with_masks is not None and without is not None
+    assert torch.equal(with_masks, without)
+    assert torch.equal(layers[2].v, layers[3].v)
+    assert torch.equal(layers[2].spike_count, layers[3].spike_count)
+    assert 0 < layers[3].spike_count.abs().sum()
+
+
 def test_scan_conv_declines_without_touching_state(monkeypatch):
     conv = nn.Conv2d(16, 16, 3, padding=1)
     amp = torch.ones(16)
@@ -322,23 +385,70 @@ def test_scan_conv_declines_without_touching_state(monkeypatch):
     assert layer.scan_conv(conv, x, amp, 2) is None  # 4 samples cannot keep 8 threads busy
 
 
-def test_simulation_fuses_convs_into_their_if_layers(monkeypatch):
+@pytest.mark.parametrize("neuron", ["if", "signed"])
+def test_simulation_fuses_convs_into_their_if_layers(monkeypatch, neuron):
     """ResNet-20: every conv read only by an IF layer (directly or through the residual add)
-    runs fused with it, and the simulation equals the one with the two apart, bit for bit."""
+    runs fused with it, each IF layer read by one hands it the masks of its spikes, and the
+    simulation equals the one with the two apart, bit for bit."""
     torch.manual_seed(0)
-    snn = snnconv.convert(models.build("resnet20").eval(), shift="membrane")
+    snn = snnconv.convert(models.build("resnet20").eval(), shift="membrane", neuron=neuron)
     snn = snn.to(memory_format=torch.channels_last)
     x = torch.randn(8, 3, 32, 32).contiguous(memory_format=torch.channels_last)
-    calls = []
+    calls, handed = [], []
     real = IFNeurons.scan_conv
-    monkeypatch.setattr(
-        IFNeurons, "scan_conv", lambda self, *a, **k: calls.append(real(self, *a, **k)) or calls[-1]
-    )
+
+    def counted(self, *a, **k):
+        handed.append((k.get("masks") is not None, k.get("masks_out") is not None))
+        calls.append(real(self, *a, **k))
+        return calls[-1]
+
+    monkeypatch.setattr(IFNeurons, "scan_conv", counted)
     fused_run = snn(x, 12, max_chunk_bytes=20_000_000)
     chunks = len(calls) // 18
     assert chunks >= 2 and len(calls) == 18 * chunks and all(c is not None for c in calls)
+    # per chunk, all 18 but the first conv read masks (the stem's IF layer is a plain scan), and
+    # all 18 but the last IF layer (read by the pooling) hand theirs on
+    assert [sum(h[i] for h in handed) for i in (0, 1)] == [17 * chunks, 17 * chunks]
     monkeypatch.setattr(IFNeurons, "scan_conv", lambda self, *a, **k: None)
     assert torch.equal(fused_run, snn(x, 12, max_chunk_bytes=20_000_000))
+
+
+@pytest.mark.parametrize("neuron", ["if", "signed"])
+def test_layers_read_only_through_masks_skip_their_spike_maps(monkeypatch, neuron):
+    """ResNet-20: the inner IF layer of each of the 9 blocks is read only by the block's second
+    conv, so it writes only the masks of its spikes. Where that conv cannot take them after all
+    (here: its IF layer and the lookup both decline), the spike map is made from the masks and
+    the module runs on it: the simulation equals the one without any hand-off, bit for bit."""
+    from snnconv.simulation import plan as plans
+
+    torch.manual_seed(0)
+    snn = snnconv.convert(models.build("resnet20").eval(), shift="membrane", neuron=neuron)
+    snn = snn.to(memory_format=torch.channels_last)
+    x = torch.randn(8, 3, 32, 32).contiguous(memory_format=torch.channels_last)
+    plan = plans.plan_for(snn.graph)
+    modules = dict(snn.graph.named_modules())
+    readers = {modules[plan.handoff[n].target] for n in plan.masks_only}
+    assert len(plan.masks_only) == len(readers) == 9
+    real_scan, real_conv = IFNeurons.scan_conv, lookup_conv.conv2d
+    made = []
+    monkeypatch.setattr(
+        IFNeurons,
+        "scan_conv",
+        lambda self, conv, *a, **k: None if conv in readers else real_scan(self, conv, *a, **k),
+    )
+    monkeypatch.setattr(
+        lookup_conv,
+        "conv2d",
+        lambda conv, *a, **k: None if conv in readers else real_conv(conv, *a, **k),
+    )
+    real_made = cpu.SpikeMasks.spikes_into
+    monkeypatch.setattr(
+        cpu.SpikeMasks, "spikes_into", lambda self, *a: made.append(1) or real_made(self, *a)
+    )
+    handed = snn(x, 12, max_chunk_bytes=20_000_000)
+    assert len(made) >= 2 * 9, "each reader, in each of two chunks or more, made its map"
+    monkeypatch.setattr(IFNeurons, "scan_conv", lambda self, *a, **k: None)  # no hand-off
+    assert torch.equal(handed, snn(x, 12, max_chunk_bytes=20_000_000))
 
 
 def test_conv_wrapper_refuses_what_does_not_fit_its_geometry():
@@ -382,3 +492,25 @@ def test_conv_wrapper_refuses_what_does_not_fit_its_geometry():
     ]:
         with pytest.raises(SimulationError, match=message):
             kernels.spike_conv2d(x, amp, table, bias, out, geometry, bad)
+    # masks: of this call's layout and size (in: 2 images of 8x8 padded pixels, one group each)
+    nonzero = torch.zeros(1, dtype=torch.int64)
+    masks_in = cpu.SpikeMasks(torch.zeros(2, 64, dtype=torch.uint8), nonzero, gb, 1, 1, False)
+    assert kernels.spike_conv2d(x, amp, table, bias, out, geometry, masks=masks_in)
+    bad_in = [
+        (dataclasses.replace(masks_in, gb=4), "masks made for gb=4"),
+        (dataclasses.replace(masks_in, negative=True), "signed, not this convolution's"),
+        (dataclasses.replace(masks_in, data=masks_in.data[:, :63]), "kernel argument masks"),
+    ]
+    for bad, message in bad_in:
+        with pytest.raises(SimulationError, match=message):
+            kernels.spike_conv2d(x, amp, table, bias, out, geometry, masks=bad)
+    masks_out = cpu.SpikeMasks(torch.zeros(2, 128, dtype=torch.uint8), nonzero, 8, 1, 1, False)
+    for bad, message in [
+        (dataclasses.replace(masks_out, negative=True), "signed masks for ordinary neurons"),
+        (dataclasses.replace(masks_out, gb=6), "impossible mask layout"),
+        (dataclasses.replace(masks_out, data=masks_out.data[:1]), "kernel argument masks"),
+    ]:
+        with pytest.raises(SimulationError, match=message):
+            kernels.spike_conv2d(
+                x, amp, table, bias, out, geometry, dataclasses.replace(fire, masks=bad)
+            )

@@ -18,6 +18,11 @@ static uint32_t next() {  // xorshift64*
 }
 static float uniform() { return (next() >> 8) * (1.0f / 16777216.0f); }  // [0, 1)
 
+static uint64_t digest_bytes(const std::vector<uint8_t>& v, uint64_t h) {
+  for (uint8_t b : v) h = (h ^ b) * 0x100000001b3ull;
+  return h;
+}
+
 static uint64_t digest(const std::vector<float>& v, uint64_t h = 0xcbf29ce484222325ull) {
   for (float f : v) {
     uint32_t b;
@@ -27,7 +32,8 @@ static uint64_t digest(const std::vector<float>& v, uint64_t h = 0xcbf29ce484222
   return h;
 }
 
-// One lookup convolution (with the fused IF update when steps > 0) of random spike maps.
+// One lookup convolution (with the fused IF update when steps > 0, which also hands on the masks
+// of its spikes for a next 3x3 convolution with groups of gb channels) of random spike maps.
 static void conv_case(int c, int cout, int size, int gb, int nv, int gr, int negative,
                       float sparse_below, int steps) {
   state = 0x9E3779B97F4A7C15ull ^ ((uint64_t)c << 40 | (uint64_t)cout << 24 | size << 12 | steps);
@@ -49,14 +55,18 @@ static void conv_case(int c, int cout, int size, int gb, int nv, int gr, int neg
                             negative, sparse_below};
   const int64_t per = (int64_t)batch * ho * wo * cout;
   std::vector<float> v(per, 0.25f), count(per, 0.0f), events(per, 0.0f), theta(steps, 0.6f);
+  const int gout = (cout + gb - 1) / gb;
+  std::vector<uint8_t> masks((int64_t)n * (ho + 2) * (wo + 2) * (negative ? 2 * gout : gout));
+  int64_t nonzero = -1;
   snnconv_fire fire{nullptr, v.data(), count.data(), theta.data(), 0.6f, batch, steps,
-                    negative ? events.data() : nullptr};
+                    negative ? events.data() : nullptr, masks.data(), gb, 1, 1, &nonzero, 0};
   const int rc = snnconv_spike_conv2d_f32(x.data(), amp.data(), table.data(), bias.data(),
-                                          out.data(), &geo, steps > 0 ? &fire : nullptr, 2, 0);
+                                          out.data(), &geo, steps > 0 ? &fire : nullptr, 2, 0,
+                                          nullptr, 0);
   std::printf("conv c=%d cout=%d size=%d gb=%d nv=%d gr=%d neg=%d sparse=%.1f steps=%d: rc=%d "
-              "%016llx\n",
-              c, cout, size, gb, nv, gr, negative, sparse_below, steps, rc,
-              (unsigned long long)digest(v, digest(count, digest(out))));
+              "nonzero=%lld %016llx\n",
+              c, cout, size, gb, nv, gr, negative, sparse_below, steps, rc, (long long)nonzero,
+              (unsigned long long)digest_bytes(masks, digest(v, digest(count, digest(out)))));
 }
 
 static void scan_case(int signed_neurons) {

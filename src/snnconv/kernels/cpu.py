@@ -58,7 +58,7 @@ ISA_FLAGS: dict[str, tuple[str, ...]] = {
     "avx2": ("-mno-avx512f",),  # and every AVX-512 extension, which needs it
     "sse2": ("-mno-avx512f", "-mno-avx2", "-mno-fma", "-mno-avx"),
 }
-ABI = 4  # SNNCONV_ABI in csrc/snnconv_kernels.h
+ABI = 5  # SNNCONV_ABI in csrc/snnconv_kernels.h
 
 _i32, _i64, _ptr = ctypes.c_int32, ctypes.c_int64, ctypes.c_void_p
 
@@ -85,6 +85,12 @@ class Fire(ctypes.Structure):
         ("batch", _i64),
         ("steps", _i64),
         ("events", _ptr),
+        ("masks", _ptr),
+        ("masks_gb", _i32),
+        ("masks_ph", _i32),
+        ("masks_pw", _i32),
+        ("masks_nonzero", _ptr),
+        ("masks_only", _i32),
     ]
 
 
@@ -103,10 +109,11 @@ SIGNATURES = {
     "snnconv_offsetof": (_i64, [ctypes.c_char_p, ctypes.c_char_p]),
     "snnconv_if_scan_f32": _scan_signature(ctypes.c_float),
     "snnconv_if_scan_f64": _scan_signature(ctypes.c_double),
-    # x, amp, table, bias, out, geometry, fire (or None), threads, stream_bytes
+    # x, amp, table, bias, out, geometry, fire (or None), threads, stream_bytes, masks (or
+    # None), masks_nonzero
     "snnconv_spike_conv2d_f32": (
         _i32,
-        [*[_ptr] * 5, ctypes.POINTER(ConvGeometry), ctypes.POINTER(Fire), _i32, _i64],
+        [*[_ptr] * 5, ctypes.POINTER(ConvGeometry), ctypes.POINTER(Fire), _i32, _i64, _ptr, _i64],
     ),
 }
 
@@ -181,13 +188,57 @@ def _channels_last(t: torch.Tensor, name: str) -> None:
         raise SimulationError(f"kernel argument {name}: expected channels_last {tuple(t.shape)}")
 
 
+def mask_bytes(c: int, h: int, w: int, gb: int, ph: int, pw: int, negative: bool) -> int:
+    """Bytes of one image's masks in a lookup convolution's layout: [h + 2ph][w + 2pw][MS], MS =
+    ceil(c / gb) (twice that with ``negative``: the -amp masks after the +amp ones)."""
+    groups = -(-c // gb)
+    return (h + 2 * ph) * (w + 2 * pw) * (2 * groups if negative else groups)
+
+
+@dataclass(frozen=True)
+class SpikeMasks:
+    """The masks of a spike map [n, c, h, w] in the layout of the lookup convolution that reads it
+    (channels in groups of ``gb`` bits, a zero border of (``ph``, ``pw``), the -amp masks too with
+    ``negative``): ``data`` uint8 of n * mask_bytes(...) and ``nonzero`` int64 [1], the number of
+    non-zero masks. Made by the fused update of the IF layer that writes the spikes
+    (``FusedIF.masks``), read by the convolution instead of a mask pass over the floats: the same
+    bytes that pass would make, so the same sums. ``only``: the masks are all the writer makes of
+    its spikes (their one reader reads these): the spike map itself is not written."""
+
+    data: torch.Tensor
+    nonzero: torch.Tensor
+    gb: int
+    ph: int
+    pw: int
+    negative: bool
+    only: bool = False
+
+    def spikes_into(self, out: torch.Tensor, v_th: float) -> torch.Tensor:
+        """The spike map these masks were made from, written into ``out`` [n, c, h, w]
+        (channels_last float32): v_th where a +amp bit is set, -v_th where a -amp one is, else
+        +0, as the writer's update makes them (for a reader that needs the values after all)."""
+        n, c, h, w = out.shape
+        groups = -(-c // self.gb)
+        per = 2 * groups if self.negative else groups
+        data = self.data.view(n, h + 2 * self.ph, w + 2 * self.pw, per)
+        data = data[:, self.ph : self.ph + h, self.pw : self.pw + w]
+        bits = (data.unsqueeze(-1) >> torch.arange(self.gb, dtype=torch.uint8)) & 1
+        bits = bits.reshape(n, h, w, 2 if self.negative else 1, groups * self.gb)[..., :c]
+        fired = bits[..., 0, :].float()
+        if self.negative:
+            fired -= bits[..., 1, :].float()
+        out.permute(0, 2, 3, 1).copy_(fired.mul_(v_th))  # s * v_th, as the update computes it
+        return out
+
+
 @dataclass(frozen=True)
 class FusedIF:
     """The IF layer that reads a lookup convolution, updated in the same pass: rows of the
     convolution are n = k*B + b (step k < steps, sample b); ``v`` and ``count`` [B, C, H, W]
     (channels_last, like the output) are updated in place; ``theta`` [steps] holds each step's
     firing threshold, ``v_th`` the spike amplitude, ``addend`` None or shaped like the output;
-    ``events`` None, or for signed neurons shaped like ``v`` (spikes of either sign)."""
+    ``events`` None, or for signed neurons shaped like ``v`` (spikes of either sign); ``masks``
+    None, or where the masks of the spikes go for the convolution that reads them next."""
 
     v: torch.Tensor
     count: torch.Tensor
@@ -196,6 +247,7 @@ class FusedIF:
     addend: torch.Tensor | None
     steps: int
     events: torch.Tensor | None = None
+    masks: SpikeMasks | None = None
 
 
 def check_geometry(g: ConvGeometry) -> None:
@@ -283,10 +335,13 @@ class Kernels:
         fire: FusedIF | None = None,
         stream_bytes: int = 1 << 62,
         threads: int | None = None,
+        masks: SpikeMasks | None = None,
     ) -> bool:
         """The lookup convolution of ``x`` [n, c, h, w] (channels_last float32 spike map) into
         ``out`` [n, cout, ho, wo] (channels_last), and with ``fire`` the IF layer's update, out
-        then holding its spikes. False if ``x`` is not a spike map (nothing written)."""
+        then holding its spikes. False if ``x`` is not a spike map (nothing written). ``masks``:
+        x's masks in this convolution's layout, used instead of a pass over x (not checked
+        against x: the caller vouches that they were made from it)."""
         g, f32 = geometry, torch.float32
         check_geometry(g)
         _channels_last(x, "x")
@@ -313,6 +368,7 @@ class Kernels:
                 batch,
                 fire.steps,
                 _pointer(fire.events, "events", f32, batch * opix),
+                *_masks_out(fire.masks, g, fire.events is not None),
             )
         threads = torch.get_num_threads() if threads is None else threads
         done = self.dll.snnconv_spike_conv2d_f32(
@@ -321,10 +377,44 @@ class Kernels:
             None if c_fire is None else ctypes.byref(c_fire),
             threads,
             stream_bytes,
+            *_masks_in(masks, g),
         )
         if done == 2:
             raise SimulationError("spike_conv2d: the library refused the geometry's plan")
         return done == 0
+
+
+def _masks_out(m: SpikeMasks | None, g: ConvGeometry, signed: bool) -> tuple:
+    """snnconv_fire's masks fields for masks of this convolution's output (null: none), made by
+    ``signed`` neurons or not."""
+    if m is None:
+        return None, 0, 0, 0, None, 0
+    if m.negative != signed:
+        raise SimulationError("spike_conv2d: signed masks for ordinary neurons, or back")
+    if m.gb not in (4, 8) or min(m.ph, m.pw) < 0:
+        raise SimulationError(f"spike_conv2d: impossible mask layout gb={m.gb} ({m.ph}, {m.pw})")
+    size = g.n * mask_bytes(g.cout, g.ho, g.wo, m.gb, m.ph, m.pw, m.negative)
+    return (
+        _pointer(m.data, "masks", torch.uint8, size),
+        m.gb,
+        m.ph,
+        m.pw,
+        _pointer(m.nonzero, "masks_nonzero", torch.int64, 1),
+        int(m.only),
+    )
+
+
+def _masks_in(m: SpikeMasks | None, g: ConvGeometry) -> tuple:
+    """The masks and masks_nonzero arguments for masks of this convolution's input."""
+    if m is None:
+        return None, 0
+    if (m.gb, m.ph, m.pw, m.negative) != (g.gb, g.ph, g.pw, bool(g.negative)):
+        raise SimulationError(
+            f"spike_conv2d: masks made for gb={m.gb} padding ({m.ph}, {m.pw})"
+            f"{' signed' if m.negative else ''}, not this convolution's"
+        )
+    size = g.n * mask_bytes(g.c, g.h, g.w, g.gb, g.ph, g.pw, bool(g.negative))
+    return _pointer(m.data, "masks", torch.uint8, size), int(m.nonzero.item())
 
 
 def load(isa: str = "native") -> Kernels:

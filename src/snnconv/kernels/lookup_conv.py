@@ -145,28 +145,46 @@ def _table_for(conv: nn.Conv2d, amp: torch.Tensor):
     return value
 
 
-def applies(conv: nn.Module, x: torch.Tensor) -> bool:
-    """The kernel handles this call: a plain zero-padded Conv2d (groups 1, dilation 1, float32,
-    CPU) on a 4-D channels_last input, with a table of at most MAX_TABLE_BYTES."""
+def _takes(conv: nn.Module) -> bool:
+    """The conv side of ``applies``: a plain zero-padded Conv2d (groups 1, dilation 1, float32,
+    CPU) with a table of at most MAX_TABLE_BYTES, and the lookup backend on the CPU."""
     if not (
         type(conv) is nn.Conv2d
         and conv.groups == 1
         and conv.dilation == (1, 1)
         and conv.padding_mode == "zeros"
         and isinstance(conv.padding, tuple)
-        and x.dim() == 4
-        and x.dtype == torch.float32 == conv.weight.dtype
-        and x.device.type == "cpu"
+        and conv.weight.dtype == torch.float32
         and conv.weight.device.type == "cpu"
-        and x.is_contiguous(memory_format=torch.channels_last)
-        and x.shape[0] > 0
     ):
         return False
     c_out, c_in, kh, kw = conv.weight.shape
     gb, nv, gr = plan(c_in, c_out, kh * kw)
     groups = -(-c_in // gb)
     size = -(-c_out // (16 * nv)) * -(-groups // gr) * kh * kw * gr * (1 << gb) * 64 * nv
-    return size <= MAX_TABLE_BYTES and backend.conv_backend(x.device) == "lookup"
+    return size <= MAX_TABLE_BYTES and backend.conv_backend(torch.device("cpu")) == "lookup"
+
+
+def applies(conv: nn.Module, x: torch.Tensor) -> bool:
+    """The kernel handles this call: ``_takes(conv)``, on a non-empty 4-D channels_last float32
+    CPU input."""
+    return (
+        x.dim() == 4
+        and x.dtype == torch.float32
+        and x.device.type == "cpu"
+        and x.is_contiguous(memory_format=torch.channels_last)
+        and x.shape[0] > 0
+        and _takes(conv)
+    )
+
+
+def mask_layout(conv: nn.Module) -> tuple[int, int, int] | None:
+    """(GB, ph, pw): the layout of the masks ``conv`` reads (cpu.SpikeMasks), so that the IF layer
+    writing its input can make them; None where the kernel does not take ``conv``."""
+    if not _takes(conv):
+        return None
+    c_out, c_in, kh, kw = conv.weight.shape
+    return plan(c_in, c_out, kh * kw)[0], conv.padding[0], conv.padding[1]
 
 
 def output_shape(conv: nn.Conv2d, x: torch.Tensor) -> tuple[int, int, int, int]:
@@ -229,6 +247,7 @@ def conv2d(
     out: torch.Tensor | None = None,
     fire: cpu.FusedIF | tuple | None = None,
     negative: bool = False,
+    masks: cpu.SpikeMasks | None = None,
 ) -> torch.Tensor | None:
     """conv(x) for a spike map x (values 0 or amp[c], or also -amp[c] with ``negative``: a signed
     layer's spikes, whose table rows are subtracted) in channels_last, or None when the kernel
@@ -239,7 +258,9 @@ def conv2d(
     ``fire`` (a cpu.FusedIF, or the tuple ``(v, count, theta, v_th, addend, steps)`` of its
     fields) runs the IF layer that reads the result in the same pass (IFNeurons.scan_conv sets it
     up): rows are n = k*B + b (step k < steps, sample b), v and count [B, ...] are updated in
-    place, and the result holds the spikes."""
+    place, and the result holds the spikes (and, with ``fire.masks``, their masks for the next
+    convolution). ``masks``: x's masks, made that way for this convolution (``mask_layout``),
+    read instead of x's values; ignored if their layout is not this call's."""
     if not applies(conv, x):
         return None
     amp = amp.to(torch.float32).expand(x.shape[1]).contiguous()
@@ -257,7 +278,21 @@ def conv2d(
         if fire is None
         else "snnconv::spike_conv2d + IF (lookup, fused)"
     ):
+        if masks is not None and (masks.gb, masks.ph, masks.pw, masks.negative) != (
+            gb,
+            *conv.padding,
+            negative,
+        ):
+            masks = None
         done = backend.cpp().spike_conv2d(
-            x, amp, table, bias, out, geometry(conv, x, (gb, nv, gr), negative), fire, STREAM_BYTES
+            x,
+            amp,
+            table,
+            bias,
+            out,
+            geometry(conv, x, (gb, nv, gr), negative),
+            fire,
+            STREAM_BYTES,
+            masks=masks,
         )
     return out if done else None

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import fx
 
 from snnconv.exceptions import SimulationError
-from snnconv.kernels import lookup_conv
+from snnconv.kernels import cpu, lookup_conv
 from snnconv.simulation import workspace as wsp
 from snnconv.simulation.plan import Kind, Plan, plan_for
 
@@ -185,6 +185,8 @@ class Chunk:
     batch: int
     env: dict = field(default_factory=dict)
     step_bytes: int = 0
+    # IF node -> (its masks for plan.handoff's conv, the spikes' data pointer and version then)
+    masks: dict = field(default_factory=dict)
 
     def widen(self, v):
         """A static tensor repeated over the chunk's steps, to meet time-varying ones."""
@@ -209,13 +211,19 @@ class Chunk:
         """conv(x) for a conv reading spikes: the lookup kernel into a kept buffer where it
         applies, else the module."""
         conv = self.modules[node.target]
-        amp = self.modules[self.plan.amplitude[node].target].v_th
+        source = self.plan.amplitude[node]
+        amp = self.modules[source.target].v_th
+        masks = _masks_of(self, source, x)
         if lookup_conv.applies(conv, x):
             shape = lookup_conv.output_shape(conv, x)
             out = wsp.take(self.ws, node.name, shape, x.dtype, x.device, torch.channels_last)
-            result = lookup_conv.conv2d(conv, x, amp, out=out, negative=node in self.plan.negative)
+            result = lookup_conv.conv2d(
+                conv, x, amp, out=out, negative=node in self.plan.negative, masks=masks
+            )
             if result is not None:
                 return result
+        if masks is not None and masks.only:  # the module reads the values: make them
+            masks.spikes_into(x, amp.item())
         return execute(node, (x,), {}, self.modules)
 
 
@@ -257,18 +265,23 @@ def _neuron(ch: Chunk, node: fx.Node) -> torch.Tensor:
             ch.ws, node.name, current.shape, torch.float32, current.x.device, torch.channels_last
         )
         conv = ch.modules[current.node.target]
-        amp = ch.modules[ch.plan.amplitude[current.node].target].v_th
+        source = ch.plan.amplitude[current.node]
+        masks_out = _masks_for(ch, node, current.shape, layer.signed)
         spikes = layer.scan_conv(
             conv,
             current.x,
-            amp,
+            ch.modules[source.target].v_th,
             c,
             out=out.view(c, batch, *out.shape[1:]),
             addend=addend,
             negative=current.node in ch.plan.negative,
+            masks=_masks_of(ch, source, current.x),
+            masks_out=masks_out,
         )
         if spikes is None:  # the kernel declined: the conv, then the scan
             current = ch.lookup(current.node, current.x)
+        elif masks_out is not None:
+            ch.masks[node] = (masks_out, out.data_ptr(), out._version)
     if spikes is None:
         constant = src not in ch.plan.dynamic and addend is None
         rows = current.shape[0] * (c if constant else 1)
@@ -282,6 +295,31 @@ def _neuron(ch: Chunk, node: fx.Node) -> torch.Tensor:
                 view(current), c, out=out, addend=None if addend is None else view(addend)
             )
     return spikes.view(c * batch, *spikes.shape[2:])
+
+
+def _masks_for(ch: Chunk, node: fx.Node, shape, signed: bool) -> cpu.SpikeMasks | None:
+    """Kept buffers for the masks of IF node ``node``'s spikes (``shape``) in the layout of the
+    conv that reads them (plan.handoff), or None where there is no such conv."""
+    reader = ch.plan.handoff.get(node)
+    layout = None if reader is None else lookup_conv.mask_layout(ch.modules[reader.target])
+    if layout is None:
+        return None
+    gb, ph, pw = layout
+    n, c, h, w = shape
+    size = (n, cpu.mask_bytes(c, h, w, gb, ph, pw, signed))
+    data = wsp.take(ch.ws, node.name + ".masks", size, torch.uint8, torch.device("cpu"))
+    nonzero = wsp.take(ch.ws, node.name + ".nonzero", (1,), torch.int64, torch.device("cpu"))
+    return cpu.SpikeMasks(data, nonzero, gb, ph, pw, signed, node in ch.plan.masks_only)
+
+
+def _masks_of(ch: Chunk, node: fx.Node, x: torch.Tensor) -> cpu.SpikeMasks | None:
+    """The masks IF node ``node`` handed off in this chunk, if ``x`` is still the spike map they
+    were made from (same memory, not changed in place since: its version counter)."""
+    kept = ch.masks.get(node)
+    if kept is None:
+        return None
+    masks, ptr, version = kept
+    return masks if x.data_ptr() == ptr and x._version == version else None
 
 
 def _spike_conv(ch: Chunk, node: fx.Node, args) -> Value:

@@ -140,14 +140,18 @@ def scan_conv(
     out: torch.Tensor | None = None,
     addend: torch.Tensor | None = None,
     negative: bool = False,
+    masks: cpu.SpikeMasks | None = None,
+    masks_out: cpu.SpikeMasks | None = None,
 ) -> torch.Tensor | None:
     """``scan(layer, conv(spikes) viewed [steps, B, ...], steps, out=out, addend=addend)`` with
     the lookup convolution and the update in one pass: ``spikes`` [steps*B, C, H, W] are the
     previous IF layer's output (amplitudes ``amp``; ``negative``: a signed layer's, -amp too),
     channels_last. The same numbers, bit for bit, as the lookup convolution followed by ``scan``
-    (signed neurons too). Returns None, having changed nothing, where the fused kernel does not
-    apply (recording, per-channel V_th, fewer samples than threads, layouts it does not take,
-    not a spike map)."""
+    (signed neurons too). ``masks``: the masks of ``spikes`` that layer handed off (read instead
+    of the spikes' values); ``masks_out``: where this layer's spikes' masks go for the next
+    convolution (written only when the result is not None). Returns None, having changed
+    nothing, where the fused kernel does not apply (recording, per-channel V_th, fewer samples
+    than threads, layouts it does not take, not a spike map)."""
     n = spikes.shape[0] if spikes.dim() == 4 else 0
     if (
         layer.recorder is not None
@@ -175,8 +179,12 @@ def scan_conv(
     theta = p.thresholds(v_th, layer.steps, state.t, steps)
     if state.events is not None and state.events.stride() != v.stride():
         return None
-    fire = (v, state.count, theta, v_th.item(), addend, steps, state.events)
-    done = lookup_conv.conv2d(conv, spikes, amp, out=out.view(shape), fire=fire, negative=negative)
+    if masks_out is not None and masks_out.negative != (state.events is not None):
+        masks_out = None  # made for the other kind of neuron
+    fire = (v, state.count, theta, v_th.item(), addend, steps, state.events, masks_out)
+    done = lookup_conv.conv2d(
+        conv, spikes, amp, out=out.view(shape), fire=fire, negative=negative, masks=masks
+    )
     if done is None:
         return None
     state.t += steps

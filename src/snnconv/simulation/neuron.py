@@ -43,11 +43,15 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
 from snnconv.options import check_shift, check_steps
+
+if TYPE_CHECKING:
+    from snnconv.kernels.cpu import SpikeMasks
 
 __all__ = ["IFNeurons", "IFParameters", "IFState", "check_finite", "if_step", "recording"]
 
@@ -271,13 +275,18 @@ class IFNeurons(nn.Module):
         out: torch.Tensor | None = None,
         addend: torch.Tensor | None = None,
         negative: bool = False,
+        masks: SpikeMasks | None = None,
+        masks_out: SpikeMasks | None = None,
     ) -> torch.Tensor | None:
         """``scan(conv(spikes))`` in one compiled pass (``simulation.if_scan.scan_conv``), or None
         where that kernel does not apply (nothing changed then); ``negative``: ``spikes`` come
-        from a signed layer."""
+        from a signed layer; ``masks``: theirs, handed off by that layer; ``masks_out``: where
+        the masks of this layer's spikes go for the next convolution."""
         from snnconv.simulation import if_scan
 
-        return if_scan.scan_conv(self, conv, spikes, amp, steps, out, addend, negative)
+        return if_scan.scan_conv(
+            self, conv, spikes, amp, steps, out, addend, negative, masks, masks_out
+        )
 
 
 @contextmanager

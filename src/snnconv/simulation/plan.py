@@ -13,6 +13,11 @@ executor may do with it:
   layer's scan instead of in a pass of its own;
 - fire convs: spike convs whose only user is an IF layer or a scan sum feeding one, run by that IF
   layer in one pass with its update;
+- handoff[n]: for an IF layer read by a fire conv, that conv (the first, if several): the layer's
+  fused update also makes the masks that conv reads (``cpu.SpikeMasks``), so the conv skips its
+  pass over the spike map;
+- masks_only: the IF layers whose one reader is their handoff conv: they write only the masks,
+  not the spike map (the executor makes the map from the masks if that conv cannot take them);
 - free_after[n]: the dynamic values whose last reader is n (dropped once n has run).
 """
 
@@ -50,6 +55,8 @@ class Plan:
     dynamic: frozenset[fx.Node]
     amplitude: dict[fx.Node, fx.Node]  # spike conv -> the IF node feeding it
     fire_convs: frozenset[fx.Node]
+    handoff: dict[fx.Node, fx.Node]  # IF node -> the fire conv that reads its masks
+    masks_only: frozenset[fx.Node]  # IF nodes read only by that conv
     negative: frozenset[fx.Node]  # spike convs reading a signed layer
     free_after: dict[fx.Node, tuple[fx.Node, ...]]
     output: fx.Node  # the value the graph returns
@@ -134,12 +141,19 @@ def make_plan(gm: fx.GraphModule) -> Plan:
     negative = {n for n in convs if n.args[0] in signed}
     fire = {n for n in convs if len(n.users) == 1 and next(iter(n.users)) in neurons | sums}
     output = next(n for n in nodes if n.op == "output")
+    handoff = {
+        n: next(u for u in nodes if u in fire and u.args[0] is n)
+        for n in neurons
+        if any(u in fire for u in n.users)
+    }
     return Plan(
         nodes=tuple(nodes),
         kind={n: _kind(n, neurons, sums, convs) for n in nodes},
         dynamic=frozenset(dynamic),
         amplitude={n: n.args[0] for n in convs},
         fire_convs=frozenset(fire),
+        handoff=handoff,
+        masks_only=frozenset(n for n, conv in handoff.items() if set(n.users) == {conv}),
         negative=frozenset(negative),
         free_after=_free_after(nodes, dynamic),
         output=output.args[0],

@@ -27,6 +27,9 @@ const Field fields[] = {
     SNNCONV_FIELD(fire, count),         SNNCONV_FIELD(fire, theta),
     SNNCONV_FIELD(fire, vth),           SNNCONV_FIELD(fire, batch),
     SNNCONV_FIELD(fire, steps),         SNNCONV_FIELD(fire, events),
+    SNNCONV_FIELD(fire, masks),         SNNCONV_FIELD(fire, masks_gb),
+    SNNCONV_FIELD(fire, masks_ph),      SNNCONV_FIELD(fire, masks_pw),
+    SNNCONV_FIELD(fire, masks_nonzero), SNNCONV_FIELD(fire, masks_only),
 };
 #undef SNNCONV_FIELD
 

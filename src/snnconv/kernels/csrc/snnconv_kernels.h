@@ -9,7 +9,7 @@
 #include <cstddef>
 #include <cstdint>
 
-#define SNNCONV_ABI 4
+#define SNNCONV_ABI 5
 
 extern "C" {
 
@@ -33,6 +33,12 @@ struct snnconv_conv_geometry {
 // (step k < steps, sample b); v and count are [batch][ho][wo][cout], theta [steps] each step's
 // firing threshold, vth the spike amplitude, addend null or shaped like the output; events null
 // (ordinary neurons) or shaped like v (signed neurons: spikes of either sign counted there).
+// masks null, or where the masks of the spikes go for the lookup convolution that reads them,
+// made while the spikes are in cache: [n][ho + 2 masks_ph][wo + 2 masks_pw][MS] bytes in that
+// convolution's layout (groups of masks_gb channels, MS = G, or 2G for signed neurons), as its
+// own mask pass would make them; *masks_nonzero is set to the number of non-zero masks.
+// masks_only: 1 (with masks) if the spikes are read only through those masks: out is then not
+// written (the update's state is); else 0.
 struct snnconv_fire {
   const float* addend;
   float* v;
@@ -41,6 +47,10 @@ struct snnconv_fire {
   float vth;
   int64_t batch, steps;
   float* events;
+  uint8_t* masks;
+  int32_t masks_gb, masks_ph, masks_pw;
+  int64_t* masks_nonzero;
+  int32_t masks_only;
 };
 
 // The ABI version (SNNCONV_ABI); the size of a struct (field null) or of one of its fields, and
@@ -62,9 +72,12 @@ void snnconv_if_scan_f64(const double* cur, int32_t constant, const double* add,
 // The lookup convolution (spike_conv.cpp), with the IF update when fire is not null. Returns 0;
 // 1 if x holds a value that is neither 0 nor its channel's amplitude (nor minus it, with
 // geometry->negative) (nothing written); 2 if the
-// geometry's plan is out of range (nothing read or written).
+// geometry's plan is out of range (nothing read or written). masks null, or x's masks in this
+// convolution's layout with masks_nonzero of them non-zero (made by the fire of the layer that
+// wrote x, snnconv_fire.masks): then they are used instead of a mask pass over x.
 int32_t snnconv_spike_conv2d_f32(const float* x, const float* amp, const float* table,
                                  const float* bias, float* out,
                                  const snnconv_conv_geometry* geometry, const snnconv_fire* fire,
-                                 int32_t threads, int64_t stream_bytes);
+                                 int32_t threads, int64_t stream_bytes, const uint8_t* masks,
+                                 int64_t masks_nonzero);
 }

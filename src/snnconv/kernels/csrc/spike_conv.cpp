@@ -11,6 +11,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
+#include <memory>
 #include <vector>
 #if defined(__SSE2__)
 #include <immintrin.h>
@@ -392,25 +393,116 @@ static bool all_masks(const Conv& p, const float* x, const float* amp, int threa
   return !bad;
 }
 
-// The IF update of image n (sample s of the tile's samples [s0, ...), step k) in o, then the
-// spikes streamed to out when o is the scratch.
-static void fire_image(const Conv& p, const snnconv_fire* fire, float* o, float* out, int64_t n,
-                       int64_t s, int64_t k, bool scratch) {
-  const int64_t opix = p.opix;
-  float* ev = fire->events ? fire->events + s * opix : nullptr;
-  if (ev && fire->addend)
-    signed_block<float, true>(o, fire->addend + n * opix, fire->v + s * opix, o,
-                              fire->count + s * opix, ev, fire->theta[k], fire->vth, opix);
-  else if (ev)
-    signed_block<float, false>(o, nullptr, fire->v + s * opix, o, fire->count + s * opix, ev,
-                               fire->theta[k], fire->vth, opix);
-  else if (fire->addend)
-    block<float, true>(o, fire->addend + n * opix, fire->v + s * opix, o, fire->count + s * opix,
-                       fire->theta[k], fire->vth, opix);
-  else
-    block<float, false>(o, nullptr, fire->v + s * opix, o, fire->count + s * opix,
-                        fire->theta[k], fire->vth, opix);
-  if (scratch) copy_streaming(out + n * opix, o, opix);
+// Where fire also makes the masks of its spikes (snnconv_fire.masks) for the next convolution:
+// that convolution's mask layout over this one's output.
+struct Handoff {
+  Handoff(const Conv& p, const snnconv_fire& f)
+      : gb(f.masks_gb), ph(f.masks_ph), pw(f.masks_pw), G((p.Cout + gb - 1) / gb),
+        MS(f.events ? 2 * G : G), Wp(p.Wo + 2 * pw),
+        size((int64_t)(p.Ho + 2 * ph) * Wp * MS) {}
+  const int gb, ph, pw, G, MS, Wp;
+  const int64_t size;  // bytes per image
+};
+
+// The masks of n consecutive pixels' C spikes o each (values 0 or vth; signed: also -vth) into
+// m, MS bytes per pixel, made by this layer's update: exactly what spike_masks / signed_masks
+// with amp[c] = vth would make of them, without their check (the values are the update's own).
+template <int GB, bool NEG>
+static inline void own_masks(const float* o, int64_t n, float vth, int C, int G, uint8_t* m) {
+  const int MS = NEG ? 2 * G : G;
+#ifdef __AVX2__
+  if (C % 8 == 0) {  // whole vectors: one compare and one movemask per 8 spikes
+    const __m256 zero = _mm256_setzero_ps(), a8 = _mm256_set1_ps(vth);
+    const __m256 na8 = _mm256_set1_ps(-vth);
+    for (int64_t q = 0; q < n; ++q, o += C, m += MS)
+      for (int c = 0; c < C; c += 8) {
+        const __m256 v = _mm256_loadu_ps(o + c);
+        const int k = _mm256_movemask_ps(_mm256_cmp_ps(v, NEG ? a8 : zero,
+                                                       NEG ? _CMP_EQ_OQ : _CMP_NEQ_UQ));
+        if (GB == 8) m[c / 8] = k; else { m[c / 4] = k & 15; m[c / 4 + 1] = k >> 4; }
+        if (NEG) {
+          const int kn = _mm256_movemask_ps(_mm256_cmp_ps(v, na8, _CMP_EQ_OQ));
+          if (GB == 8) m[G + c / 8] = kn; else { m[G + c / 4] = kn & 15; m[G + c / 4 + 1] = kn >> 4; }
+        }
+      }
+    return;
+  }
+#endif
+  for (int64_t q = 0; q < n; ++q, o += C, m += MS)
+    for (int c = 0; c < C; c += GB) {
+      int kp = 0, kn = 0;
+      for (int b = 0; b < GB && c + b < C; ++b) {
+        const float v = o[c + b];
+        kp |= (NEG ? v == vth : v != 0.f) << b;
+        kn |= (v == -vth) << b;
+      }
+      m[c / GB] = kp;
+      if (NEG) m[G + c / GB] = kn;
+    }
+}
+
+// own_masks of output pixels [px, px + np) of one image (spikes o, masks m of the image), a run
+// of pixels along a row at a time.
+template <int GB, bool NEG>
+static void piece_masks(const float* o, int64_t px, int64_t np, int Wo, int C, float vth,
+                        const Handoff& h, uint8_t* m) {
+  int64_t ho = px / Wo, wo = px % Wo;
+  for (int64_t q = 0; q < np;) {
+    const int64_t run = std::min<int64_t>(np - q, Wo - wo);
+    own_masks<GB, NEG>(o + (px + q) * C, run, vth, C, h.G,
+                       m + ((ho + h.ph) * h.Wp + wo + h.pw) * h.MS);
+    q += run, wo = 0, ++ho;
+  }
+}
+
+typedef void (*piece_masks_fn)(const float*, int64_t, int64_t, int, int, float, const Handoff&,
+                               uint8_t*);
+
+// Output pixels per piece of fire_image: about 4 KiB of spikes, still in L1 (32 KiB or more,
+// beside the pieces of v, count, addend and events) when their masks are made and they are
+// streamed out.
+static inline int64_t fire_piece(int cout) { return std::max(1, 1024 / std::max(cout, 1)); }
+
+// The IF update of image n (sample s of the tile's samples [s0, ...), step k) in o, a piece of
+// pixels at a time: then (with a hand-off) the piece's masks, then its spikes streamed to out
+// when o is the scratch.
+static void fire_image(const Conv& p, const snnconv_fire* fire, const Handoff* h, float* o,
+                       float* out, int64_t n, int64_t s, int64_t k, bool scratch,
+                       int64_t* nonzero) {
+  const int64_t pixels = (int64_t)p.Ho * p.Wo, piece = fire_piece(p.Cout);
+  uint8_t* m = h ? fire->masks + n * h->size : nullptr;
+  piece_masks_fn masks = nullptr;
+  if (h) {
+    std::memset(m, 0, h->size);  // the border
+    masks = fire->events ? (h->gb == 8 ? piece_masks<8, true> : piece_masks<4, true>)
+                         : (h->gb == 8 ? piece_masks<8, false> : piece_masks<4, false>);
+  }
+  for (int64_t px = 0; px < pixels; px += piece) {
+    const int64_t np = std::min(piece, pixels - px), i = px * p.Cout, len = np * p.Cout;
+    const int64_t at = s * p.opix + i;
+    float* oi = o + i;
+    float* ev = fire->events ? fire->events + at : nullptr;
+    const float* ad = fire->addend ? fire->addend + n * p.opix + i : nullptr;
+    if (ev && ad)
+      signed_block<float, true>(oi, ad, fire->v + at, oi, fire->count + at, ev, fire->theta[k],
+                                fire->vth, len);
+    else if (ev)
+      signed_block<float, false>(oi, nullptr, fire->v + at, oi, fire->count + at, ev,
+                                 fire->theta[k], fire->vth, len);
+    else if (ad)
+      block<float, true>(oi, ad, fire->v + at, oi, fire->count + at, fire->theta[k], fire->vth,
+                         len);
+    else
+      block<float, false>(oi, nullptr, fire->v + at, oi, fire->count + at, fire->theta[k],
+                          fire->vth, len);
+    if (h) masks(o, px, np, p.Wo, p.Cout, fire->vth, *h, m);
+    if (scratch && !(h && fire->masks_only)) copy_streaming(out + n * p.opix + i, oi, len);
+  }
+  if (h) {
+    int64_t nz = 0;
+    for (int64_t i = 0; i < h->size; ++i) nz += m[i] != 0;
+    *nonzero += nz;
+  }
 }
 
 // Samples [s0, s1) for all steps in order: each image's current, then (with fire) its IF update.
@@ -418,8 +510,9 @@ static void fire_image(const Conv& p, const snnconv_fire* fire, float* o, float*
 // from which the spikes are streamed to out. With lists (the sparse form), each step first
 // builds the lists of its (s1 - s0) images there.
 static void tile_steps(const Conv& p, const float* table, const uint8_t* mk, const float* bias,
-                       float* out, const snnconv_fire* fire, int64_t s0, int64_t s1,
-                       int64_t batch, int64_t steps, float* scratch, uint32_t* lists) {
+                       float* out, const snnconv_fire* fire, const Handoff* h, int64_t s0,
+                       int64_t s1, int64_t batch, int64_t steps, float* scratch, uint32_t* lists,
+                       int64_t* nonzero) {
   for (int64_t k = 0; k < steps; ++k) {
     if (lists)
       for (int64_t s = s0; s < s1; ++s) {
@@ -445,8 +538,8 @@ static void tile_steps(const Conv& p, const float* table, const uint8_t* mk, con
     if (fire)
       for (int64_t s = s0; s < s1; ++s) {
         const int64_t n = k * batch + s;
-        fire_image(p, fire, scratch ? scratch + (s - s0) * p.opix : out + n * p.opix, out, n, s,
-                   k, scratch != nullptr);
+        fire_image(p, fire, h, scratch ? scratch + (s - s0) * p.opix : out + n * p.opix, out, n,
+                   s, k, scratch != nullptr, nonzero);
       }
   }
 }
@@ -455,13 +548,19 @@ static void tile_steps(const Conv& p, const float* table, const uint8_t* mk, con
 // fire's state, are then untouched).
 static int spike_conv2d(const float* x, const float* amp, const float* table, const float* bias,
                         float* out, const snnconv_conv_geometry& g, const snnconv_fire* fire,
-                        int threads, int64_t stream_bytes) {
+                        int threads, int64_t stream_bytes, const uint8_t* given,
+                        int64_t given_nonzero) {
   const Conv p(g);
-  thread_local std::vector<uint8_t> masks;  // kept between calls: no fresh pages each time
-  if ((int64_t)masks.size() < p.N * p.mimg) masks.resize(p.N * p.mimg);
-  uint8_t* mk = masks.data();
-  int64_t nonzero = 0;
-  if (!all_masks(p, x, amp, threads, mk, &nonzero)) return 1;
+  const uint8_t* mk = given;
+  int64_t nonzero = given_nonzero;
+  if (!given) {
+    thread_local std::vector<uint8_t> masks;  // kept between calls: no fresh pages each time
+    if ((int64_t)masks.size() < p.N * p.mimg) masks.resize(p.N * p.mimg);
+    if (!all_masks(p, x, amp, threads, masks.data(), &nonzero)) return 1;
+    mk = masks.data();
+  }
+  const std::unique_ptr<Handoff> h(fire && fire->masks ? new Handoff(p, *fire) : nullptr);
+  int64_t handed = 0;  // non-zero masks handed off
   const bool sparse = g.sparse_below > 1 || (nonzero < (double)g.sparse_below * p.N * p.H * p.W * p.G &&
                                               sparse_pays(p));
   const int64_t batch = fire ? fire->batch : p.N, steps = fire ? fire->steps : 1;
@@ -472,18 +571,19 @@ static int spike_conv2d(const float* x, const float* amp, const float* table, co
   const int64_t tiles = (batch + tile - 1) / tile;
   // With fire and an output of more than stream_bytes (larger than the caches), currents go to a
   // per-thread scratch that stays in L2 and the spikes are streamed out: the output's lines are
-  // not read from memory before they are written.
-  const bool stream = fire && p.N * p.opix * 4 > stream_bytes;
-#pragma omp parallel for schedule(static) num_threads(threads)
+  // not read from memory before they are written. With masks only, the spikes stay there.
+  const bool stream = fire && (p.N * p.opix * 4 > stream_bytes || (h && fire->masks_only));
+#pragma omp parallel for schedule(static) num_threads(threads) reduction(+ : handed)
   for (int64_t t = 0; t < tiles; ++t) {
     const int64_t s0 = t * tile, s1 = std::min(batch, s0 + tile);
     thread_local std::vector<float> scratch;
     thread_local std::vector<uint32_t> lists;
     if (stream && (int64_t)scratch.size() < tile * p.opix) scratch.resize(tile * p.opix);
     if (sparse && (int64_t)lists.size() < tile * p.ls.image) lists.resize(tile * p.ls.image);
-    tile_steps(p, table, mk, bias, out, fire, s0, s1, batch, steps,
-               stream ? scratch.data() : nullptr, sparse ? lists.data() : nullptr);
+    tile_steps(p, table, mk, bias, out, fire, h.get(), s0, s1, batch, steps,
+               stream ? scratch.data() : nullptr, sparse ? lists.data() : nullptr, &handed);
   }
+  if (h) *fire->masks_nonzero = handed;
 #if defined(__SSE2__)
   if (stream) _mm_sfence();  // streaming stores are weakly ordered: done before we return
 #endif
@@ -496,10 +596,17 @@ extern "C" int32_t snnconv_spike_conv2d_f32(const float* x, const float* amp, co
                                             const float* bias, float* out,
                                             const snnconv_conv_geometry* geometry,
                                             const snnconv_fire* fire, int32_t threads,
-                                            int64_t stream_bytes) {
+                                            int64_t stream_bytes, const uint8_t* masks,
+                                            int64_t masks_nonzero) {
   const snnconv_conv_geometry& g = *geometry;
   if ((g.gb != 4 && g.gb != 8) || g.nv < 1 || g.nv > 4 || g.gr < 1 ||
       (g.negative != 0 && g.negative != 1) || !(g.sparse_below >= 0))
     return 2;
-  return snnconv::spike_conv2d(x, amp, table, bias, out, g, fire, threads, stream_bytes);
+  if (fire && fire->masks &&
+      ((fire->masks_gb != 4 && fire->masks_gb != 8) || fire->masks_ph < 0 ||
+       fire->masks_pw < 0 || !fire->masks_nonzero ||
+       (fire->masks_only != 0 && fire->masks_only != 1)))
+    return 2;
+  return snnconv::spike_conv2d(x, amp, table, bias, out, g, fire, threads, stream_bytes, masks,
+                               masks_nonzero);
 }
