@@ -157,8 +157,9 @@ def test_kernels_built_without_avx512_agree(
     monkeypatch, isa, signed, c_in, c_out, four_bit, sparse_below
 ):
     """The code paths for older vector units (8- or 4-lane registers, fewer pixels at once,
-    scalar mask extraction) give the same lookup convolution and fused IF update, and the same
-    masks of its spikes for a next convolution, as the native build, bit for bit, for each output
+    scalar mask extraction) give the same lookup convolution and fused IF update, the same
+    masks of its spikes for a next convolution, and the same update with an addend read from
+    such masks, as the native build, bit for bit, for each output
     block width (NV) and both group sizes; also for signed spike maps read by signed neurons.
     (CPU only: the C++ kernels; on an AVX2-only CPU the "avx2" build is the native one, still
     compared.)"""
@@ -190,10 +191,17 @@ def test_kernels_built_without_avx512_agree(
             gb, 1, 1, signed,
         )  # fmt: skip
         fused = layer.scan_conv(conv, x, amp, 4, negative=signed, masks_out=masks)
+        second = IFNeurons(0.5, "membrane", signed=signed)  # those spikes as its addend
+        second.reset(8)
+        addend = torch.empty_like(fused).view(cur.shape)
+        again = second.scan_conv(
+            conv, x, amp, 4, negative=signed, addend=addend, addend_masks=(masks, 0.5)
+        )
         results.append(
             (cur, fused, layer.v, layer.spike_count, layer.spike_events, masks.data, masks.nonzero)
+            + (again, second.v, second.spike_count)
         )
-    assert all(r[1] is not None for r in results), "the fused path ran on both builds"
+    assert all(r[1] is not None and r[7] is not None for r in results), "fused on both builds"
     with torch.no_grad():
         torch.testing.assert_close(results[1][0], conv(x), rtol=0, atol=1e-5)
     for a, b in zip(*results):

@@ -238,7 +238,7 @@ class DoubleFire(ctypes.Structure):  # vth a double: same size and offsets (padd
     "struct,mirror,message",
     [
         ("conv_geometry", SwappedGeometry, r"has field h at offset 12, 4 bytes .*, at 8, 4 bytes"),
-        ("fire", LongerFire, r"snnconv_fire is 104 bytes in the library, 112 in cpu\.LongerFire"),
+        ("fire", LongerFire, r"snnconv_fire is 136 bytes in the library, 144 in cpu\.LongerFire"),
         ("fire", RenamedFire, r"has field spikes at offset -1, -1 bytes in the library \(-1: abs"),
         ("fire", DoubleFire, r"has field vth at offset 32, 4 bytes .*, at 32, 8 bytes"),
     ],

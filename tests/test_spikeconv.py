@@ -360,6 +360,57 @@ def test_handed_off_masks_give_the_reader_the_same_bits(
     assert 0 < layers[3].spike_count.abs().sum()
 
 
+@pytest.mark.parametrize(
+    "c,table_bytes",
+    [(16, None), (12, None), (70, 9 * 16 * 64 * 5)],  # 8-bit groups; the plain loop; 4-bit
+)
+@pytest.mark.parametrize("signed", [False, True])
+def test_addend_read_from_handed_off_masks_gives_the_same_bits(monkeypatch, c, table_bytes, signed):
+    """A residual addend that is another IF layer's spike map can be read from the masks that
+    layer handed on (addend_masks): the same spikes, membranes and counts as from its values."""
+    if table_bytes:
+        monkeypatch.setattr(lookup_conv, "TABLE8_BYTES", 0)
+        monkeypatch.setattr(lookup_conv, "TABLE_BYTES", table_bytes)
+    torch.manual_seed(0)
+    conv = nn.Conv2d(c, c, 3, 1, 1)
+    with torch.no_grad():
+        conv.weight.mul_(3)
+    amp, batch, steps = torch.full((c,), 0.8), 4, 3
+    gb, ph, pw = lookup_conv.mask_layout(conv)  # the masks as this conv would read them
+    layers = [IFNeurons(v, "membrane", signed=signed) for v in (0.8, 0.6, 0.6)]
+    for layer in layers:
+        layer.reset(steps)
+    size = cpu.mask_bytes(c, 7, 7, gb, ph, pw, signed)
+    masks = cpu.SpikeMasks(
+        torch.zeros(steps * batch, size, dtype=torch.uint8),
+        torch.zeros(1, dtype=torch.int64),
+        gb,
+        ph,
+        pw,
+        signed,
+        only=True,
+    )
+    first = layers[0].scan_conv(conv, spike_map(steps * batch, c, 7, 7, amp, seed=3), amp, steps)
+    layers[0].reset(steps)
+    x = spike_map(steps * batch, c, 7, 7, amp, seed=3)
+    unwritten = layers[0].scan_conv(
+        conv, x, amp, steps, out=torch.full_like(first, float("nan")), masks_out=masks
+    )
+    assert torch.isnan(unwritten).all(), "only the masks were written"
+    addend = first.reshape(steps * batch, *first.shape[2:])
+    y = spike_map(steps * batch, c, 7, 7, amp, seed=4)
+    from_values = layers[1].scan_conv(conv, y, amp, steps, addend=addend)
+    from_masks = layers[2].scan_conv(
+        conv, y, amp, steps, addend=torch.full_like(addend, float("nan")),
+        addend_masks=(masks, 0.8),
+    )  # fmt: skip
+    assert from_values is not None and from_masks is not None
+    assert torch.equal(from_values, from_masks)
+    assert torch.equal(layers[1].v, layers[2].v)
+    assert torch.equal(layers[1].spike_count, layers[2].spike_count)
+    assert 0 < layers[1].spike_count.abs().sum()
+
+
 def test_scan_conv_declines_without_touching_state(monkeypatch):
     conv = nn.Conv2d(16, 16, 3, padding=1)
     amp = torch.ones(16)
@@ -398,7 +449,9 @@ def test_simulation_fuses_convs_into_their_if_layers(monkeypatch, neuron):
     real = IFNeurons.scan_conv
 
     def counted(self, *a, **k):
-        handed.append((k.get("masks") is not None, k.get("masks_out") is not None))
+        handed.append(
+            (k.get("masks") is not None, k.get("masks_out") is not None, k.get("addend_masks"))
+        )
         calls.append(real(self, *a, **k))
         return calls[-1]
 
@@ -406,19 +459,25 @@ def test_simulation_fuses_convs_into_their_if_layers(monkeypatch, neuron):
     fused_run = snn(x, 12, max_chunk_bytes=20_000_000)
     chunks = len(calls) // 18
     assert chunks >= 2 and len(calls) == 18 * chunks and all(c is not None for c in calls)
-    # per chunk, all 18 but the first conv read masks (the stem's IF layer is a plain scan), and
-    # all 18 but the last IF layer (read by the pooling) hand theirs on
-    assert [sum(h[i] for h in handed) for i in (0, 1)] == [17 * chunks, 17 * chunks]
+    # per chunk, all 18 but the first conv read masks (the stem's IF layer is a plain scan, which
+    # makes none), all 18 but the last IF layer (read by the pooling) hand theirs on, and 6 of
+    # the 7 identity shortcuts' addends (all but the stem's) are read from masks
+    counts = [sum(h[i] is not None and h[i] is not False for h in handed) for i in (0, 1, 2)]
+    assert counts == [17 * chunks, 17 * chunks, 6 * chunks]
     monkeypatch.setattr(IFNeurons, "scan_conv", lambda self, *a, **k: None)
     assert torch.equal(fused_run, snn(x, 12, max_chunk_bytes=20_000_000))
 
 
 @pytest.mark.parametrize("neuron", ["if", "signed"])
-def test_layers_read_only_through_masks_skip_their_spike_maps(monkeypatch, neuron):
+@pytest.mark.parametrize("declining", ["convs", "sums"])
+def test_layers_read_only_through_masks_skip_their_spike_maps(monkeypatch, neuron, declining):
     """ResNet-20: the inner IF layer of each of the 9 blocks is read only by the block's second
-    conv, so it writes only the masks of its spikes. Where that conv cannot take them after all
-    (here: its IF layer and the lookup both decline), the spike map is made from the masks and
-    the module runs on it: the simulation equals the one without any hand-off, bit for bit."""
+    conv, and 7 others only by the next block's first conv and its identity shortcut (a residual
+    sum taken into an IF layer's update), so these 16 write only the masks of their spikes.
+    Where a reader cannot take them after all, the spike map is made from the masks and read:
+    "convs": the IF layers reading those convs and the lookup decline (the module runs on the
+    map); "sums": the IF layers given a shortcut's masks as their addend decline (their scan
+    reads it). The simulation equals the one without any hand-off, bit for bit."""
     from snnconv.simulation import plan as plans
 
     torch.manual_seed(0)
@@ -428,25 +487,31 @@ def test_layers_read_only_through_masks_skip_their_spike_maps(monkeypatch, neuro
     plan = plans.plan_for(snn.graph)
     modules = dict(snn.graph.named_modules())
     readers = {modules[plan.handoff[n].target] for n in plan.masks_only}
-    assert len(plan.masks_only) == len(readers) == 9
+    assert len(plan.masks_only) == len(readers) == 16
     real_scan, real_conv = IFNeurons.scan_conv, lookup_conv.conv2d
-    made = []
+    if declining == "convs":
+        declines = lambda conv, k: conv in readers
+        monkeypatch.setattr(
+            lookup_conv,
+            "conv2d",
+            lambda conv, *a, **k: None if conv in readers else real_conv(conv, *a, **k),
+        )
+    else:
+        declines = lambda conv, k: k.get("addend_masks") is not None
     monkeypatch.setattr(
         IFNeurons,
         "scan_conv",
-        lambda self, conv, *a, **k: None if conv in readers else real_scan(self, conv, *a, **k),
+        lambda self, conv, *a, **k: None if declines(conv, k) else real_scan(self, conv, *a, **k),
     )
-    monkeypatch.setattr(
-        lookup_conv,
-        "conv2d",
-        lambda conv, *a, **k: None if conv in readers else real_conv(conv, *a, **k),
-    )
+    made = []
     real_made = cpu.SpikeMasks.spikes_into
     monkeypatch.setattr(
         cpu.SpikeMasks, "spikes_into", lambda self, *a: made.append(1) or real_made(self, *a)
     )
     handed = snn(x, 12, max_chunk_bytes=20_000_000)
-    assert len(made) >= 2 * 9, "each reader, in each of two chunks or more, made its map"
+    # maps made in each of 2+ chunks: "convs", of the masks-only layers still fused (those not
+    # reading a declining conv themselves); "sums", of the 6 shortcuts after the stem's block
+    assert len(made) >= 2 * 6
     monkeypatch.setattr(IFNeurons, "scan_conv", lambda self, *a, **k: None)  # no hand-off
     assert torch.equal(handed, snn(x, 12, max_chunk_bytes=20_000_000))
 

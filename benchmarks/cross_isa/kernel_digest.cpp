@@ -33,7 +33,8 @@ static uint64_t digest(const std::vector<float>& v, uint64_t h = 0xcbf29ce484222
 }
 
 // One lookup convolution (with the fused IF update when steps > 0, which also hands on the masks
-// of its spikes for a next 3x3 convolution with groups of gb channels) of random spike maps.
+// of its spikes for a next 3x3 convolution with groups of gb channels, then once more with those
+// spikes as the addend, read from the masks) of random spike maps.
 static void conv_case(int c, int cout, int size, int gb, int nv, int gr, int negative,
                       float sparse_below, int steps) {
   state = 0x9E3779B97F4A7C15ull ^ ((uint64_t)c << 40 | (uint64_t)cout << 24 | size << 12 | steps);
@@ -63,10 +64,19 @@ static void conv_case(int c, int cout, int size, int gb, int nv, int gr, int neg
   const int rc = snnconv_spike_conv2d_f32(x.data(), amp.data(), table.data(), bias.data(),
                                           out.data(), &geo, steps > 0 ? &fire : nullptr, 2, 0,
                                           nullptr, 0);
+  uint64_t h = digest_bytes(masks, digest(v, digest(count, digest(out))));
+  if (steps > 0) {  // again, with those spikes as the addend, read from their masks
+    snnconv_fire again{nullptr, v.data(), count.data(), theta.data(), 0.6f, batch, steps,
+                       negative ? events.data() : nullptr, nullptr, 0, 0, 0, nullptr, 0,
+                       masks.data(), gb, 1, 1, negative, 0.6f};
+    snnconv_spike_conv2d_f32(x.data(), amp.data(), table.data(), bias.data(), out.data(), &geo,
+                             &again, 2, 0, nullptr, 0);
+    h = digest(v, digest(count, digest(out, h)));
+  }
   std::printf("conv c=%d cout=%d size=%d gb=%d nv=%d gr=%d neg=%d sparse=%.1f steps=%d: rc=%d "
               "nonzero=%lld %016llx\n",
               c, cout, size, gb, nv, gr, negative, sparse_below, steps, rc, (long long)nonzero,
-              (unsigned long long)digest_bytes(masks, digest(v, digest(count, digest(out)))));
+              (unsigned long long)h);
 }
 
 static void scan_case(int signed_neurons) {

@@ -91,6 +91,12 @@ class Fire(ctypes.Structure):
         ("masks_pw", _i32),
         ("masks_nonzero", _ptr),
         ("masks_only", _i32),
+        ("addend_masks", _ptr),
+        ("addend_gb", _i32),
+        ("addend_ph", _i32),
+        ("addend_pw", _i32),
+        ("addend_negative", _i32),
+        ("addend_vth", ctypes.c_float),
     ]
 
 
@@ -238,7 +244,9 @@ class FusedIF:
     (channels_last, like the output) are updated in place; ``theta`` [steps] holds each step's
     firing threshold, ``v_th`` the spike amplitude, ``addend`` None or shaped like the output;
     ``events`` None, or for signed neurons shaped like ``v`` (spikes of either sign); ``masks``
-    None, or where the masks of the spikes go for the convolution that reads them next."""
+    None, or where the masks of the spikes go for the convolution that reads them next;
+    ``addend_masks``: the addend as the masks another IF layer handed on (its spikes, amplitude
+    ``addend_vth``), read instead of ``addend``'s values."""
 
     v: torch.Tensor
     count: torch.Tensor
@@ -248,6 +256,8 @@ class FusedIF:
     steps: int
     events: torch.Tensor | None = None
     masks: SpikeMasks | None = None
+    addend_masks: SpikeMasks | None = None
+    addend_vth: float = 0.0
 
 
 def check_geometry(g: ConvGeometry) -> None:
@@ -354,22 +364,7 @@ class Kernels:
             _pointer(bias, "bias", f32, g.cout),
             _pointer(out, "out", f32, g.n * opix),
         ]
-        c_fire = None
-        if fire is not None:
-            batch = g.n // fire.steps
-            if batch * fire.steps != g.n:
-                raise SimulationError(f"spike_conv2d: {g.n} images are not steps={fire.steps} x B")
-            c_fire = Fire(
-                _pointer(fire.addend, "addend", f32, g.n * opix),
-                _pointer(fire.v, "v", f32, batch * opix),
-                _pointer(fire.count, "count", f32, batch * opix),
-                _pointer(fire.theta, "theta", f32, fire.steps),
-                fire.v_th,
-                batch,
-                fire.steps,
-                _pointer(fire.events, "events", f32, batch * opix),
-                *_masks_out(fire.masks, g, fire.events is not None),
-            )
+        c_fire = None if fire is None else _fire(fire, g)
         threads = torch.get_num_threads() if threads is None else threads
         done = self.dll.snnconv_spike_conv2d_f32(
             *args,
@@ -382,6 +377,26 @@ class Kernels:
         if done == 2:
             raise SimulationError("spike_conv2d: the library refused the geometry's plan")
         return done == 0
+
+
+def _fire(fire: FusedIF, g: ConvGeometry) -> Fire:
+    """snnconv_fire for ``fire`` on convolution ``g``, every tensor checked against it."""
+    f32, opix = torch.float32, g.ho * g.wo * g.cout
+    batch = g.n // fire.steps
+    if batch * fire.steps != g.n:
+        raise SimulationError(f"spike_conv2d: {g.n} images are not steps={fire.steps} x B")
+    return Fire(
+        None if fire.addend_masks is not None else _pointer(fire.addend, "addend", f32, g.n * opix),
+        _pointer(fire.v, "v", f32, batch * opix),
+        _pointer(fire.count, "count", f32, batch * opix),
+        _pointer(fire.theta, "theta", f32, fire.steps),
+        fire.v_th,
+        batch,
+        fire.steps,
+        _pointer(fire.events, "events", f32, batch * opix),
+        *_masks_out(fire.masks, g, fire.events is not None),
+        *_addend_masks(fire.addend_masks, fire.addend_vth, g),
+    )
 
 
 def _masks_out(m: SpikeMasks | None, g: ConvGeometry, signed: bool) -> tuple:
@@ -402,6 +417,17 @@ def _masks_out(m: SpikeMasks | None, g: ConvGeometry, signed: bool) -> tuple:
         _pointer(m.nonzero, "masks_nonzero", torch.int64, 1),
         int(m.only),
     )
+
+
+def _addend_masks(m: SpikeMasks | None, v_th: float, g: ConvGeometry) -> tuple:
+    """snnconv_fire's addend_masks fields for masks of an addend shaped like the output."""
+    if m is None:
+        return None, 0, 0, 0, 0, 0.0
+    if m.gb not in (4, 8) or min(m.ph, m.pw) < 0:
+        raise SimulationError(f"spike_conv2d: impossible mask layout gb={m.gb} ({m.ph}, {m.pw})")
+    size = g.n * mask_bytes(g.cout, g.ho, g.wo, m.gb, m.ph, m.pw, m.negative)
+    data = _pointer(m.data, "addend_masks", torch.uint8, size)
+    return data, m.gb, m.ph, m.pw, int(m.negative), v_th
 
 
 def _masks_in(m: SpikeMasks | None, g: ConvGeometry) -> tuple:

@@ -63,6 +63,7 @@ class ScanSum:
 
     a: torch.Tensor | PendingConv
     b: torch.Tensor
+    nodes: tuple = (None, None)  # the nodes whose values a and b are
 
 
 Value = torch.Tensor | PendingConv | ScanSum | object
@@ -187,6 +188,8 @@ class Chunk:
     step_bytes: int = 0
     # IF node -> (its masks for plan.handoff's conv, the spikes' data pointer and version then)
     masks: dict = field(default_factory=dict)
+    # IF node -> (its masks, V_th, its spike map) while the map is not written (plan.masks_only)
+    unwritten: dict = field(default_factory=dict)
 
     def widen(self, v):
         """A static tensor repeated over the chunk's steps, to meet time-varying ones."""
@@ -203,9 +206,17 @@ class Chunk:
             v = self.env[a]
             if isinstance(v, PendingConv) and not pending:
                 v = self.env[a] = self.lookup(v.node, v.x)
+            if a in self.unwritten and not pending:
+                self.write(a)
             return v
         v = self.static[a]
         return self.widen(v) if widen else v
+
+    def write(self, a: fx.Node) -> None:
+        """Write the spike map of IF node ``a`` that only its masks held so far (a reader needs
+        the values after all)."""
+        masks, v_th, spikes = self.unwritten.pop(a)
+        masks.spikes_into(spikes, v_th)
 
     def lookup(self, node: fx.Node, x: torch.Tensor) -> torch.Tensor:
         """conv(x) for a conv reading spikes: the lookup kernel into a kept buffer where it
@@ -222,8 +233,8 @@ class Chunk:
             )
             if result is not None:
                 return result
-        if masks is not None and masks.only:  # the module reads the values: make them
-            masks.spikes_into(x, amp.item())
+        if source in self.unwritten:  # the module reads the values
+            self.write(source)
         return execute(node, (x,), {}, self.modules)
 
 
@@ -231,8 +242,10 @@ def _scan_sum(ch: Chunk, node: fx.Node):
     """A ScanSum for the IF layer that reads ``node``, or the plain sum where the scan cannot
     take the two (a broadcast or mixed add)."""
     pair = [ch.value(a, widen=True, pending=True) for a in node.args]
+    nodes = list(node.args)
     if isinstance(pair[1], PendingConv):
         pair.reverse()  # a + b == b + a exactly: the conv goes first
+        nodes.reverse()
     a, b = pair
     if isinstance(a, PendingConv) and not (
         torch.is_tensor(b)
@@ -248,7 +261,7 @@ def _scan_sum(ch: Chunk, node: fx.Node):
         and a.dtype == b.dtype
         and a.stride() == b.stride()
     ):
-        return ScanSum(a, b)
+        return ScanSum(a, b, tuple(nodes))
     return execute(node, [ch.value(n, widen=True) for n in node.args], {}, ch.modules)
 
 
@@ -256,9 +269,9 @@ def _neuron(ch: Chunk, node: fx.Node) -> torch.Tensor:
     """Run IF layer ``node`` over the chunk's c steps; spikes [c*B, ...] in a kept buffer."""
     layer, src, c, batch = ch.modules[node.target], node.args[0], ch.c, ch.batch
     current = ch.value(src, widen=False, pending=True)
-    addend = None
+    addend, nodes = None, (None, None)
     if isinstance(current, ScanSum):
-        current, addend = current.a, current.b
+        current, addend, nodes = current.a, current.b, current.nodes
     spikes = None
     if isinstance(current, PendingConv):  # the conv and this layer in one pass
         out = wsp.take(
@@ -277,12 +290,18 @@ def _neuron(ch: Chunk, node: fx.Node) -> torch.Tensor:
             negative=current.node in ch.plan.negative,
             masks=_masks_of(ch, source, current.x),
             masks_out=masks_out,
+            addend_masks=ch.unwritten[nodes[1]][:2] if nodes[1] in ch.unwritten else None,
         )
         if spikes is None:  # the kernel declined: the conv, then the scan
             current = ch.lookup(current.node, current.x)
         elif masks_out is not None:
             ch.masks[node] = (masks_out, out.data_ptr(), out._version)
+            if masks_out.only:
+                ch.unwritten[node] = (masks_out, layer.v_th.item(), out)
     if spikes is None:
+        for n in nodes:  # the scan reads their values
+            if n in ch.unwritten:
+                ch.write(n)
         constant = src not in ch.plan.dynamic and addend is None
         rows = current.shape[0] * (c if constant else 1)
         out = wsp.take_like(ch.ws, node.name, (rows, *current.shape[1:]), current)
@@ -322,8 +341,7 @@ def _masks_of(ch: Chunk, node: fx.Node, x: torch.Tensor) -> cpu.SpikeMasks | Non
     return masks if x.data_ptr() == ptr and x._version == version else None
 
 
-def _spike_conv(ch: Chunk, node: fx.Node, args) -> Value:
-    x = args[0]
+def _spike_conv(ch: Chunk, node: fx.Node, x) -> Value:
     if (
         node in ch.plan.fire_convs
         and torch.is_tensor(x)
@@ -341,10 +359,10 @@ def _call(ch: Chunk, node: fx.Node, dyn: bool) -> Value:
         return _neuron(ch, node)
     if kind is Kind.SCAN_SUM:
         return _scan_sum(ch, node)
+    if kind is Kind.SPIKE_CONV:  # its input as it is: masks only, it may be
+        return _spike_conv(ch, node, ch.value(node.args[0], dyn, pending=True))
     args = fx.node.map_arg(node.args, lambda a: ch.value(a, dyn))
     kwargs = fx.node.map_arg(node.kwargs, lambda a: ch.value(a, dyn))
-    if kind is Kind.SPIKE_CONV:
-        return _spike_conv(ch, node, args)
     if kind is Kind.PAD and dyn and is_zero_pad(node, args, kwargs):
         x, pad = args
         shape = wsp.pad_shape(x, pad)

@@ -142,16 +142,17 @@ def scan_conv(
     negative: bool = False,
     masks: cpu.SpikeMasks | None = None,
     masks_out: cpu.SpikeMasks | None = None,
+    addend_masks: tuple[cpu.SpikeMasks, float] | None = None,
 ) -> torch.Tensor | None:
     """``scan(layer, conv(spikes) viewed [steps, B, ...], steps, out=out, addend=addend)`` with
     the lookup convolution and the update in one pass: ``spikes`` [steps*B, C, H, W] are the
     previous IF layer's output (amplitudes ``amp``; ``negative``: a signed layer's, -amp too),
-    channels_last. The same numbers, bit for bit, as the lookup convolution followed by ``scan``
-    (signed neurons too). ``masks``: the masks of ``spikes`` that layer handed off (read instead
-    of the spikes' values); ``masks_out``: where this layer's spikes' masks go for the next
-    convolution (written only when the result is not None). Returns None, having changed
-    nothing, where the fused kernel does not apply (recording, per-channel V_th, fewer samples
-    than threads, layouts it does not take, not a spike map)."""
+    channels_last. The same numbers, bit for bit, as the conv, then ``scan``. ``masks``: the
+    masks of ``spikes`` that layer handed on (read instead of the values); ``masks_out``: where
+    this layer's spikes' masks go for the next conv (written only when the result is not None);
+    ``addend_masks``: (masks, amplitude) of the spikes ``addend`` holds, read instead of it.
+    Returns None, having changed nothing, where the fused kernel does not apply (recording,
+    per-channel V_th, fewer samples than threads, layouts it does not take, not a spike map)."""
     n = spikes.shape[0] if spikes.dim() == 4 else 0
     if (
         layer.recorder is not None
@@ -182,6 +183,7 @@ def scan_conv(
     if masks_out is not None and masks_out.negative != (state.events is not None):
         masks_out = None  # made for the other kind of neuron
     fire = (v, state.count, theta, v_th.item(), addend, steps, state.events, masks_out)
+    fire += addend_masks or ()
     done = lookup_conv.conv2d(
         conv, spikes, amp, out=out.view(shape), fire=fire, negative=negative, masks=masks
     )

@@ -277,15 +277,17 @@ class IFNeurons(nn.Module):
         negative: bool = False,
         masks: SpikeMasks | None = None,
         masks_out: SpikeMasks | None = None,
+        addend_masks: tuple[SpikeMasks, float] | None = None,
     ) -> torch.Tensor | None:
         """``scan(conv(spikes))`` in one compiled pass (``simulation.if_scan.scan_conv``), or None
         where that kernel does not apply (nothing changed then); ``negative``: ``spikes`` come
         from a signed layer; ``masks``: theirs, handed off by that layer; ``masks_out``: where
-        the masks of this layer's spikes go for the next convolution."""
+        the masks of this layer's spikes go for the next convolution; ``addend_masks``: the
+        addend's, (masks, amplitude), handed on by the layer that made it."""
         from snnconv.simulation import if_scan
 
         return if_scan.scan_conv(
-            self, conv, spikes, amp, steps, out, addend, negative, masks, masks_out
+            self, conv, spikes, amp, steps, out, addend, negative, masks, masks_out, addend_masks
         )
 
 

@@ -16,8 +16,9 @@ executor may do with it:
 - handoff[n]: for an IF layer read by a fire conv, that conv (the first, if several): the layer's
   fused update also makes the masks that conv reads (``cpu.SpikeMasks``), so the conv skips its
   pass over the spike map;
-- masks_only: the IF layers whose one reader is their handoff conv: they write only the masks,
-  not the spike map (the executor makes the map from the masks if that conv cannot take them);
+- masks_only: the IF layers read only by their handoff conv and by scan sums (whose IF layer
+  can take the addend as masks): they write only the masks, not the spike map (the executor
+  makes the map from the masks where a reader needs the values after all);
 - free_after[n]: the dynamic values whose last reader is n (dropped once n has run).
 """
 
@@ -56,7 +57,7 @@ class Plan:
     amplitude: dict[fx.Node, fx.Node]  # spike conv -> the IF node feeding it
     fire_convs: frozenset[fx.Node]
     handoff: dict[fx.Node, fx.Node]  # IF node -> the fire conv that reads its masks
-    masks_only: frozenset[fx.Node]  # IF nodes read only by that conv
+    masks_only: frozenset[fx.Node]  # IF nodes read only by that conv and scan sums
     negative: frozenset[fx.Node]  # spike convs reading a signed layer
     free_after: dict[fx.Node, tuple[fx.Node, ...]]
     output: fx.Node  # the value the graph returns
@@ -153,7 +154,7 @@ def make_plan(gm: fx.GraphModule) -> Plan:
         amplitude={n: n.args[0] for n in convs},
         fire_convs=frozenset(fire),
         handoff=handoff,
-        masks_only=frozenset(n for n, conv in handoff.items() if set(n.users) == {conv}),
+        masks_only=frozenset(n for n, conv in handoff.items() if set(n.users) <= {conv} | sums),
         negative=frozenset(negative),
         free_after=_free_after(nodes, dynamic),
         output=output.args[0],

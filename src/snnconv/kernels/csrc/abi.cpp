@@ -30,6 +30,9 @@ const Field fields[] = {
     SNNCONV_FIELD(fire, masks),         SNNCONV_FIELD(fire, masks_gb),
     SNNCONV_FIELD(fire, masks_ph),      SNNCONV_FIELD(fire, masks_pw),
     SNNCONV_FIELD(fire, masks_nonzero), SNNCONV_FIELD(fire, masks_only),
+    SNNCONV_FIELD(fire, addend_masks),  SNNCONV_FIELD(fire, addend_gb),
+    SNNCONV_FIELD(fire, addend_ph),     SNNCONV_FIELD(fire, addend_pw),
+    SNNCONV_FIELD(fire, addend_negative), SNNCONV_FIELD(fire, addend_vth),
 };
 #undef SNNCONV_FIELD
 

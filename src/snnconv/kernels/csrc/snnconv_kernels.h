@@ -38,7 +38,10 @@ struct snnconv_conv_geometry {
 // convolution's layout (groups of masks_gb channels, MS = G, or 2G for signed neurons), as its
 // own mask pass would make them; *masks_nonzero is set to the number of non-zero masks.
 // masks_only: 1 (with masks) if the spikes are read only through those masks: out is then not
-// written (the update's state is); else 0.
+// written (the update's state is); else 0. addend_masks null, or the addend given as the masks
+// another layer's update made of its spikes (amplitude addend_vth) for a convolution of its own
+// (groups of addend_gb channels, border (addend_ph, addend_pw), addend_negative: signed), one
+// image per output image: read instead of addend (which is then null).
 struct snnconv_fire {
   const float* addend;
   float* v;
@@ -51,6 +54,9 @@ struct snnconv_fire {
   int32_t masks_gb, masks_ph, masks_pw;
   int64_t* masks_nonzero;
   int32_t masks_only;
+  const uint8_t* addend_masks;
+  int32_t addend_gb, addend_ph, addend_pw, addend_negative;
+  float addend_vth;
 };
 
 // The ABI version (SNNCONV_ABI); the size of a struct (field null) or of one of its fields, and

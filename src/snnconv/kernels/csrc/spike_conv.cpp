@@ -422,7 +422,12 @@ static inline void own_masks(const float* o, int64_t n, float vth, int C, int G,
         if (GB == 8) m[c / 8] = k; else { m[c / 4] = k & 15; m[c / 4 + 1] = k >> 4; }
         if (NEG) {
           const int kn = _mm256_movemask_ps(_mm256_cmp_ps(v, na8, _CMP_EQ_OQ));
-          if (GB == 8) m[G + c / 8] = kn; else { m[G + c / 4] = kn & 15; m[G + c / 4 + 1] = kn >> 4; }
+          if (GB == 8) {
+            m[G + c / 8] = kn;
+          } else {
+            m[G + c / 4] = kn & 15;
+            m[G + c / 4 + 1] = kn >> 4;
+          }
         }
       }
     return;
@@ -458,6 +463,70 @@ static void piece_masks(const float* o, int64_t px, int64_t np, int Wo, int C, f
 typedef void (*piece_masks_fn)(const float*, int64_t, int64_t, int, int, float, const Handoff&,
                                uint8_t*);
 
+// The spikes of n consecutive pixels of C channels each (vth where a bit of the first G mask
+// bytes of a pixel is set, -vth with NEG where one of the next G is, else +0: the values the
+// update that made the masks computed, s * vth) into o, from their masks m (MS bytes per pixel).
+template <int GB, bool NEG>
+static inline void spikes_of_masks(const uint8_t* m, int64_t n, float vth, int C, int G,
+                                   float* o) {
+  const int MS = NEG ? 2 * G : G;
+#ifdef __AVX2__
+  if (C % 8 == 0) {  // 8 channels at a time: their bits broadcast, tested, selecting vth
+    const __m256i bit = _mm256_setr_epi32(1, 2, 4, 8, 16, 32, 64, 128);
+    const __m256 a8 = _mm256_set1_ps(vth), na8 = _mm256_set1_ps(-vth);
+    for (int64_t q = 0; q < n; ++q, o += C, m += MS)
+      for (int c = 0; c < C; c += 8) {
+        const int k = GB == 8 ? m[c / 8] : m[c / 4] | m[c / 4 + 1] << 4;
+        const __m256 pos = _mm256_castsi256_ps(
+            _mm256_cmpeq_epi32(_mm256_and_si256(_mm256_set1_epi32(k), bit), bit));
+        __m256 v = _mm256_and_ps(pos, a8);
+        if (NEG) {
+          const int kn = GB == 8 ? m[G + c / 8] : m[G + c / 4] | m[G + c / 4 + 1] << 4;
+          const __m256 neg = _mm256_castsi256_ps(
+              _mm256_cmpeq_epi32(_mm256_and_si256(_mm256_set1_epi32(kn), bit), bit));
+          v = _mm256_or_ps(v, _mm256_and_ps(neg, na8));
+        }
+        _mm256_storeu_ps(o + c, v);
+      }
+    return;
+  }
+#endif
+  for (int64_t q = 0; q < n; ++q, o += C, m += MS)
+    for (int c = 0; c < C; ++c) {
+      const int b = c % GB;
+      const float pos = (m[c / GB] >> b) & 1, neg = NEG ? (m[G + c / GB] >> b) & 1 : 0;
+      const float s = pos - neg;
+      o[c] = s * vth;
+    }
+}
+
+// Where the addend comes from masks (snnconv_fire.addend_masks): their layout.
+struct AddendMasks {
+  AddendMasks(const Conv& p, const snnconv_fire& f)
+      : gb(f.addend_gb), ph(f.addend_ph), pw(f.addend_pw), G((p.Cout + gb - 1) / gb),
+        MS(f.addend_negative ? 2 * G : G), Wp(p.Wo + 2 * pw),
+        size((int64_t)(p.Ho + 2 * ph) * Wp * MS) {}
+  const int gb, ph, pw, G, MS, Wp;
+  const int64_t size;  // bytes per image
+};
+
+// spikes_of_masks of output pixels [px, px + np) of one image (masks m of the image), a run of
+// pixels along a row at a time.
+template <int GB, bool NEG>
+static void piece_spikes(const uint8_t* m, int64_t px, int64_t np, int Wo, int C, float vth,
+                         const AddendMasks& a, float* o) {
+  int64_t ho = px / Wo, wo = px % Wo;
+  for (int64_t q = 0; q < np;) {
+    const int64_t run = std::min<int64_t>(np - q, Wo - wo);
+    spikes_of_masks<GB, NEG>(m + ((ho + a.ph) * a.Wp + wo + a.pw) * a.MS, run, vth, C, a.G,
+                             o + q * C);
+    q += run, wo = 0, ++ho;
+  }
+}
+
+typedef void (*piece_spikes_fn)(const uint8_t*, int64_t, int64_t, int, int, float,
+                                const AddendMasks&, float*);
+
 // Output pixels per piece of fire_image: about 4 KiB of spikes, still in L1 (32 KiB or more,
 // beside the pieces of v, count, addend and events) when their masks are made and they are
 // streamed out.
@@ -466,9 +535,9 @@ static inline int64_t fire_piece(int cout) { return std::max(1, 1024 / std::max(
 // The IF update of image n (sample s of the tile's samples [s0, ...), step k) in o, a piece of
 // pixels at a time: then (with a hand-off) the piece's masks, then its spikes streamed to out
 // when o is the scratch.
-static void fire_image(const Conv& p, const snnconv_fire* fire, const Handoff* h, float* o,
-                       float* out, int64_t n, int64_t s, int64_t k, bool scratch,
-                       int64_t* nonzero) {
+static void fire_image(const Conv& p, const snnconv_fire* fire, const Handoff* h,
+                       const AddendMasks* am, float* o, float* out, int64_t n, int64_t s,
+                       int64_t k, bool scratch, int64_t* nonzero) {
   const int64_t pixels = (int64_t)p.Ho * p.Wo, piece = fire_piece(p.Cout);
   uint8_t* m = h ? fire->masks + n * h->size : nullptr;
   piece_masks_fn masks = nullptr;
@@ -477,12 +546,25 @@ static void fire_image(const Conv& p, const snnconv_fire* fire, const Handoff* h
     masks = fire->events ? (h->gb == 8 ? piece_masks<8, true> : piece_masks<4, true>)
                          : (h->gb == 8 ? piece_masks<8, false> : piece_masks<4, false>);
   }
+  thread_local std::vector<float> expanded;  // a piece of the addend, made from its masks
+  piece_spikes_fn spikes = nullptr;
+  if (am) {
+    if ((int64_t)expanded.size() < piece * p.Cout) expanded.resize(piece * p.Cout);
+    const bool neg = fire->addend_negative;
+    spikes = neg ? (am->gb == 8 ? piece_spikes<8, true> : piece_spikes<4, true>)
+                 : (am->gb == 8 ? piece_spikes<8, false> : piece_spikes<4, false>);
+  }
   for (int64_t px = 0; px < pixels; px += piece) {
     const int64_t np = std::min(piece, pixels - px), i = px * p.Cout, len = np * p.Cout;
     const int64_t at = s * p.opix + i;
     float* oi = o + i;
     float* ev = fire->events ? fire->events + at : nullptr;
     const float* ad = fire->addend ? fire->addend + n * p.opix + i : nullptr;
+    if (am) {
+      spikes(fire->addend_masks + n * am->size, px, np, p.Wo, p.Cout, fire->addend_vth, *am,
+             expanded.data());
+      ad = expanded.data();
+    }
     if (ev && ad)
       signed_block<float, true>(oi, ad, fire->v + at, oi, fire->count + at, ev, fire->theta[k],
                                 fire->vth, len);
@@ -510,7 +592,8 @@ static void fire_image(const Conv& p, const snnconv_fire* fire, const Handoff* h
 // from which the spikes are streamed to out. With lists (the sparse form), each step first
 // builds the lists of its (s1 - s0) images there.
 static void tile_steps(const Conv& p, const float* table, const uint8_t* mk, const float* bias,
-                       float* out, const snnconv_fire* fire, const Handoff* h, int64_t s0,
+                       float* out, const snnconv_fire* fire, const Handoff* h,
+                       const AddendMasks* am, int64_t s0,
                        int64_t s1, int64_t batch, int64_t steps, float* scratch, uint32_t* lists,
                        int64_t* nonzero) {
   for (int64_t k = 0; k < steps; ++k) {
@@ -538,7 +621,7 @@ static void tile_steps(const Conv& p, const float* table, const uint8_t* mk, con
     if (fire)
       for (int64_t s = s0; s < s1; ++s) {
         const int64_t n = k * batch + s;
-        fire_image(p, fire, h, scratch ? scratch + (s - s0) * p.opix : out + n * p.opix, out, n,
+        fire_image(p, fire, h, am, scratch ? scratch + (s - s0) * p.opix : out + n * p.opix, out, n,
                    s, k, scratch != nullptr, nonzero);
       }
   }
@@ -560,6 +643,8 @@ static int spike_conv2d(const float* x, const float* amp, const float* table, co
     mk = masks.data();
   }
   const std::unique_ptr<Handoff> h(fire && fire->masks ? new Handoff(p, *fire) : nullptr);
+  const std::unique_ptr<AddendMasks> am(fire && fire->addend_masks ? new AddendMasks(p, *fire)
+                                                                   : nullptr);
   int64_t handed = 0;  // non-zero masks handed off
   const bool sparse = g.sparse_below > 1 || (nonzero < (double)g.sparse_below * p.N * p.H * p.W * p.G &&
                                               sparse_pays(p));
@@ -580,7 +665,7 @@ static int spike_conv2d(const float* x, const float* amp, const float* table, co
     thread_local std::vector<uint32_t> lists;
     if (stream && (int64_t)scratch.size() < tile * p.opix) scratch.resize(tile * p.opix);
     if (sparse && (int64_t)lists.size() < tile * p.ls.image) lists.resize(tile * p.ls.image);
-    tile_steps(p, table, mk, bias, out, fire, h.get(), s0, s1, batch, steps,
+    tile_steps(p, table, mk, bias, out, fire, h.get(), am.get(), s0, s1, batch, steps,
                stream ? scratch.data() : nullptr, sparse ? lists.data() : nullptr, &handed);
   }
   if (h) *fire->masks_nonzero = handed;
@@ -606,6 +691,11 @@ extern "C" int32_t snnconv_spike_conv2d_f32(const float* x, const float* amp, co
       ((fire->masks_gb != 4 && fire->masks_gb != 8) || fire->masks_ph < 0 ||
        fire->masks_pw < 0 || !fire->masks_nonzero ||
        (fire->masks_only != 0 && fire->masks_only != 1)))
+    return 2;
+  if (fire && fire->addend_masks &&
+      ((fire->addend_gb != 4 && fire->addend_gb != 8) || fire->addend_ph < 0 ||
+       fire->addend_pw < 0 || (fire->addend_negative != 0 && fire->addend_negative != 1) ||
+       fire->addend))
     return 2;
   return snnconv::spike_conv2d(x, amp, table, bias, out, g, fire, threads, stream_bytes, masks,
                                masks_nonzero);
