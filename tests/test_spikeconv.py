@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import snnconv
+from snnconv.exceptions import SimulationError
 from snnconv.kernels import cpu, lookup_conv
 from snnconv.simulation.neuron import IFNeurons
 from snnconv.zoo import models
@@ -138,7 +139,6 @@ def test_skipping_all_zero_groups_gives_the_same_bits(
 
 def test_sparse_threshold_must_be_a_number_at_least_zero(monkeypatch):
     """The kernel's geometry check refuses a NaN or negative SPARSE_BELOW before the call."""
-    from snnconv.exceptions import SimulationError
 
     conv, amp = nn.Conv2d(8, 8, 3, padding=1), torch.ones(8)
     x = spike_map(2, 8, 5, 5, amp)
@@ -358,6 +358,13 @@ def test_handed_off_masks_give_the_reader_the_same_bits(
     assert torch.equal(layers[2].v, layers[3].v)
     assert torch.equal(layers[2].spike_count, layers[3].spike_count)
     assert 0 < layers[3].spike_count.abs().sum()
+    other = dataclasses.replace(
+        masks, gb=12 - gb
+    )  # made for 8-bit groups where 4 are read, or back
+    assert lookup_conv.conv2d(second, plain, amp_mid, negative=signed, masks=other) is not None
+    with pytest.raises(SimulationError, match="kept only as masks made for another layout"):
+        only = dataclasses.replace(other, only=True)  # and x was never written: no way to read it
+        lookup_conv.conv2d(second, plain, amp_mid, negative=signed, masks=only)
 
 
 @pytest.mark.parametrize(
@@ -519,8 +526,7 @@ def test_layers_read_only_through_masks_skip_their_spike_maps(monkeypatch, neuro
 def test_conv_wrapper_refuses_what_does_not_fit_its_geometry():
     """The typed wrapper checks the geometry (output size, plan) and every tensor against it
     before the kernel runs: a mistake is an error, never an access out of bounds."""
-    from snnconv.exceptions import SimulationError
-    from snnconv.kernels import backend, cpu
+    from snnconv.kernels import backend
 
     conv, amp = nn.Conv2d(8, 16, 3, padding=1), torch.ones(8)
     x = spike_map(2, 8, 6, 6, amp)

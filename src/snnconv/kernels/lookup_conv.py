@@ -45,6 +45,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from snnconv.exceptions import SimulationError
 from snnconv.kernels import backend, cpu
 
 MAX_TABLE_BYTES = 64 << 20  # larger tables (very wide layers): use F.conv2d
@@ -260,7 +261,8 @@ def conv2d(
     up): rows are n = k*B + b (step k < steps, sample b), v and count [B, ...] are updated in
     place, and the result holds the spikes (and, with ``fire.masks``, their masks for the next
     convolution). ``masks``: x's masks, made that way for this convolution (``mask_layout``),
-    read instead of x's values; ignored if their layout is not this call's."""
+    read instead of x's values; ignored if their layout is not this call's (an error if they are
+    x's only copy, ``masks.only``)."""
     if not applies(conv, x):
         return None
     amp = amp.to(torch.float32).expand(x.shape[1]).contiguous()
@@ -283,6 +285,11 @@ def conv2d(
             *conv.padding,
             negative,
         ):
+            if masks.only:  # x holds nothing: the masks were its only copy
+                raise SimulationError(
+                    f"{conv}: its input's spike map was kept only as masks made for another "
+                    "layout (a different plan between writer and reader)"
+                )
             masks = None
         done = backend.cpp().spike_conv2d(
             x,
