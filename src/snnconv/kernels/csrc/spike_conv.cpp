@@ -393,15 +393,17 @@ static bool all_masks(const Conv& p, const float* x, const float* amp, int threa
   return !bad;
 }
 
-// Where fire also makes the masks of its spikes (snnconv_fire.masks) for the next convolution:
-// that convolution's mask layout over this one's output.
-struct Handoff {
-  Handoff(const Conv& p, const snnconv_fire& f)
-      : gb(f.masks_gb), ph(f.masks_ph), pw(f.masks_pw), G((p.Cout + gb - 1) / gb),
-        MS(f.events ? 2 * G : G), Wp(p.Wo + 2 * pw),
-        size((int64_t)(p.Ho + 2 * ph) * Wp * MS) {}
+// The layout of masks over this convolution's output (one image: [Ho + 2ph][Wo + 2pw][MS]
+// bytes, MS = G, or 2G when signed): those fire makes of its spikes for the next convolution
+// (snnconv_fire.masks), or those it reads its addend from (addend_masks).
+struct MaskLayout {
+  MaskLayout(const Conv& p, int gb, int ph, int pw, bool negative)
+      : gb(gb), ph(ph), pw(pw), G((p.Cout + gb - 1) / gb), MS(negative ? 2 * G : G),
+        Wp(p.Wo + 2 * pw), size((int64_t)(p.Ho + 2 * ph) * Wp * MS) {}
   const int gb, ph, pw, G, MS, Wp;
   const int64_t size;  // bytes per image
+  // offset of output pixel (ho, wo)'s masks
+  int64_t at(int64_t ho, int64_t wo) const { return ((ho + ph) * Wp + wo + pw) * MS; }
 };
 
 // The masks of n consecutive pixels' C spikes o each (values 0 or vth; signed: also -vth) into
@@ -450,17 +452,17 @@ static inline void own_masks(const float* o, int64_t n, float vth, int C, int G,
 // of pixels along a row at a time.
 template <int GB, bool NEG>
 static void piece_masks(const float* o, int64_t px, int64_t np, int Wo, int C, float vth,
-                        const Handoff& h, uint8_t* m) {
+                        const MaskLayout& h, uint8_t* m) {
   int64_t ho = px / Wo, wo = px % Wo;
   for (int64_t q = 0; q < np;) {
     const int64_t run = std::min<int64_t>(np - q, Wo - wo);
     own_masks<GB, NEG>(o + (px + q) * C, run, vth, C, h.G,
-                       m + ((ho + h.ph) * h.Wp + wo + h.pw) * h.MS);
+                       m + h.at(ho, wo));
     q += run, wo = 0, ++ho;
   }
 }
 
-typedef void (*piece_masks_fn)(const float*, int64_t, int64_t, int, int, float, const Handoff&,
+typedef void (*piece_masks_fn)(const float*, int64_t, int64_t, int, int, float, const MaskLayout&,
                                uint8_t*);
 
 // The spikes of n consecutive pixels of C channels each (vth where a bit of the first G mask
@@ -500,32 +502,22 @@ static inline void spikes_of_masks(const uint8_t* m, int64_t n, float vth, int C
     }
 }
 
-// Where the addend comes from masks (snnconv_fire.addend_masks): their layout.
-struct AddendMasks {
-  AddendMasks(const Conv& p, const snnconv_fire& f)
-      : gb(f.addend_gb), ph(f.addend_ph), pw(f.addend_pw), G((p.Cout + gb - 1) / gb),
-        MS(f.addend_negative ? 2 * G : G), Wp(p.Wo + 2 * pw),
-        size((int64_t)(p.Ho + 2 * ph) * Wp * MS) {}
-  const int gb, ph, pw, G, MS, Wp;
-  const int64_t size;  // bytes per image
-};
-
 // spikes_of_masks of output pixels [px, px + np) of one image (masks m of the image), a run of
 // pixels along a row at a time.
 template <int GB, bool NEG>
 static void piece_spikes(const uint8_t* m, int64_t px, int64_t np, int Wo, int C, float vth,
-                         const AddendMasks& a, float* o) {
+                         const MaskLayout& a, float* o) {
   int64_t ho = px / Wo, wo = px % Wo;
   for (int64_t q = 0; q < np;) {
     const int64_t run = std::min<int64_t>(np - q, Wo - wo);
-    spikes_of_masks<GB, NEG>(m + ((ho + a.ph) * a.Wp + wo + a.pw) * a.MS, run, vth, C, a.G,
+    spikes_of_masks<GB, NEG>(m + a.at(ho, wo), run, vth, C, a.G,
                              o + q * C);
     q += run, wo = 0, ++ho;
   }
 }
 
 typedef void (*piece_spikes_fn)(const uint8_t*, int64_t, int64_t, int, int, float,
-                                const AddendMasks&, float*);
+                                const MaskLayout&, float*);
 
 // Output pixels per piece of fire_image: about 4 KiB of spikes, still in L1 (32 KiB or more,
 // beside the pieces of v, count, addend and events) when their masks are made and they are
@@ -535,8 +527,8 @@ static inline int64_t fire_piece(int cout) { return std::max(1, 1024 / std::max(
 // The IF update of image n (sample s of the tile's samples [s0, ...), step k) in o, a piece of
 // pixels at a time: then (with a hand-off) the piece's masks, then its spikes streamed to out
 // when o is the scratch.
-static void fire_image(const Conv& p, const snnconv_fire* fire, const Handoff* h,
-                       const AddendMasks* am, float* o, float* out, int64_t n, int64_t s,
+static void fire_image(const Conv& p, const snnconv_fire* fire, const MaskLayout* h,
+                       const MaskLayout* am, float* o, float* out, int64_t n, int64_t s,
                        int64_t k, bool scratch, int64_t* nonzero) {
   const int64_t pixels = (int64_t)p.Ho * p.Wo, piece = fire_piece(p.Cout);
   uint8_t* m = h ? fire->masks + n * h->size : nullptr;
@@ -592,8 +584,8 @@ static void fire_image(const Conv& p, const snnconv_fire* fire, const Handoff* h
 // from which the spikes are streamed to out. With lists (the sparse form), each step first
 // builds the lists of its (s1 - s0) images there.
 static void tile_steps(const Conv& p, const float* table, const uint8_t* mk, const float* bias,
-                       float* out, const snnconv_fire* fire, const Handoff* h,
-                       const AddendMasks* am, int64_t s0,
+                       float* out, const snnconv_fire* fire, const MaskLayout* h,
+                       const MaskLayout* am, int64_t s0,
                        int64_t s1, int64_t batch, int64_t steps, float* scratch, uint32_t* lists,
                        int64_t* nonzero) {
   for (int64_t k = 0; k < steps; ++k) {
@@ -642,9 +634,13 @@ static int spike_conv2d(const float* x, const float* amp, const float* table, co
     if (!all_masks(p, x, amp, threads, masks.data(), &nonzero)) return 1;
     mk = masks.data();
   }
-  const std::unique_ptr<Handoff> h(fire && fire->masks ? new Handoff(p, *fire) : nullptr);
-  const std::unique_ptr<AddendMasks> am(fire && fire->addend_masks ? new AddendMasks(p, *fire)
-                                                                   : nullptr);
+  std::unique_ptr<MaskLayout> h, am;
+  if (fire && fire->masks)
+    h.reset(new MaskLayout(p, fire->masks_gb, fire->masks_ph, fire->masks_pw,
+                           fire->events != nullptr));
+  if (fire && fire->addend_masks)
+    am.reset(new MaskLayout(p, fire->addend_gb, fire->addend_ph, fire->addend_pw,
+                            fire->addend_negative));
   int64_t handed = 0;  // non-zero masks handed off
   const bool sparse = g.sparse_below > 1 || (nonzero < (double)g.sparse_below * p.N * p.H * p.W * p.G &&
                                               sparse_pays(p));
