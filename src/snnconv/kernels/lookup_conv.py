@@ -280,17 +280,6 @@ def conv2d(
         if fire is None
         else "snnconv::spike_conv2d + IF (lookup, fused)"
     ):
-        if masks is not None and (masks.gb, masks.ph, masks.pw, masks.negative) != (
-            gb,
-            *conv.padding,
-            negative,
-        ):
-            if masks.only:  # x holds nothing: the masks were its only copy
-                raise SimulationError(
-                    f"{conv}: its input's spike map was kept only as masks made for another "
-                    "layout (a different plan between writer and reader)"
-                )
-            masks = None
         done = backend.cpp().spike_conv2d(
             x,
             amp,
@@ -300,6 +289,23 @@ def conv2d(
             geometry(conv, x, (gb, nv, gr), negative),
             fire,
             STREAM_BYTES,
-            masks=masks,
+            masks=_readable(masks, conv, gb, negative),
         )
     return out if done else None
+
+
+def _readable(masks: cpu.SpikeMasks | None, conv: nn.Conv2d, gb: int, negative: bool):
+    """``masks`` if they are in the layout ``conv`` reads (groups of ``gb``, its padding, signed
+    or not), else None (x is read instead); an error if x was never written (``masks.only``)."""
+    if masks is None or (masks.gb, masks.ph, masks.pw, masks.negative) == (
+        gb,
+        *conv.padding,
+        negative,
+    ):
+        return masks
+    if masks.only:  # x holds nothing: the masks were its only copy
+        raise SimulationError(
+            f"{conv}: its input's spike map was kept only as masks made for another layout (a "
+            "different plan between writer and reader)"
+        )
+    return None

@@ -399,11 +399,20 @@ static bool all_masks(const Conv& p, const float* x, const float* amp, int threa
 struct MaskLayout {
   MaskLayout(const Conv& p, int gb, int ph, int pw, bool negative)
       : gb(gb), ph(ph), pw(pw), G((p.Cout + gb - 1) / gb), MS(negative ? 2 * G : G),
-        Wp(p.Wo + 2 * pw), size((int64_t)(p.Ho + 2 * ph) * Wp * MS) {}
-  const int gb, ph, pw, G, MS, Wp;
+        Wo(p.Wo), Wp(p.Wo + 2 * pw), size((int64_t)(p.Ho + 2 * ph) * Wp * MS) {}
+  const int gb, ph, pw, G, MS, Wo, Wp;
   const int64_t size;  // bytes per image
-  // offset of output pixel (ho, wo)'s masks
-  int64_t at(int64_t ho, int64_t wo) const { return ((ho + ph) * Wp + wo + pw) * MS; }
+  // f(q, n, offset) for each run of output pixels [px, px + np) along a row: q the first one's
+  // index from px, n their count, offset that of the first one's masks
+  template <class F>
+  void runs(int64_t px, int64_t np, F f) const {
+    int64_t ho = px / Wo, wo = px % Wo;
+    for (int64_t q = 0; q < np;) {
+      const int64_t n = std::min<int64_t>(np - q, Wo - wo);
+      f(q, n, ((ho + ph) * Wp + wo + pw) * MS);
+      q += n, wo = 0, ++ho;
+    }
+  }
 };
 
 // The masks of n consecutive pixels' C spikes o each (values 0 or vth; signed: also -vth) into
@@ -448,21 +457,16 @@ static inline void own_masks(const float* o, int64_t n, float vth, int C, int G,
     }
 }
 
-// own_masks of output pixels [px, px + np) of one image (spikes o, masks m of the image), a run
-// of pixels along a row at a time.
+// own_masks of output pixels [px, px + np) of one image (spikes o, masks m of the image).
 template <int GB, bool NEG>
-static void piece_masks(const float* o, int64_t px, int64_t np, int Wo, int C, float vth,
+static void piece_masks(const float* o, int64_t px, int64_t np, int C, float vth,
                         const MaskLayout& h, uint8_t* m) {
-  int64_t ho = px / Wo, wo = px % Wo;
-  for (int64_t q = 0; q < np;) {
-    const int64_t run = std::min<int64_t>(np - q, Wo - wo);
-    own_masks<GB, NEG>(o + (px + q) * C, run, vth, C, h.G,
-                       m + h.at(ho, wo));
-    q += run, wo = 0, ++ho;
-  }
+  h.runs(px, np, [&](int64_t q, int64_t n, int64_t at) {
+    own_masks<GB, NEG>(o + (px + q) * C, n, vth, C, h.G, m + at);
+  });
 }
 
-typedef void (*piece_masks_fn)(const float*, int64_t, int64_t, int, int, float, const MaskLayout&,
+typedef void (*piece_masks_fn)(const float*, int64_t, int64_t, int, float, const MaskLayout&,
                                uint8_t*);
 
 // The spikes of n consecutive pixels of C channels each (vth where a bit of the first G mask
@@ -502,22 +506,17 @@ static inline void spikes_of_masks(const uint8_t* m, int64_t n, float vth, int C
     }
 }
 
-// spikes_of_masks of output pixels [px, px + np) of one image (masks m of the image), a run of
-// pixels along a row at a time.
+// spikes_of_masks of output pixels [px, px + np) of one image (masks m of the image) into o.
 template <int GB, bool NEG>
-static void piece_spikes(const uint8_t* m, int64_t px, int64_t np, int Wo, int C, float vth,
+static void piece_spikes(const uint8_t* m, int64_t px, int64_t np, int C, float vth,
                          const MaskLayout& a, float* o) {
-  int64_t ho = px / Wo, wo = px % Wo;
-  for (int64_t q = 0; q < np;) {
-    const int64_t run = std::min<int64_t>(np - q, Wo - wo);
-    spikes_of_masks<GB, NEG>(m + a.at(ho, wo), run, vth, C, a.G,
-                             o + q * C);
-    q += run, wo = 0, ++ho;
-  }
+  a.runs(px, np, [&](int64_t q, int64_t n, int64_t at) {
+    spikes_of_masks<GB, NEG>(m + at, n, vth, C, a.G, o + q * C);
+  });
 }
 
-typedef void (*piece_spikes_fn)(const uint8_t*, int64_t, int64_t, int, int, float,
-                                const MaskLayout&, float*);
+typedef void (*piece_spikes_fn)(const uint8_t*, int64_t, int64_t, int, float, const MaskLayout&,
+                                float*);
 
 // Output pixels per piece of fire_image: about 4 KiB of spikes, still in L1 (32 KiB or more,
 // beside the pieces of v, count, addend and events) when their masks are made and they are
@@ -553,7 +552,7 @@ static void fire_image(const Conv& p, const snnconv_fire* fire, const MaskLayout
     float* ev = fire->events ? fire->events + at : nullptr;
     const float* ad = fire->addend ? fire->addend + n * p.opix + i : nullptr;
     if (am) {
-      spikes(fire->addend_masks + n * am->size, px, np, p.Wo, p.Cout, fire->addend_vth, *am,
+      spikes(fire->addend_masks + n * am->size, px, np, p.Cout, fire->addend_vth, *am,
              expanded.data());
       ad = expanded.data();
     }
@@ -569,7 +568,7 @@ static void fire_image(const Conv& p, const snnconv_fire* fire, const MaskLayout
     else
       block<float, false>(oi, nullptr, fire->v + at, oi, fire->count + at, fire->theta[k],
                           fire->vth, len);
-    if (h) masks(o, px, np, p.Wo, p.Cout, fire->vth, *h, m);
+    if (h) masks(o, px, np, p.Cout, fire->vth, *h, m);
     if (scratch && !(h && fire->masks_only)) copy_streaming(out + n * p.opix + i, oi, len);
   }
   if (h) {
