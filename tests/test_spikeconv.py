@@ -437,6 +437,17 @@ def test_scan_conv_declines_without_touching_state(monkeypatch):
     not_spikes[5, 3, 2, 2] = 0.5
     assert layer.scan_conv(conv, not_spikes, amp, 2) is None
     assert layer.scan_conv(conv, x.contiguous(), amp, 2) is None  # not channels_last
+    gb, ph, pw = lookup_conv.mask_layout(conv)
+    signed_masks = cpu.SpikeMasks(
+        torch.zeros(8, cpu.mask_bytes(16, 6, 6, gb, ph, pw, True), dtype=torch.uint8),
+        torch.zeros(1, dtype=torch.int64),
+        gb,
+        ph,
+        pw,
+        True,
+        only=True,
+    )
+    assert layer.scan_conv(conv, x, amp, 2, masks_out=signed_masks) is None  # another neuron's
     assert torch.equal(layer.v, before[0]) and torch.equal(layer.spike_count, before[1])
     assert layer.t == before[2]
     monkeypatch.setattr(torch, "get_num_threads", lambda: 8)

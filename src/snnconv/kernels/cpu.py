@@ -406,11 +406,8 @@ def _masks_out(m: SpikeMasks | None, g: ConvGeometry, signed: bool) -> tuple:
         return None, 0, 0, 0, None, 0
     if m.negative != signed:
         raise SimulationError("spike_conv2d: signed masks for ordinary neurons, or back")
-    if m.gb not in (4, 8) or min(m.ph, m.pw) < 0:
-        raise SimulationError(f"spike_conv2d: impossible mask layout gb={m.gb} ({m.ph}, {m.pw})")
-    size = g.n * mask_bytes(g.cout, g.ho, g.wo, m.gb, m.ph, m.pw, m.negative)
     return (
-        _pointer(m.data, "masks", torch.uint8, size),
+        _output_masks(m, g, "masks"),
         m.gb,
         m.ph,
         m.pw,
@@ -423,11 +420,15 @@ def _addend_masks(m: SpikeMasks | None, v_th: float, g: ConvGeometry) -> tuple:
     """snnconv_fire's addend_masks fields for masks of an addend shaped like the output."""
     if m is None:
         return None, 0, 0, 0, 0, 0.0
+    return _output_masks(m, g, "addend_masks"), m.gb, m.ph, m.pw, int(m.negative), v_th
+
+
+def _output_masks(m: SpikeMasks, g: ConvGeometry, name: str) -> int:
+    """The pointer to masks ``m`` over the convolution's output, their layout and size checked."""
     if m.gb not in (4, 8) or min(m.ph, m.pw) < 0:
         raise SimulationError(f"spike_conv2d: impossible mask layout gb={m.gb} ({m.ph}, {m.pw})")
     size = g.n * mask_bytes(g.cout, g.ho, g.wo, m.gb, m.ph, m.pw, m.negative)
-    data = _pointer(m.data, "addend_masks", torch.uint8, size)
-    return data, m.gb, m.ph, m.pw, int(m.negative), v_th
+    return _pointer(m.data, name, torch.uint8, size)
 
 
 def _masks_in(m: SpikeMasks | None, g: ConvGeometry) -> tuple:

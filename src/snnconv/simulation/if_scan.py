@@ -181,7 +181,7 @@ def scan_conv(
     if state.events is not None and state.events.stride() != v.stride():
         return None
     if masks_out is not None and masks_out.negative != (state.events is not None):
-        masks_out = None  # made for the other kind of neuron
+        return None  # masks made for the other kind of neuron: they would stay unwritten
     fire = (v, state.count, theta, v_th.item(), addend, steps, state.events, masks_out)
     fire += addend_masks or ()
     done = lookup_conv.conv2d(
