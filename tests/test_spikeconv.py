@@ -23,6 +23,15 @@ def spike_map(n, c, h, w, amp, rate=0.3, seed=0):
     return (fired * amp.view(1, -1, 1, 1)).contiguous(memory_format=torch.channels_last)
 
 
+def masks_for(reader, shape, signed, only=False, fill=0):
+    """Buffers for the masks of a spike map of ``shape`` [n, c, h, w] in the layout the conv
+    ``reader`` reads, every byte ``fill`` to begin with."""
+    n, c, h, w = shape
+    gb, ph, pw = lookup_conv.mask_layout(reader)
+    data = torch.full((n, cpu.mask_bytes(c, h, w, gb, ph, pw, signed)), fill, dtype=torch.uint8)
+    return cpu.SpikeMasks(data, torch.zeros(1, dtype=torch.int64), gb, ph, pw, signed, only)
+
+
 @pytest.mark.parametrize(
     "c_in,c_out,kernel,stride,padding,size",
     [
@@ -326,19 +335,11 @@ def test_handed_off_masks_give_the_reader_the_same_bits(
         second.weight.mul_(3)
     amp, batch, steps, v_th = torch.full((16,), 0.8), 4, 3, 0.7
     x = spike_map(steps * batch, 16, 9, 9, amp, seed=2)
-    gb, ph, pw = lookup_conv.mask_layout(second)
     layers = [IFNeurons(v_th, "membrane", signed=signed) for _ in range(4)]
     for layer in layers:
         layer.reset(steps)
-    size = cpu.mask_bytes(c_mid, 9, 9, gb, ph, pw, signed)
-    masks = cpu.SpikeMasks(
-        torch.full((steps * batch, size), 255, dtype=torch.uint8),  # garbage where not written
-        torch.zeros(1, dtype=torch.int64),
-        gb,
-        ph,
-        pw,
-        signed,
-    )
+    # garbage where not written
+    masks = masks_for(second, (steps * batch, c_mid, 9, 9), signed, fill=255)
     handed = layers[0].scan_conv(first, x, amp, steps, masks_out=masks).clone()
     plain = layers[1].scan_conv(first, x, amp, steps)
     plain = plain.view(steps * batch, *plain.shape[2:])  # [steps, B, ...] back to [steps*B, ...]
@@ -358,9 +359,8 @@ def test_handed_off_masks_give_the_reader_the_same_bits(
     assert torch.equal(layers[2].v, layers[3].v)
     assert torch.equal(layers[2].spike_count, layers[3].spike_count)
     assert 0 < layers[3].spike_count.abs().sum()
-    other = dataclasses.replace(
-        masks, gb=12 - gb
-    )  # made for 8-bit groups where 4 are read, or back
+    # made for 8-bit groups where 4 are read, or back
+    other = dataclasses.replace(masks, gb=12 - masks.gb)
     assert lookup_conv.conv2d(second, plain, amp_mid, negative=signed, masks=other) is not None
     with pytest.raises(SimulationError, match="kept only as masks made for another layout"):
         only = dataclasses.replace(other, only=True)  # and x was never written: no way to read it
@@ -383,20 +383,10 @@ def test_addend_read_from_handed_off_masks_gives_the_same_bits(monkeypatch, c, t
     with torch.no_grad():
         conv.weight.mul_(3)
     amp, batch, steps = torch.full((c,), 0.8), 4, 3
-    gb, ph, pw = lookup_conv.mask_layout(conv)  # the masks as this conv would read them
     layers = [IFNeurons(v, "membrane", signed=signed) for v in (0.8, 0.6, 0.6)]
     for layer in layers:
         layer.reset(steps)
-    size = cpu.mask_bytes(c, 7, 7, gb, ph, pw, signed)
-    masks = cpu.SpikeMasks(
-        torch.zeros(steps * batch, size, dtype=torch.uint8),
-        torch.zeros(1, dtype=torch.int64),
-        gb,
-        ph,
-        pw,
-        signed,
-        only=True,
-    )
+    masks = masks_for(conv, (steps * batch, c, 7, 7), signed, only=True)  # as conv reads them
     first = layers[0].scan_conv(conv, spike_map(steps * batch, c, 7, 7, amp, seed=3), amp, steps)
     layers[0].reset(steps)
     x = spike_map(steps * batch, c, 7, 7, amp, seed=3)
@@ -437,16 +427,7 @@ def test_scan_conv_declines_without_touching_state(monkeypatch):
     not_spikes[5, 3, 2, 2] = 0.5
     assert layer.scan_conv(conv, not_spikes, amp, 2) is None
     assert layer.scan_conv(conv, x.contiguous(), amp, 2) is None  # not channels_last
-    gb, ph, pw = lookup_conv.mask_layout(conv)
-    signed_masks = cpu.SpikeMasks(
-        torch.zeros(8, cpu.mask_bytes(16, 6, 6, gb, ph, pw, True), dtype=torch.uint8),
-        torch.zeros(1, dtype=torch.int64),
-        gb,
-        ph,
-        pw,
-        True,
-        only=True,
-    )
+    signed_masks = masks_for(conv, (8, 16, 6, 6), True, only=True)
     assert layer.scan_conv(conv, x, amp, 2, masks_out=signed_masks) is None  # another neuron's
     assert torch.equal(layer.v, before[0]) and torch.equal(layer.spike_count, before[1])
     assert layer.t == before[2]
