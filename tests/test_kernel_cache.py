@@ -315,3 +315,17 @@ def test_snnconv_isa_selects_the_build_the_simulator_loads(monkeypatch):
     monkeypatch.setattr(backend, "_cpp", backend.CppState())
     loaded = backend.cpp()
     assert loaded is not None and loaded.path == cpu.load("sse2").path != cpu.load().path
+
+
+def test_sources_compile_side_by_side_and_a_failing_one_is_named(tmp_path, cache):
+    """Each .cpp is compiled to its own object and the objects linked: a function of one source
+    calls one of another; a broken source among good ones is named, and nothing is cached."""
+    calls_half = 'extern "C" int half(void);\nextern "C" int answer(void) { return 2 * half(); }\n'
+    src = sources(tmp_path, calls_half)
+    (src / "half.cpp").write_text('extern "C" int half(void) { return 21; }\n')
+    assert build.load(src, FLAGS).answer() == 42
+    (src / "broken.cpp").write_text("int broken( { }\n")
+    with pytest.raises(SnnconvError, match=r"broken\.cpp:1:.*error"):
+        build.load(src, FLAGS)
+    assert not (cache / entry(src)).exists()  # no entry for the broken sources
+    assert not [p for p in cache.iterdir() if p.name.startswith(".build-")]  # objects removed

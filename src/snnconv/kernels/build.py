@@ -38,6 +38,7 @@ import subprocess
 import tempfile
 import warnings
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -88,7 +89,8 @@ def cache_folder() -> Path:
 @dataclass(frozen=True)
 class Recipe:
     """What a library is built from: every ``*.cpp`` of ``source_dir`` (its headers included
-    with -I), compiled and linked in one command by ``cxx`` with ``flags``."""
+    with -I), each compiled to an object by ``cxx`` with ``flags`` (side by side, as many at once
+    as there are CPUs), then linked with ``flags``."""
 
     source_dir: Path
     cxx: str
@@ -109,9 +111,12 @@ class Recipe:
     def filename(self) -> str:
         return f"{self.name}_{self.key()}.so"
 
-    def command(self, output: Path) -> list[str]:
+    def compile_command(self, source: Path, obj: Path) -> list[str]:
         include = ["-I", str(self.source_dir)]
-        return [self.cxx, *self.flags, *include, *map(str, self.sources()), "-o", str(output)]
+        return [self.cxx, *self.flags, *include, "-c", str(source), "-o", str(obj)]
+
+    def link_command(self, objects: Sequence[Path], output: Path) -> list[str]:
+        return [self.cxx, *self.flags, *map(str, objects), "-o", str(output)]
 
 
 def checksum_path(library: Path) -> Path:
@@ -217,19 +222,31 @@ def _write_durably(path: Path, data: bytes) -> None:
     _fsync_folder(path.parent)
 
 
-def _compile(recipe: Recipe, library: Path) -> None:
-    """Build ``library`` and then its checksum (see the module docstring); raises KernelError
-    with the compiler's message (which names the source files and lines) if it fails."""
-    with tempfile.TemporaryDirectory(prefix=".build-", dir=library.parent) as tmp:
-        output = Path(tmp) / library.name
-        done = subprocess.run(
-            recipe.command(output), capture_output=True, text=True, timeout=COMPILE_TIMEOUT_S
+def _run(recipe: Recipe, command: list[str]) -> None:
+    """Run one compiler command; KernelError with its message (which names the source file and
+    line) if it fails."""
+    done = subprocess.run(command, capture_output=True, text=True, timeout=COMPILE_TIMEOUT_S)
+    if done.returncode != 0:
+        raise KernelError(
+            f"building {recipe.name} from {recipe.source_dir} failed "
+            f"({' '.join(command)}):\n{done.stderr.strip()[-3000:]}"
         )
-        if done.returncode != 0:
-            raise KernelError(
-                f"building {recipe.name} from {recipe.source_dir} failed "
-                f"({' '.join(recipe.command(output))}):\n{done.stderr.strip()[-3000:]}"
-            )
+
+
+def _compile(recipe: Recipe, library: Path) -> None:
+    """Build ``library`` and then its checksum (see the module docstring): the sources compiled
+    side by side (the first failure raised, after all have ended), then linked."""
+    with tempfile.TemporaryDirectory(prefix=".build-", dir=library.parent) as tmp:
+        sources = recipe.sources()
+        objects = [Path(tmp) / f"{i}_{source.stem}.o" for i, source in enumerate(sources)]
+        builds = sorted(zip(sources, objects), key=lambda b: -b[0].stat().st_size)  # longest first
+        workers = max(1, min(len(builds), os.cpu_count() or 1))
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            runs = [pool.submit(_run, recipe, recipe.compile_command(*b)) for b in builds]
+        for run in runs:
+            run.result()
+        output = Path(tmp) / library.name
+        _run(recipe, recipe.link_command(objects, output))
         data = output.read_bytes()
     _write_durably(library, data)
     _write_durably(checksum_path(library), hashlib.sha256(data).hexdigest().encode() + b"\n")
