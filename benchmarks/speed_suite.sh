@@ -21,7 +21,7 @@ root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$root"
 PY=${PYTHON:-$root/.venv/bin/python}
 SJ=$root/.venv-sj/bin/python
-DATA_ROOT=${DATA_ROOT:-../shared/data}
+DATA_ROOT=$(cd "${DATA_ROOT:-../shared/data}" && pwd)  # absolute: the demo runs in the clone
 isa=$("$PY" -c "from snnconv.kernels import backend; print(backend.isa_label().split()[0])")
 out=${1:-benchmarks/results/suite-$(date -u +%Y%m%d)-$isa}
 mkdir -p "$out"
@@ -41,7 +41,7 @@ trap 'rm -rf "$clone" "$cache"' EXIT
 git clone -q "$root" "$clone/snnconv"
 (cd "$clone/snnconv" && env XDG_CACHE_HOME="$cache" PYTHONPATH="$clone/snnconv/src" \
   /usr/bin/time -f "wall %e s, user %U s, sys %S s" \
-  "$PY" -m snnconv demo --data-root "$(cd "$DATA_ROOT" && pwd)") 2>&1 | tee "$out/demo.txt"
+  "$PY" -m snnconv demo --data-root "$DATA_ROOT") 2>&1 | tee "$out/demo.txt"
 
 "$PY" benchmarks/sim_speed.py --models resnet20,vgg16-paper --T 16,32 2>&1 | tee "$out/sim_speed.txt"
 
