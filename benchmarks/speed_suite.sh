@@ -14,7 +14,7 @@
 # 5. time_to_accuracy.txt (+ .json): benchmarks/time_to_accuracy.py, snnconv and SpikingJelly.
 # Steps 4 and 5 need .venv-sj (bash benchmarks/spikingjelly_setup.sh); without it they are
 # reported as not run and the script exits 1 at the end. Nothing else may hold the cores while it
-# runs (about 20 min on a 2-core Zen 5; longer on slower machines). Quote figures from these files
+# runs (about 15 min on a 2-core Zen 5, 20 with AVX2 code; longer on slower machines). Quote figures from these files
 # with the machine line; under emulation they are AVX2 code on this CPU, not an AVX2 machine.
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -22,7 +22,9 @@ cd "$root"
 PY=${PYTHON:-$root/.venv/bin/python}
 SJ=$root/.venv-sj/bin/python
 DATA_ROOT=$(cd "${DATA_ROOT:-../shared/data}" && pwd)  # absolute: the demo runs in the clone
-isa=$("$PY" -c "from snnconv.kernels import backend; print(backend.isa_label().split()[0])")
+isa=$("$PY" -c "from snnconv.kernels import backend
+label = backend.isa_label()
+print(label.split()[0] + ('-emulated' if 'emulated' in label else ''))")
 out=${1:-benchmarks/results/suite-$(date -u +%Y%m%d)-$isa}
 mkdir -p "$out"
 missing=0

@@ -19,8 +19,11 @@ for each row (snnconv: ``snn(x, T*)`` per batch of --batch; SpikingJelly: its si
 ``for t in range(T): acc += net(x)``, the faster of its two step modes in benchmarks/spikingjelly_compare.py,
 channels_last like snnconv) and scaled to 10,000 images; where SpikingJelly never reaches the
 target, its time at T=64 is a lower bound ("> ..."). Each timing: one warm-up batch, then every
-batch timed; the spread is the fastest and slowest batch scaled the same way. Rows run one after
-the other, each on all --threads. The machine's instruction set is printed with the table.
+batch timed; the spread is the fastest and slowest batch scaled the same way. Timings run one
+after the other, each on all --threads, in --passes passes over all of them, every other pass in
+reverse order; each timing keeps its pass with the lowest median (both tools alike), so a slow
+minute of a shared machine does not land on one row only. The machine's instruction set is
+printed with the table.
 """
 
 from __future__ import annotations
@@ -35,7 +38,7 @@ from pathlib import Path
 
 import torch
 
-from snnconv.io import data
+from snnconv.io import checkpoint, data
 from snnconv.kernels import backend
 from snnconv.zoo import shipped
 
@@ -54,8 +57,13 @@ def parse_args(argv):
     p.add_argument("--batch", type=int, default=250)
     p.add_argument("--calibration-images", type=int, default=1024)
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--passes", type=int, default=2, help="passes over every timing (best kept)")
     p.add_argument("--out", default=None, help="also write the rows as JSON here")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    for name in ("time_images", "batch", "calibration_images", "passes"):
+        if getattr(args, name) < 1:
+            p.error(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
+    return args
 
 
 def first_t(acc: dict[int, float], target: float) -> int | None:
@@ -73,6 +81,12 @@ def timed(run, batches) -> dict:
     return {"seconds": statistics.median(per), "min": min(per), "max": max(per)}
 
 
+def best_pass(passes: list[dict]) -> dict:
+    """The pass with the lowest median, with every pass's median beside it."""
+    best = min(passes, key=lambda p: p["seconds"])
+    return {**best, "pass_medians": [p["seconds"] for p in passes]}
+
+
 class Timer:
     def __init__(self, args):
         self.args = args
@@ -83,53 +97,68 @@ class Timer:
         self.batches = list(x.contiguous(memory_format=fmt).split(args.batch))
         self.cal = data.normalize(train.images[: args.calibration_images], "cifar10")
         self.cal = self.cal.contiguous(memory_format=fmt)
-        self.done: dict[tuple, dict] = {}  # (model, method, T) -> timing, shared by rows
 
-    def snnconv(self, row: dict, steps: int) -> dict:
+    @staticmethod
+    def key(row: dict, steps: int) -> tuple:
+        """What is timed for a row at T: (tool, model, method, T), shared by the rows that run
+        the same operations (a "+mse" row is timed uncalibrated)."""
+        if row["tool"] != "snnconv":
+            return ("spikingjelly", row["model"], row["method"], steps)
         base, mods = low_latency.parse_method(row["method"])
-        method = "+".join([base, *sorted(mods - {"mse"})])  # timed uncalibrated: same operations
-        key = (row["model"], method, steps)
-        if key not in self.done:
-            model = shipped.load_pretrained(row["model"]).to(memory_format=torch.channels_last)
-            snn = low_latency.convert_row(model, method, self.cal)
-            with torch.no_grad():
-                self.done[key] = timed(lambda x: snn(x, steps), self.batches)
-        return self.done[key]
+        return ("snnconv", row["model"], "+".join([base, *sorted(mods - {"mse"})]), steps)
 
-    def spikingjelly(self, row: dict, steps: int) -> dict:
-        import spikingjelly_compare as sjc  # needs spikingjelly (.venv-sj)
+    def time(self, key: tuple) -> dict:
+        tool, model_name, method, steps = key
+        print(f"{model_name} {method}: T={steps} ...", flush=True)
+        model = shipped.load_pretrained(model_name)
+        if tool == "snnconv":
+            snn = low_latency.convert_row(
+                model.to(memory_format=torch.channels_last), method, self.cal
+            )
+            run = lambda x: snn(x, steps)  # noqa: E731
+        else:
+            import spikingjelly_compare as sjc  # needs spikingjelly (.venv-sj)
 
-        key = (row["model"], row["method"], steps)
-        if key not in self.done:
-            ann, _ = sjc.relu_copy(shipped.load_pretrained(row["model"]))
-            mode = row["method"].split(" ", 1)[1]
-            net = sjc.sj_convert(ann, self.cal.contiguous(), mode, 128)
+            ann, _ = sjc.relu_copy(model)
+            net = sjc.sj_convert(ann, self.cal.contiguous(), method.split(" ", 1)[1], 128)
             net = net.to(memory_format=torch.channels_last)
-            with torch.no_grad():
-                self.done[key] = timed(lambda x: sjc.sj_single_sum(net, x, steps), self.batches)
-        return self.done[key]
+            run = lambda x: sjc.sj_single_sum(net, x, steps)  # noqa: E731
+        with torch.no_grad():
+            return timed(run, self.batches)
 
 
-def measure(rows: list[dict], timer: Timer) -> list[dict]:
+def targets(rows: list[dict]) -> list[tuple[dict, float, int | None, int | None]]:
+    """(row, gap, T*, T timed) for every row and target. T* is None where the target is not
+    reached; then SpikingJelly is timed at the largest T (a lower bound), snnconv not at all."""
     out = []
     for row in rows:
-        accs, ann = row["accuracy"], row["ann"]
-        sj = row["tool"] != "snnconv"
         for gap in TARGETS:
-            steps = first_t(accs, ann - gap)
-            res = {"model": row["model"], "method": row["method"], "tool": row["tool"]}
-            res.update(ann=ann, within=gap, T=steps, reached=steps is not None)
-            timed_at = steps or max(accs)
-            res["accuracy"] = accs[timed_at]
-            if steps is None and not sj:
-                out.append(res)
-                continue
-            print(f"{row['model']} {row['method']}: T={timed_at} ...", flush=True)
-            run = timer.spikingjelly if sj else timer.snnconv
-            res.update(timed_T=timed_at, **run(row, timed_at))
+            steps = first_t(row["accuracy"], row["ann"] - gap)
+            sj = row["tool"] != "snnconv"
+            out.append((row, gap, steps, steps or (max(row["accuracy"]) if sj else None)))
+    return out
+
+
+def measure(rows: list[dict], timer: Timer, passes: int) -> list[dict]:
+    """Every timing the table needs, ``passes`` times (every other pass reversed), best kept."""
+    wanted = []
+    for row, _, _, timed_at in targets(rows):
+        key = timer.key(row, timed_at)
+        wanted += [key] if timed_at and key not in wanted else []
+    runs: dict[tuple, list[dict]] = {key: [] for key in wanted}
+    for i in range(passes):
+        for key in wanted if i % 2 == 0 else wanted[::-1]:
+            runs[key].append(timer.time(key))
+    out = []
+    for row, gap, steps, timed_at in targets(rows):
+        res = {"model": row["model"], "method": row["method"], "tool": row["tool"]}
+        res.update(ann=row["ann"], within=gap, T=steps, reached=steps is not None)
+        res["accuracy"] = row["accuracy"][timed_at or max(row["accuracy"])]
+        if timed_at:
+            res.update(timed_T=timed_at, **best_pass(runs[timer.key(row, timed_at)]))
             cal = row.get("calibration_seconds", {}).get(steps) if steps else None
             res["calibration_seconds"] = cal
-            out.append(res)
+        out.append(res)
     return out
 
 
@@ -174,10 +203,10 @@ def main(argv=None) -> int:
         f"machine: {platform.machine()} ({isa}), torch {torch.__version__}, "
         f"{torch.get_num_threads()} threads; timing {args.time_images} images, batch {args.batch}"
     )
-    results = measure(rows, timer)
+    results = measure(rows, timer, args.passes)
     print(table(results))
     if args.out:
-        Path(args.out).write_text(json.dumps({"isa": isa, "rows": results}, indent=1) + "\n")
+        checkpoint.save_text(json.dumps({"isa": isa, "rows": results}, indent=1) + "\n", args.out)
     print(json.dumps({"isa": isa, "rows": results}))
     return 0
 
