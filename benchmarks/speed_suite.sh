@@ -14,8 +14,9 @@
 # 5. time_to_accuracy.txt (+ .json): benchmarks/time_to_accuracy.py, snnconv and SpikingJelly.
 # Steps 4 and 5 need .venv-sj (bash benchmarks/spikingjelly_setup.sh); without it they are
 # reported as not run and the script exits 1 at the end. Nothing else may hold the cores while it
-# runs (about 15 min on a 2-core Zen 5, 20 with AVX2 code; longer on slower machines). Quote figures from these files
-# with the machine line; under emulation they are AVX2 code on this CPU, not an AVX2 machine.
+# runs (12 min on a 2-core Zen 5, 16 with AVX2 code; longer on slower machines). Quote figures
+# from these files with the machine line; under emulation they are AVX2 code on this CPU, not an
+# AVX2 machine.
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$root"
