@@ -12,8 +12,10 @@
 # 3. sim_speed.txt: benchmarks/sim_speed.py --models resnet20,vgg16-paper --T 16,32.
 # 4. spikingjelly_compare.txt: benchmarks/spikingjelly_compare.py --images 256 --repeats 3.
 # 5. time_to_accuracy.txt (+ .json): benchmarks/time_to_accuracy.py, snnconv and SpikingJelly.
-# Steps 4 and 5 need .venv-sj (bash benchmarks/spikingjelly_setup.sh); without it they are
-# reported as not run and the script exits 1 at the end. Nothing else may hold the cores while it
+# Steps 4 and 5 need .venv-sj (bash benchmarks/spikingjelly_setup.sh; or SJ_PYTHON); without it
+# they are reported as not run and the script exits 1 at the end. The outputs are written into
+# OUT_DIR.partial and take OUT_DIR's place only when every step has ended: a failed or stopped
+# run leaves an earlier run's folder as it was. Nothing else may hold the cores while it
 # runs (12 min on a 2-core Zen 5, 16 with AVX2 code; longer on slower machines). Quote figures
 # from these files with the machine line; under emulation they are AVX2 code on this CPU, not an
 # AVX2 machine.
@@ -21,12 +23,14 @@ set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$root"
 PY=${PYTHON:-$root/.venv/bin/python}
-SJ=$root/.venv-sj/bin/python
+SJ=${SJ_PYTHON:-$root/.venv-sj/bin/python}
 DATA_ROOT=$(cd "${DATA_ROOT:-../shared/data}" && pwd)  # absolute: the demo runs in the clone
 isa=$("$PY" -c "from snnconv.kernels import backend
 label = backend.isa_label()
 print(label.split()[0] + ('-emulated' if 'emulated' in label else ''))")
-out=${1:-benchmarks/results/suite-$(date -u +%Y%m%d)-$isa}
+final=${1:-benchmarks/results/suite-$(date -u +%Y%m%d)-$isa}
+out=$final.partial
+rm -rf "$out"
 mkdir -p "$out"
 missing=0
 
@@ -58,5 +62,8 @@ else
     "(bash benchmarks/spikingjelly_setup.sh)" | tee "$out/NOT_RUN.txt" >&2
   missing=1
 fi
-echo "speed_suite.sh: figures in $out"
+if [ -e "$final" ]; then mv "$final" "$out.old"; fi
+mv "$out" "$final"
+rm -rf "$out.old"
+echo "speed_suite.sh: figures in $final"
 exit $missing

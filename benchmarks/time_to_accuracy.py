@@ -107,7 +107,7 @@ class Timer:
         base, mods = low_latency.parse_method(row["method"])
         return ("snnconv", row["model"], "+".join([base, *sorted(mods - {"mse"})]), steps)
 
-    def time(self, key: tuple) -> dict:
+    def timing(self, key: tuple) -> dict:
         tool, model_name, method, steps = key
         print(f"{model_name} {method}: T={steps} ...", flush=True)
         model = shipped.load_pretrained(model_name)
@@ -148,7 +148,7 @@ def measure(rows: list[dict], timer: Timer, passes: int) -> list[dict]:
     runs: dict[tuple, list[dict]] = {key: [] for key in wanted}
     for i in range(passes):
         for key in wanted if i % 2 == 0 else wanted[::-1]:
-            runs[key].append(timer.time(key))
+            runs[key].append(timer.timing(key))
     out = []
     for row, gap, steps, timed_at in targets(rows):
         res = {"model": row["model"], "method": row["method"], "tool": row["tool"]}
