@@ -13,14 +13,20 @@ Rows (model: method):
   conversion); membrane + calibration.
 - resnet20-cifar10-relu (plain ReLU): snnconv's percentile thresholds (99.99th percentile of
   each layer's activations on the calibration images) + membrane, with and without calibration;
-  SpikingJelly 2.0.0 ``ann2snn`` with each --sj-modes mode on the same calibration images (only
-  where spikingjelly imports: run with .venv-sj's python, see benchmarks/spikingjelly_setup.sh);
-  its neurons start at 0 and have no T-dependent parameter, so one run gives every T.
+  SpikingJelly 2.0.0 ``ann2snn`` with each --sj-modes conversion (spikingjelly_compare.SJ_RECIPES:
+  by default its two best, the channel-wise 99.9% recipe and local threshold balancing, both with
+  membranes from V_th/2), calibrated on the first --sj-calibration-images training images (default
+  all 50,000, as its ImageNet example does: LTB's online threshold rule needs them, with 1,024 it
+  stays below 20 %), each with its plain readout and with its delayed readout ("+delay", its own
+  ``estimate_delay_start``); only where spikingjelly imports: run with .venv-sj's python, see
+  benchmarks/spikingjelly_setup.sh. Its neurons have no T-dependent parameter, so one run gives
+  every T (and the delayed readout of every T).
 - "+signed": the same conversion with signed neurons (``convert(neuron="signed")``: a neuron may
   spike -V_th to take back a spike it fired too early). No extra steps: T counts every step.
 Any other model (a shipped name or a checkpoint path) can be given with --rows MODEL:METHOD.
 
-Calibrated rows are computed for the --calibrated-T values (each T its own calibration, saved
+A row run on a finer --T grid (say 1,2,4,8,12,16,24,32,48,64) serves every coarser grid it
+contains: the table shows the columns asked for. Calibrated rows are computed for the --calibrated-T values (each T its own calibration, saved
 as it finishes); a later run with other values adds them to the row. Every row sees the same
 test images (the first --images of the CIFAR-10 test split, default all
 10,000) and its model's ANN accuracy on them is printed beside it. Each row is one unit of work,
@@ -41,7 +47,9 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import torch
+os.environ.setdefault("TQDM_DISABLE", "1")  # SpikingJelly's calibration loops show tqdm bars
+
+import torch  # noqa: E402
 
 import snnconv
 from snnconv.io import data
@@ -73,7 +81,8 @@ def parse_method(method: str) -> tuple[str, set[str]]:
     return base, set(mods)
 
 
-SJ_MODES = ("max", "99.9%")
+SJ_MODES = ("99.9% channel-wise", "ltb")  # SpikingJelly's best two (see spikingjelly_compare)
+SJ_DELAY = "+delay"  # a SpikingJelly row's delayed readout (same run, same T steps)
 CALIBRATED_STEPS = (1, 2, 4, 8, 16, 32)  # calibration costs about T: the T=64 one is left out
 
 
@@ -96,6 +105,7 @@ def parse_args(argv):
         "table shows every row in the cache)",
     )
     p.add_argument("--sj-modes", default=",".join(SJ_MODES))
+    p.add_argument("--sj-calibration-images", type=int, default=50000)
     p.add_argument("--cache", default="benchmarks/results/low_latency.jsonl")
     p.add_argument("--plot", default="docs/low_latency.png", help="PNG to write (accuracy vs T)")
     p.add_argument("--threads", type=int, default=None)
@@ -147,6 +157,12 @@ class Bench:
             "steps": self.steps,
             "batch": args.batch,
         }
+        self.sj_cal_images = args.sj_calibration_images
+        self.sj_settings = {**self.settings, "calibration_images": self.sj_cal_images}
+        self.train = train
+
+    def settings_for(self, method: str) -> dict:
+        return self.sj_settings if method.startswith("spikingjelly") else self.settings
 
     def batches(self):
         return zip(self.x.split(self.args.batch), self.y.split(self.args.batch))
@@ -199,39 +215,61 @@ class Bench:
         row["seconds"] = time.perf_counter() - start
         return row
 
-    def run_sj(self, name: str, mode: str) -> dict:
+    def run_sj(self, name: str, method: str) -> list[dict]:
+        """SpikingJelly's rows of one conversion: its plain readout and its delayed one."""
         sys.path.insert(0, str(Path(__file__).parent))
         import spikingjelly_compare as sjc  # needs spikingjelly (.venv-sj)
 
         model = shipped.load_pretrained(name)
         ann, _ = sjc.relu_copy(model)
         start = time.perf_counter()
-        net = sjc.sj_convert(ann, self.cal.contiguous(), mode, 128)
-        correct = dict.fromkeys(self.steps, 0)
+        cal = data.normalize(self.train.images[: self.sj_cal_images], "cifar10")
+        net = sjc.sj_convert(ann, cal, method, 128)
+        delays = sjc.sj_delays(net, cal, 128, self.steps)
+        plain, delayed = dict.fromkeys(self.steps, 0), dict.fromkeys(self.steps, 0)
         with torch.no_grad():
             for x, y in self.batches():
                 out = sjc.sj_single(net, x.contiguous(), max(self.steps)).cumsum(0)
                 for t in self.steps:
-                    correct[t] += _correct(out[t - 1], y)
-        return {
+                    d = delays[t]
+                    plain[t] += _correct(out[t - 1], y)
+                    delayed[t] += _correct(out[t - 1] - (out[d - 1] if d else 0), y)
+        common = {
             "model": name,
-            "method": f"spikingjelly {mode}",
             "tool": "spikingjelly " + sjc.versions()["spikingjelly"],
             "ann": self.ann_accuracy(model),
-            "accuracy": {t: c / len(self.y) for t, c in correct.items()},
             "seconds": time.perf_counter() - start,
         }
+        return [
+            {**common, "method": f"spikingjelly {method}", "accuracy": self.rate(plain)},
+            {
+                **common,
+                "method": f"spikingjelly {method}{SJ_DELAY}",
+                "accuracy": self.rate(delayed),
+                "delay_start": delays,
+            },
+        ]
+
+    def rate(self, correct: dict[int, int]) -> dict[int, float]:
+        return {t: c / len(self.y) for t, c in correct.items()}
+
+
+def covers(have: dict, want: dict) -> bool:
+    """Whether a row run with settings ``have`` answers for ``want``: the same settings, its T
+    grid holding every T wanted (a finer grid serves a coarser one)."""
+    rest = lambda s: {k: v for k, v in s.items() if k != "steps"}  # noqa: E731
+    return rest(have) == rest(want) and set(want.get("steps", [])) <= set(have.get("steps", []))
 
 
 def load_cache(path: Path, keep: Callable[[dict], bool]) -> dict:
-    """(model, method) -> the last row saved whose settings ``keep`` accepts (a calibrated row
-    holds the T done so far)."""
+    """(model, method) -> the last row saved that ``keep`` accepts (a calibrated row holds the T
+    done so far)."""
     done = {}
     if path.is_file():
         for line in path.read_text().splitlines():
             row = json.loads(line)
-            if keep(row.get("settings", {})):
-                for key in ("accuracy", "calibration_seconds"):
+            if keep(row):
+                for key in ("accuracy", "calibration_seconds", "delay_start"):
                     if key in row:
                         row[key] = {int(k): v for k, v in row[key].items()}
                 done[(row["model"], row["method"])] = row
@@ -278,11 +316,8 @@ def plot(rows: list[dict], steps: list[int], path: str) -> None:
     os.replace(path + ".tmp.png", path)
 
 
-def main(argv=None) -> int:
-    args = parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    bench = Bench(args)
+def wanted_rows(args) -> list[tuple[str, str]]:
+    """(model, method) units of work; a SpikingJelly unit is its conversion, without "+delay"."""
     wanted = list(ROWS)
     try:
         import spikingjelly  # noqa: F401
@@ -292,17 +327,29 @@ def main(argv=None) -> int:
         print("spikingjelly not importable: its rows are skipped (use .venv-sj's python)")
     if args.rows != "all":
         keep = [tuple(r.rsplit(":", 1)) for r in args.rows.split(",")]
+        keep = [(name, method.removesuffix(SJ_DELAY)) for name, method in keep]
         for _, method in keep:
             if not method.startswith("spikingjelly"):
                 parse_method(method)
         wanted = [r for r in wanted if r in keep] + [r for r in keep if r not in wanted]
+    return wanted
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    bench = Bench(args)
+    wanted = wanted_rows(args)
     cache = Path(args.cache)
-    done = load_cache(cache, lambda settings: settings == bench.settings)
+    done = load_cache(
+        cache, lambda row: covers(row.get("settings", {}), bench.settings_for(row["method"]))
+    )
     print(f"machine: {platform.machine()}, torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads; settings {bench.settings}")  # fmt: skip
 
     def save(row: dict) -> None:
-        append(cache, {**row, "settings": bench.settings})
+        append(cache, {**row, "settings": bench.settings_for(row["method"])})
 
     for name, method in [] if args.table_only else wanted:
         partial = done.get((name, method))
@@ -314,16 +361,17 @@ def main(argv=None) -> int:
         print(f"{name}: {method} ...", flush=True)
         with torch.no_grad():
             if method.startswith("spikingjelly"):
-                row = bench.run_sj(name, method.split(" ", 1)[1])
+                rows = bench.run_sj(name, method.split(" ", 1)[1])
             else:
-                row = bench.run_row(name, method, partial, save)
-        if not method.endswith("+mse"):
-            save(row)
-        done[(name, method)] = row
-        accs = ", ".join(f"{t}: {100 * a:.2f}" for t, a in row["accuracy"].items())
-        print(f"  ANN {100 * row['ann']:.2f}; {accs} ({row['seconds']:.0f} s)", flush=True)
-    sj_rows = [("resnet20-cifar10-relu", f"spikingjelly {m}") for m in args.sj_modes.split(",")]
-    order = [*ROWS, *sj_rows]
+                rows = [bench.run_row(name, method, partial, save)]
+        for row in rows:
+            if not method.endswith("+mse"):
+                save(row)
+            done[(name, row["method"])] = row
+            accs = ", ".join(f"{t}: {100 * a:.2f}" for t, a in row["accuracy"].items())
+            print(f"  {row['method']}: ANN {100 * row['ann']:.2f}; {accs} ({row['seconds']:.0f} s)")
+    sj = [f"spikingjelly {m}{d}" for m in args.sj_modes.split(",") for d in ("", SJ_DELAY)]
+    order = [*ROWS, *[("resnet20-cifar10-relu", m) for m in sj]]
     order += [r for r in done if r not in order]  # other models given with --rows
     rows = [done[r] for r in order if r in done]  # every row measured so far
     print(table(rows, bench.steps))

@@ -19,7 +19,9 @@ What is compared
   VoltageScaler(1/s) -> IFNode(v_threshold=1, v_reset=None: soft reset, v starts at 0) -> VoltageScaler(s).
   Mode strings (``validate_rate_coding_mode``): "max" (any case; the default is "Max"), "<p>%"
   such as "99.9%" (``torch.quantile`` of the batch), or a float in (0, 1] (that fraction of the max).
-  This script uses "max" and "99.9%". The recipe only recognises ``nn.ReLU`` modules, so SpikingJelly
+  This script times "max" and "99.9%" (one threshold per layer; the channel-wise and LTB
+  conversions of SJ_RECIPES run the same convolutions plus a per-channel scale, and their
+  accuracy at short T is measured by benchmarks/low_latency.py). The recipe only recognises ``nn.ReLU`` modules, so SpikingJelly
   gets a deep copy of the ANN (same weights) in which every ``snnconv.ThresholdReLU`` (clamp(x, 0, y_th))
   is an ``nn.ReLU``: it measures its own thresholds from data, which is its method. The accuracy of
   that ReLU copy as an ANN is reported too.
@@ -67,6 +69,7 @@ import platform
 import statistics
 import sys
 import time
+import warnings
 
 os.environ.setdefault("TQDM_DISABLE", "1")  # SpikingJelly's calibration loop shows a tqdm bar
 
@@ -146,13 +149,53 @@ def relu_copy(model: nn.Module) -> tuple[nn.Module, list[str]]:
     return ann, notes
 
 
-def sj_convert(ann: nn.Module, calibration: torch.Tensor, mode: str, batch: int) -> nn.Module:
-    loader = torch.utils.data.DataLoader(
-        torch.utils.data.TensorDataset(calibration), batch_size=batch, shuffle=False
-    )
-    recipe = ann2snn.RateCodingRecipe(dataloader=loader, mode=mode)
+# SpikingJelly 2.0.0's conversions of a ReLU network, by the name its rows carry. "max" and "99.9%":
+# RateCodingRecipe(mode=...) as in its docs' first example (one threshold per layer, neurons from 0);
+# "99.9% channel-wise": RateCodingRecipe(mode="99.9%", channel_wise=True, pre_spike_maxpool=True,
+# half_threshold=True), its ImageNet example's "robust" recipe (a threshold per channel, membrane from
+# V_th/2); "ltb": LocalThresholdBalancingRecipe (Bu et al., CVPR 2025; per-channel thresholds found
+# by an online rule over the calibration set, membrane from V_th/2). Each also with "+delay": the
+# readout sums steps d..T-1 only, d = ann2snn.estimate_delay_start(net, calibration, T) (its
+# ImageNet example's default "auto"); the network and its T steps are the same.
+SJ_RECIPES = ("max", "99.9%", "99.9% channel-wise", "ltb")
+DELAY = "+delay"
+
+
+def sj_recipe(method: str, loader) -> ann2snn.ConversionRecipe:
+    """The recipe of a SJ_RECIPES name (ValueError if unknown)."""
+    if method == "ltb":
+        return ann2snn.LocalThresholdBalancingRecipe(dataloader=loader)
+    if method == "99.9% channel-wise":
+        return ann2snn.RateCodingRecipe(
+            dataloader=loader,
+            mode="99.9%",
+            channel_wise=True,
+            pre_spike_maxpool=True,
+            half_threshold=True,
+        )
+    if method in ("max", "99.9%"):
+        return ann2snn.RateCodingRecipe(dataloader=loader, mode=method)
+    raise ValueError(f"SpikingJelly method {method!r}: expected one of {SJ_RECIPES}")
+
+
+def calibration_loader(calibration: torch.Tensor, batch: int):
+    dataset = torch.utils.data.TensorDataset(calibration.contiguous())
+    return torch.utils.data.DataLoader(dataset, batch_size=batch, shuffle=False)
+
+
+def sj_convert(ann: nn.Module, calibration: torch.Tensor, method: str, batch: int) -> nn.Module:
+    """SpikingJelly's SNN of ``ann`` by the SJ_RECIPES ``method`` (without "+delay")."""
+    recipe = sj_recipe(method, calibration_loader(calibration, batch))
     net = ann2snn.Converter(recipe).convert(copy.deepcopy(ann))
     return net.eval()
+
+
+def sj_delays(net: nn.Module, calibration: torch.Tensor, batch: int, steps) -> dict[int, int]:
+    """T -> the first step d its delayed readout sums (SpikingJelly's own estimate for T)."""
+    loader = calibration_loader(calibration, batch)
+    with warnings.catch_warnings():  # "time_steps is too small ...": it then returns T - 5
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return {t: ann2snn.estimate_delay_start(net, loader, "cpu", t) for t in steps}
 
 
 def sj_thresholds(net: nn.Module) -> list[float]:

@@ -7,9 +7,10 @@ that T.
 
 Accuracy vs T comes from benchmarks/low_latency.py's cache (benchmarks/results/low_latency.jsonl,
 full test set, 10,000 images; run that first): every row there of a shipped model, snnconv's
-methods and SpikingJelly 2.0.0's modes on the ReLU model. T* is the smallest T of the cache's grid
-(1, 2, 4, ..., 64) whose accuracy is >= ANN - 1 point (resp. 0.5); "not reached by T=64" when
-none is. Rows calibrated per T ("+mse") also need their calibration, run once per T before
+methods and SpikingJelly 2.0.0's conversions on the ReLU model (its best two by default, each with
+its plain and its delayed readout: see low_latency.py). T* is the smallest T of the row's grid
+(1, 2, 4, ..., 64, or the finer 1, 2, 4, 8, 12, 16, 24, 32, 48, 64 where the row was run on it)
+whose accuracy is >= ANN - 1 point (resp. 0.5); "not reached by T=64" when none is. Rows calibrated per T ("+mse") also need their calibration, run once per T before
 deployment: its seconds (from the cache) are shown beside, not added; their simulation is timed
 on the same network uncalibrated (calibration moves biases and initial membranes, so every step
 does the same operations), one timing shared by every row and target with the same T.
@@ -17,7 +18,9 @@ does the same operations), one timing shared by every row and target with the sa
 Then, in this one process, the wall time to simulate --time-images test images at T* is measured
 for each row (snnconv: ``snn(x, T*)`` per batch of --batch; SpikingJelly: its single-step loop,
 ``for t in range(T): acc += net(x)``, the faster of its two step modes in benchmarks/spikingjelly_compare.py,
-channels_last like snnconv) and scaled to 10,000 images; where SpikingJelly never reaches the
+channels_last like snnconv, on the network of the row, calibrated as for its accuracy on
+--sj-calibration-images; a delayed readout runs the same T steps, so it shares its plain row's
+timing) and scaled to 10,000 images; where SpikingJelly never reaches the
 target, its time at T=64 is a lower bound ("> ..."). Each timing: one warm-up batch, then every
 batch timed; the spread is the fastest and slowest batch scaled the same way. Timings run one
 after the other, each on all --threads, in --passes passes over all of them, every other pass in
@@ -56,11 +59,12 @@ def parse_args(argv):
     p.add_argument("--time-images", type=int, default=1000, help="test images timed per row")
     p.add_argument("--batch", type=int, default=250)
     p.add_argument("--calibration-images", type=int, default=1024)
+    p.add_argument("--sj-calibration-images", type=int, default=50000)
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--passes", type=int, default=2, help="passes over every timing (best kept)")
     p.add_argument("--out", default=None, help="also write the rows as JSON here")
     args = p.parse_args(argv)
-    for name in ("time_images", "batch", "calibration_images", "passes"):
+    for name in ("time_images", "batch", "calibration_images", "sj_calibration_images", "passes"):
         if getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
     return args
@@ -97,13 +101,16 @@ class Timer:
         self.batches = list(x.contiguous(memory_format=fmt).split(args.batch))
         self.cal = data.normalize(train.images[: args.calibration_images], "cifar10")
         self.cal = self.cal.contiguous(memory_format=fmt)
+        self.sj_cal = data.normalize(train.images[: args.sj_calibration_images], "cifar10")
+        self.sj_nets: dict[tuple, torch.nn.Module] = {}  # converted once, timed in every pass
 
     @staticmethod
     def key(row: dict, steps: int) -> tuple:
         """What is timed for a row at T: (tool, model, method, T), shared by the rows that run
         the same operations (a "+mse" row is timed uncalibrated)."""
         if row["tool"] != "snnconv":
-            return ("spikingjelly", row["model"], row["method"], steps)
+            method = row["method"].removesuffix(low_latency.SJ_DELAY)
+            return ("spikingjelly", row["model"], method, steps)
         base, mods = low_latency.parse_method(row["method"])
         return ("snnconv", row["model"], "+".join([base, *sorted(mods - {"mse"})]), steps)
 
@@ -119,9 +126,11 @@ class Timer:
         else:
             import spikingjelly_compare as sjc  # needs spikingjelly (.venv-sj)
 
-            ann, _ = sjc.relu_copy(model)
-            net = sjc.sj_convert(ann, self.cal.contiguous(), method.split(" ", 1)[1], 128)
-            net = net.to(memory_format=torch.channels_last)
+            if (model_name, method) not in self.sj_nets:
+                ann, _ = sjc.relu_copy(model)
+                net = sjc.sj_convert(ann, self.sj_cal, method.split(" ", 1)[1], 128)
+                self.sj_nets[model_name, method] = net.to(memory_format=torch.channels_last)
+            net = self.sj_nets[model_name, method]
             run = lambda x: sjc.sj_single_sum(net, x, steps)  # noqa: E731
         with torch.no_grad():
             return timed(run, self.batches)
@@ -187,7 +196,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    full = lambda settings: settings.get("images") == FULL  # noqa: E731
+    full = lambda row: row.get("settings", {}).get("images") == FULL  # noqa: E731
     shipped_model = lambda row: row["model"] in shipped.names()  # noqa: E731
     rows = list(filter(shipped_model, low_latency.load_cache(Path(args.cache), full).values()))
     try:

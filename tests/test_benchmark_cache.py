@@ -1,0 +1,63 @@
+"""The accuracy cache that benchmarks/low_latency.py writes and benchmarks/time_to_accuracy.py
+reads: which saved rows answer for which settings, and how T* is read from a row."""
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _benchmark(name: str):
+    """benchmarks/NAME.py as a module (they import each other from their own folder)."""
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    try:
+        spec = importlib.util.spec_from_file_location(name, REPO / "benchmarks" / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+    finally:
+        sys.path.remove(str(REPO / "benchmarks"))
+
+
+low_latency = _benchmark("low_latency")
+time_to_accuracy = _benchmark("time_to_accuracy")
+
+COARSE = {"images": 10000, "calibration_images": 1024, "steps": [1, 2, 4, 8, 16], "batch": 250}
+FINE = {**COARSE, "steps": [1, 2, 4, 8, 12, 16, 24]}
+
+
+def test_a_finer_grid_answers_for_a_coarser_one_and_not_the_other_way():
+    assert low_latency.covers(FINE, COARSE)
+    assert low_latency.covers(COARSE, COARSE)
+    assert not low_latency.covers(COARSE, FINE)  # T=12 and T=24 were never run
+    assert not low_latency.covers({**FINE, "calibration_images": 50000}, COARSE)
+    assert not low_latency.covers({**FINE, "images": 1000}, COARSE)
+
+
+def test_the_last_row_that_answers_wins(tmp_path):
+    cache = tmp_path / "cache.jsonl"
+    rows = [
+        {"model": "m", "method": "a", "accuracy": {"8": 0.5}, "settings": COARSE},
+        {"model": "m", "method": "a", "accuracy": {"8": 0.6, "12": 0.7}, "settings": FINE},
+        {"model": "m", "method": "a", "accuracy": {"8": 0.1}, "settings": {**COARSE, "images": 9}},
+    ]
+    cache.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    done = low_latency.load_cache(cache, lambda r: low_latency.covers(r["settings"], COARSE))
+    assert done[("m", "a")]["accuracy"] == {8: 0.6, 12: 0.7}  # keys back to ints
+
+
+def test_t_star_is_the_smallest_t_of_the_row_grid_that_reaches_the_target():
+    acc = {8: 0.866, 12: 0.893, 16: 0.898, 32: 0.904}
+    assert time_to_accuracy.first_t(acc, 0.8937) == 16  # 0.893 misses by 0.0007
+    assert time_to_accuracy.first_t(acc, 0.8930) == 12
+    assert time_to_accuracy.first_t(acc, 0.95) is None
+
+
+def test_a_delayed_readout_is_timed_as_its_plain_row():
+    """The delayed readout runs the same network for the same T steps: one timing for both."""
+    row = {"tool": "spikingjelly 2.0.0", "model": "m", "method": "spikingjelly ltb+delay"}
+    plain = {**row, "method": "spikingjelly ltb"}
+    assert time_to_accuracy.Timer.key(row, 24) == time_to_accuracy.Timer.key(plain, 24)
+    assert time_to_accuracy.Timer.key(row, 24) != time_to_accuracy.Timer.key(plain, 32)
