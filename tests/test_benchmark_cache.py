@@ -61,3 +61,13 @@ def test_a_delayed_readout_is_timed_as_its_plain_row():
     plain = {**row, "method": "spikingjelly ltb"}
     assert time_to_accuracy.Timer.key(row, 24) == time_to_accuracy.Timer.key(plain, 24)
     assert time_to_accuracy.Timer.key(row, 24) != time_to_accuracy.Timer.key(plain, 32)
+
+
+def test_only_rows_measured_as_they_are_timed_enter_the_table():
+    args = time_to_accuracy.parse_args([])
+    snn = {"method": "percentile+signed", "settings": COARSE}
+    sj = {"method": "spikingjelly ltb+delay", "settings": {**COARSE, "calibration_images": 50000}}
+    old_sj = {"method": "spikingjelly max", "settings": COARSE}  # calibrated on 1,024
+    assert time_to_accuracy.as_timed(snn, args) and time_to_accuracy.as_timed(sj, args)
+    assert not time_to_accuracy.as_timed(old_sj, args)
+    assert not time_to_accuracy.as_timed({**snn, "settings": {**COARSE, "images": 1000}}, args)
