@@ -114,7 +114,11 @@ def parse_args(argv):
         action="store_true",
         help="print the table (and plot) of the cache, run nothing",
     )
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    for name in ("images", "calibration_images", "sj_calibration_images", "batch"):
+        if getattr(args, name) < 1:
+            p.error(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
+    return args
 
 
 def convert_row(model, method: str, cal: torch.Tensor):
@@ -157,7 +161,7 @@ class Bench:
             "steps": self.steps,
             "batch": args.batch,
         }
-        self.sj_cal_images = args.sj_calibration_images
+        self.sj_cal_images = min(args.sj_calibration_images, len(train.labels))  # as used
         self.sj_settings = {**self.settings, "calibration_images": self.sj_cal_images}
         self.train = train
 
@@ -323,8 +327,10 @@ def wanted_rows(args) -> list[tuple[str, str]]:
         import spikingjelly  # noqa: F401
 
         wanted += [("resnet20-cifar10-relu", f"spikingjelly {m}") for m in args.sj_modes.split(",")]
+        has_sj = True
     except ImportError:
         print("spikingjelly not importable: its rows are skipped (use .venv-sj's python)")
+        has_sj = False
     if args.rows != "all":
         keep = [tuple(r.rsplit(":", 1)) for r in args.rows.split(",")]
         keep = [(name, method.removesuffix(SJ_DELAY)) for name, method in keep]
@@ -332,6 +338,16 @@ def wanted_rows(args) -> list[tuple[str, str]]:
             if not method.startswith("spikingjelly"):
                 parse_method(method)
         wanted = [r for r in wanted if r in keep] + [r for r in keep if r not in wanted]
+    if has_sj:  # before any work: a misspelt SpikingJelly conversion is a usage error
+        sys.path.insert(0, str(Path(__file__).parent))
+        import spikingjelly_compare as sjc
+
+        for _, method in wanted:
+            name = method.split(" ", 1)[1] if method.startswith("spikingjelly") else None
+            if name is not None and name not in sjc.SJ_RECIPES:
+                raise SystemExit(
+                    f"SpikingJelly conversion {name!r}: expected one of {sjc.SJ_RECIPES}"
+                )
     return wanted
 
 
@@ -339,8 +355,8 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    bench = Bench(args)
     wanted = wanted_rows(args)
+    bench = Bench(args)
     cache = Path(args.cache)
     done = load_cache(
         cache, lambda row: covers(row.get("settings", {}), bench.settings_for(row["method"]))

@@ -158,7 +158,6 @@ def relu_copy(model: nn.Module) -> tuple[nn.Module, list[str]]:
 # readout sums steps d..T-1 only, d = ann2snn.estimate_delay_start(net, calibration, T) (its
 # ImageNet example's default "auto"); the network and its T steps are the same.
 SJ_RECIPES = ("max", "99.9%", "99.9% channel-wise", "ltb")
-DELAY = "+delay"
 
 
 def sj_recipe(method: str, loader) -> ann2snn.ConversionRecipe:

@@ -111,7 +111,7 @@ class Timer:
         self.batches = list(x.contiguous(memory_format=fmt).split(args.batch))
         self.cal = data.normalize(train.images[: args.calibration_images], "cifar10")
         self.cal = self.cal.contiguous(memory_format=fmt)
-        self.sj_cal = data.normalize(train.images[: args.sj_calibration_images], "cifar10")
+        self.train = train  # SpikingJelly's calibration images are normalised when first needed
         self.sj_nets: dict[tuple, torch.nn.Module] = {}  # converted once, timed in every pass
 
     @staticmethod
@@ -138,7 +138,10 @@ class Timer:
 
             if (model_name, method) not in self.sj_nets:
                 ann, _ = sjc.relu_copy(model)
-                net = sjc.sj_convert(ann, self.sj_cal, method.split(" ", 1)[1], 128)
+                cal = data.normalize(
+                    self.train.images[: self.args.sj_calibration_images], "cifar10"
+                )
+                net = sjc.sj_convert(ann, cal, method.split(" ", 1)[1], 128)
                 self.sj_nets[model_name, method] = net.to(memory_format=torch.channels_last)
             net = self.sj_nets[model_name, method]
             run = lambda x: sjc.sj_single_sum(net, x, steps)  # noqa: E731
