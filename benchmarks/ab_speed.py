@@ -33,7 +33,8 @@ import snnconv
 models_, T_values, batch, data_root = sys.argv[1].split(","), sys.argv[2], int(sys.argv[3]), sys.argv[4]
 neuron = sys.argv[5]
 # short names of shipped models; other names are zoo architectures with seeded random weights
-SHIPPED = {"resnet20": "resnet20-cifar10", "resnet20-qcfs": "resnet20-cifar10-qcfs"}
+SHIPPED = {"resnet20": "resnet20-cifar10", "resnet20-qcfs": "resnet20-cifar10-qcfs",
+           "resnet20-relu": "resnet20-cifar10-relu"}
 try:
     from snnconv.zoo import models, shipped
     load_pretrained = shipped.load_pretrained
@@ -62,6 +63,10 @@ x = inputs().contiguous(memory_format=torch.channels_last)
 nets = {}
 for name in models_:
     kw = {} if neuron == "if" else {"neuron": neuron}  # trees before signed neurons: "if" only
+    if name == "resnet20-relu":  # unbounded ReLUs: 99.9th-percentile thresholds, 1,024 images
+        train = data.load("cifar10", "train", root=data_root)
+        kw.update(calibration=data.normalize(train.images[:1024], "cifar10"),
+                  threshold="percentile", percentile=99.9)
     snn = snnconv.convert(load(name), shift="membrane", **kw).to(memory_format=torch.channels_last)
     nets[name] = snn
     for T in map(int, T_values.split(",")):

@@ -12,7 +12,8 @@ Rows (model: method):
 - resnet20-cifar10-qcfs (QCFS, L=4): membrane (V_th = lambda, v(0) = lambda/2, QCFS's own
   conversion); membrane + calibration.
 - resnet20-cifar10-relu (plain ReLU): snnconv's percentile thresholds (99.99th percentile of
-  each layer's activations on the calibration images) + membrane, with and without calibration;
+  each layer's activations on the calibration images: "percentile"; another percentile p:
+  "percentileP", e.g. "percentile99.9") + membrane, with and without calibration;
   SpikingJelly 2.0.0 ``ann2snn`` with each --sj-modes conversion (spikingjelly_compare.SJ_RECIPES:
   by default its two best, the channel-wise 99.9% recipe and local threshold balancing, both with
   membranes from V_th/2), calibrated on the first --sj-calibration-images training images (default
@@ -42,6 +43,7 @@ import copy
 import json
 import os
 import platform
+import re
 import sys
 import time
 from collections.abc import Callable
@@ -53,6 +55,7 @@ import torch  # noqa: E402
 
 import snnconv
 from snnconv.io import data
+from snnconv.options import DEFAULT_PERCENTILE
 from snnconv.zoo import shipped
 
 STEPS = (1, 2, 4, 8, 16, 32, 64)
@@ -68,17 +71,35 @@ ROWS = (
     ("resnet20-cifar10-relu", "percentile"),
     ("resnet20-cifar10-relu", "percentile+mse"),
     ("resnet20-cifar10-relu", "percentile+signed"),
+    ("resnet20-cifar10-relu", "percentile99.9+signed"),
+    ("resnet20-cifar10-relu", "percentile99.9+signed+mse"),
 )
 BASES = ("bias", "membrane", "percentile")  # a method is BASE, then +signed and/or +mse
 MODIFIERS = ("signed", "mse")
 
 
 def parse_method(method: str) -> tuple[str, set[str]]:
-    """ "percentile+signed+mse" -> ("percentile", {"signed", "mse"}); ValueError if unknown."""
+    """ "percentile+signed+mse" -> ("percentile", {"signed", "mse"}); ValueError if unknown.
+    "percentileP" (P a number, e.g. "percentile99.9") is the base "percentile" at the P-th
+    percentile: ``percentile_of`` reads it."""
     base, *mods = method.split("+")
-    if base not in BASES or not set(mods) <= set(MODIFIERS) or len(set(mods)) != len(mods):
-        raise ValueError(f"method {method!r}: expected one of {BASES}, then +signed and/or +mse")
+    known = base in BASES or re.fullmatch(r"percentile\d+(\.\d+)?", base)
+    if not known or not set(mods) <= set(MODIFIERS) or len(set(mods)) != len(mods):
+        raise ValueError(
+            f"method {method!r}: expected one of {BASES} (or percentileP, P a number), then "
+            "+signed and/or +mse"
+        )
+    if base.startswith("percentile"):
+        percentile_of(base)  # in range
     return base, set(mods)
+
+
+def percentile_of(base: str) -> float:
+    """The percentile of a "percentile[P]" base: P, or snnconv's default for plain "percentile"."""
+    p = float(base.removeprefix("percentile") or DEFAULT_PERCENTILE)
+    if not 0 < p <= 100:
+        raise ValueError(f"method base {base!r}: the percentile must be in (0, 100], got {p:g}")
+    return p
 
 
 SJ_MODES = ("99.9% channel-wise", "ltb")  # SpikingJelly's best two (see spikingjelly_compare)
@@ -126,11 +147,12 @@ def convert_row(model, method: str, cal: torch.Tensor):
     the percentile thresholds), channels_last."""
     base, mods = parse_method(method)
     neuron = "signed" if "signed" in mods else "if"
-    if base == "percentile":
+    if base.startswith("percentile"):
         snn = snnconv.convert(
             model,
             calibration=list(cal.split(128)),
             threshold="percentile",
+            percentile=percentile_of(base),
             shift="membrane",
             neuron=neuron,
         )

@@ -10,10 +10,14 @@ full test set, 10,000 images; run that first): every row there of a shipped mode
 methods and SpikingJelly 2.0.0's conversions on the ReLU model (its best two by default, each with
 its plain and its delayed readout: see low_latency.py). T* is the smallest T of the row's grid
 (1, 2, 4, ..., 64, or the finer 1, 2, 4, 8, 12, 16, 24, 32, 48, 64 where the row was run on it)
-whose accuracy is >= ANN - 1 point (resp. 0.5); "not reached by T=64" when none is. Rows calibrated per T ("+mse") also need their calibration, run once per T before
-deployment: its seconds (from the cache) are shown beside, not added; their simulation is timed
-on the same network uncalibrated (calibration moves biases and initial membranes, so every step
-does the same operations), one timing shared by every row and target with the same T.
+whose accuracy is >= ANN - 1 point (resp. 0.5); "not reached by T=64" when none is (T* is a
+point of the grid: the exact smallest T lies after the grid's previous point, for both tools
+alike). What each row costs once, before any test image, is shown beside and not added: the
+conversion (timed here: snnconv's percentile thresholds on --calibration-images, SpikingJelly's
+conversion on --sj-calibration-images) and, for rows calibrated per T ("+mse"), the calibration
+for that T (its seconds from the cache). A calibrated row's simulation is timed on the same
+network uncalibrated (calibration moves biases and initial membranes, so every step does the
+same operations), one timing shared by every row and target with the same T.
 
 Then, in this one process, the wall time to simulate --time-images test images at T* is measured
 for each row (snnconv: ``snn(x, T*)`` per batch of --batch; SpikingJelly: its single-step loop,
@@ -113,6 +117,7 @@ class Timer:
         self.cal = self.cal.contiguous(memory_format=fmt)
         self.train = train  # SpikingJelly's calibration images are normalised when first needed
         self.sj_nets: dict[tuple, torch.nn.Module] = {}  # converted once, timed in every pass
+        self.conversion_seconds: dict[tuple, float] = {}  # (tool, model, method): the first
 
     @staticmethod
     def key(row: dict, steps: int) -> tuple:
@@ -128,10 +133,12 @@ class Timer:
         tool, model_name, method, steps = key
         print(f"{model_name} {method}: T={steps} ...", flush=True)
         model = shipped.load_pretrained(model_name)
+        begun = time.perf_counter()
         if tool == "snnconv":
             snn = low_latency.convert_row(
                 model.to(memory_format=torch.channels_last), method, self.cal
             )
+            self.conversion_seconds.setdefault(key[:3], time.perf_counter() - begun)
             run = lambda x: snn(x, steps)  # noqa: E731
         else:
             import spikingjelly_compare as sjc  # needs spikingjelly (.venv-sj)
@@ -143,6 +150,7 @@ class Timer:
                 )
                 net = sjc.sj_convert(ann, cal, method.split(" ", 1)[1], 128)
                 self.sj_nets[model_name, method] = net.to(memory_format=torch.channels_last)
+                self.conversion_seconds[key[:3]] = time.perf_counter() - begun
             net = self.sj_nets[model_name, method]
             run = lambda x: sjc.sj_single_sum(net, x, steps)  # noqa: E731
         with torch.no_grad():
@@ -180,27 +188,32 @@ def measure(rows: list[dict], timer: Timer, passes: int) -> list[dict]:
             res.update(timed_T=timed_at, **best_pass(runs[timer.key(row, timed_at)]))
             cal = row.get("calibration_seconds", {}).get(steps) if steps else None
             res["calibration_seconds"] = cal
+            res["conversion_seconds"] = timer.conversion_seconds[timer.key(row, timed_at)[:3]]
         out.append(res)
     return out
 
 
 def table(results: list[dict]) -> str:
     lines = [
-        "| model | method | ANN | within | T* | accuracy at T* | s per 10,000 images (range) |",
-        "|---|---|---|---|---|---|---|",
+        "| model | method | ANN | within | T* | accuracy at T* | s per 10,000 images (range) "
+        "| once: conversion + calibration, s |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         if r["reached"]:
             t = str(r["T"])
             s = f"{r['seconds']:.1f} ({r['min']:.1f}-{r['max']:.1f})"
-            if r.get("calibration_seconds"):
-                s += f" + calibration {r['calibration_seconds']:.0f} s once"
         else:
             t = f"not reached by T={max(low_latency.STEPS)}"
             s = f"> {r['seconds']:.1f} (at T={r['timed_T']})" if "seconds" in r else "—"
+        once = "—"
+        if "conversion_seconds" in r:
+            once = f"{r['conversion_seconds']:.1f}"
+            if r.get("calibration_seconds"):
+                once += f" + {r['calibration_seconds']:.0f}"
         lines.append(
             f"| {r['model']} | {r['method']} | {100 * r['ann']:.2f} | {100 * r['within']:.1f} | "
-            f"{t} | {100 * r['accuracy']:.2f} | {s} |"
+            f"{t} | {100 * r['accuracy']:.2f} | {s} | {once} |"
         )
     return "\n".join(lines)
 

@@ -71,3 +71,34 @@ def test_only_rows_measured_as_they_are_timed_enter_the_table():
     assert time_to_accuracy.as_timed(snn, args) and time_to_accuracy.as_timed(sj, args)
     assert not time_to_accuracy.as_timed(old_sj, args)
     assert not time_to_accuracy.as_timed({**snn, "settings": {**COARSE, "images": 1000}}, args)
+
+
+def test_a_method_names_its_percentile_and_bad_ones_are_refused():
+    assert low_latency.parse_method("percentile99.9+signed+mse") == (
+        "percentile99.9",
+        {"signed", "mse"},
+    )
+    assert low_latency.percentile_of("percentile99.9") == 99.9
+    assert low_latency.percentile_of("percentile") == 99.99  # snnconv's default
+    for bad in ("percentile101", "percentile0", "percentileX", "percentile99.9+delay"):
+        try:
+            low_latency.parse_method(bad)
+        except ValueError as e:
+            assert bad.split("+")[0] in str(e) or "delay" in bad
+        else:
+            raise AssertionError(f"{bad!r} was accepted")
+    # the timing of a calibrated row is its uncalibrated network's, percentile kept
+    row = {"tool": "snnconv", "model": "m", "method": "percentile99.9+signed+mse"}
+    assert time_to_accuracy.Timer.key(row, 12) == ("snnconv", "m", "percentile99.9+signed", 12)
+
+
+def test_the_percentile_chosen_is_the_one_that_gets_there_first():
+    choose = _benchmark("percentile_choice").choose
+    rows = [
+        {"percentile": 99.99, "accuracy": {8: 86.6, 12: 89.1, 16: 90.2}},
+        {"percentile": 99.9, "accuracy": {8: 86.7, 12: 89.4, 16: 90.1}},
+        {"percentile": 99.8, "accuracy": {8: 86.8, 12: 90.0, 16: 89.9}},
+    ]
+    assert choose(rows, ann=91.0, within=1.0)["percentile"] == 99.8  # T=12
+    assert choose(rows, ann=91.0, within=0.85)["percentile"] == 99.99  # T=16, 90.2 > 90.1
+    assert choose(rows, ann=92.0, within=1.0) is None
