@@ -326,17 +326,19 @@ def plot(rows: list[dict], steps: list[int], path: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(8, 5))
-    for r in rows:
+    fig, ax = plt.subplots(figsize=(11, 5.5))
+    colors = plt.get_cmap("tab20").colors  # 20 distinct colours: rows rarely share one
+    for i, r in enumerate(rows):
         style = "--" if r["tool"] != "snnconv" else "-"
         ts = [t for t in steps if t in r["accuracy"]]
         ax.plot(ts, [100 * r["accuracy"][t] for t in ts], style, marker="o", ms=3,
+                color=colors[i % len(colors)],
                 label=f"{r['model'].replace('resnet20-cifar10', 'R20')} {r['method']}")  # fmt: skip
     ax.set_xscale("log", base=2)
     ax.set(xlabel="T (time steps)", ylabel="CIFAR-10 test accuracy (%)", ylim=(0, 100))
     ax.set_title("ResNet-20 SNNs: accuracy vs T")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="upper left")
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))  # beside the lines
     fig.tight_layout()
     fig.savefig(path + ".tmp.png", dpi=110)
     os.replace(path + ".tmp.png", path)
