@@ -360,7 +360,10 @@ def wanted_rows(args) -> list[tuple[str, str]]:
         keep = [(name, method.removesuffix(SJ_DELAY)) for name, method in keep]
         for _, method in keep:
             if not method.startswith("spikingjelly"):
-                parse_method(method)
+                try:
+                    parse_method(method)
+                except ValueError as e:  # a usage error, before any work: one line, exit 1
+                    raise SystemExit(str(e)) from None
         wanted = [r for r in wanted if r in keep] + [r for r in keep if r not in wanted]
     if has_sj:  # before any work: a misspelt SpikingJelly conversion is a usage error
         sys.path.insert(0, str(Path(__file__).parent))

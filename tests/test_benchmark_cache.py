@@ -102,3 +102,11 @@ def test_the_percentile_chosen_is_the_one_that_gets_there_first():
     assert choose(rows, ann=91.0, within=1.0)["percentile"] == 99.8  # T=12
     assert choose(rows, ann=91.0, within=0.85)["percentile"] == 99.99  # T=16, 90.2 > 90.1
     assert choose(rows, ann=92.0, within=1.0) is None
+
+
+def test_a_bad_method_is_a_one_line_usage_error_before_any_data_is_read(tmp_path):
+    import pytest
+
+    with pytest.raises(SystemExit) as e:  # the data root does not exist: never reached
+        low_latency.main(["--rows", "m:percentile101+signed", "--data-root", str(tmp_path / "no")])
+    assert "percentile101" in str(e.value.code) and "(0, 100]" in str(e.value.code)
