@@ -55,7 +55,7 @@ import torch  # noqa: E402
 
 import snnconv
 from snnconv.io import data
-from snnconv.options import DEFAULT_PERCENTILE
+from snnconv.options import DEFAULT_PERCENTILE, check_percentile
 from snnconv.zoo import shipped
 
 STEPS = (1, 2, 4, 8, 16, 32, 64)
@@ -95,11 +95,12 @@ def parse_method(method: str) -> tuple[str, set[str]]:
 
 
 def percentile_of(base: str) -> float:
-    """The percentile of a "percentile[P]" base: P, or snnconv's default for plain "percentile"."""
-    p = float(base.removeprefix("percentile") or DEFAULT_PERCENTILE)
-    if not 0 < p <= 100:
-        raise ValueError(f"method base {base!r}: the percentile must be in (0, 100], got {p:g}")
-    return p
+    """The percentile of a "percentile[P]" base: P, or snnconv's default for plain "percentile";
+    OptionError (a ValueError) outside (0, 100]."""
+    return check_percentile(
+        base.removeprefix("percentile") or DEFAULT_PERCENTILE,
+        f"method base {base!r}: the percentile",
+    )
 
 
 SJ_MODES = ("99.9% channel-wise", "ltb")  # SpikingJelly's best two (see spikingjelly_compare)

@@ -18,12 +18,16 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 import torch
 
-import snnconv
 from snnconv.io import checkpoint, data
+from snnconv.options import check_percentile
 from snnconv.zoo import shipped
+
+sys.path.insert(0, str(Path(__file__).parent))
+import low_latency  # noqa: E402  (convert_row: the conversion of a "percentileP" row)
 
 
 def parse_args(argv):
@@ -44,12 +48,17 @@ def parse_args(argv):
         if getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
     try:
-        args.percentiles = [float(v) for v in args.percentiles.split(",")]
+        args.percentiles = [
+            check_percentile(v, "--percentiles") for v in args.percentiles.split(",")
+        ]
+    except ValueError as e:  # OptionError names the option; float() does not
+        p.error(str(e) if str(e).startswith("--") else f"--percentiles: {e}")
+    try:
         args.T = sorted({int(v) for v in args.T.split(",")})
     except ValueError as e:
-        p.error(f"--percentiles / --T: {e}")
-    if not all(0 < v <= 100 for v in args.percentiles) or min(args.T) < 1:
-        p.error("percentiles must be in (0, 100] and every T at least 1")
+        p.error(f"--T: {e}")
+    if min(args.T) < 1:
+        p.error(f"every --T must be at least 1, got {min(args.T)}")
     return args
 
 
@@ -78,14 +87,8 @@ def main(argv=None) -> int:
         ann = sum(int((model(xb).argmax(-1) == yb).sum()) for xb, yb in batches) / len(x)
     rows = []
     for p in args.percentiles:
-        snn = snnconv.convert(
-            model,
-            calibration=list(cal.split(128)),
-            threshold="percentile",
-            percentile=p,
-            shift="membrane",
-            neuron=args.neuron,
-        ).to(memory_format=fmt)
+        method = f"percentile{p:g}" + ("+signed" if args.neuron == "signed" else "")
+        snn = low_latency.convert_row(model, method, cal)  # as low_latency's rows are converted
         correct = dict.fromkeys(args.T, 0)
         for xb, yb in batches:
             out = snn(xb, max(args.T))

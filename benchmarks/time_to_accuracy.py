@@ -209,7 +209,7 @@ def table(results: list[dict]) -> str:
             t = str(r["T"])
             s = f"{r['seconds']:.1f} ({r['min']:.1f}-{r['max']:.1f})"
         else:
-            t = f"not reached by T={r.get('last_T', max(low_latency.STEPS))}"
+            t = f"not reached by T={r['last_T']}"
             s = f"> {r['seconds']:.1f} (at T={r['timed_T']})" if "seconds" in r else "—"
         once = "—"
         if "conversion_seconds" in r:
