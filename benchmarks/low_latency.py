@@ -24,6 +24,8 @@ Rows (model: method):
   every T (and the delayed readout of every T).
 - "+signed": the same conversion with signed neurons (``convert(neuron="signed")``: a neuron may
   spike -V_th to take back a spike it fired too early). No extra steps: T counts every step.
+- "+threshold": calibrated for each T like "+mse", by ``snnconv.calibrate`` method threshold
+  (each channel's V_th scaled by the factor that fits its rate best, then as mse).
 Any other model (a shipped name or a checkpoint path) can be given with --rows MODEL:METHOD.
 
 A row run on a finer --T grid (say 1,2,4,8,12,16,24,32,48,64) serves every coarser grid it
@@ -73,9 +75,11 @@ ROWS = (
     ("resnet20-cifar10-relu", "percentile+signed"),
     ("resnet20-cifar10-relu", "percentile99.9+signed"),
     ("resnet20-cifar10-relu", "percentile99.9+signed+mse"),
+    ("resnet20-cifar10-relu", "percentile99.9+signed+threshold"),
 )
-BASES = ("bias", "membrane", "percentile")  # a method is BASE, then +signed and/or +mse
-MODIFIERS = ("signed", "mse")
+BASES = ("bias", "membrane", "percentile")  # a method is BASE, then +signed and/or a calibration
+CALIBRATIONS = ("mse", "threshold")  # snnconv.calibrate's methods a row may be calibrated by
+MODIFIERS = ("signed", *CALIBRATIONS)
 
 
 def parse_method(method: str) -> tuple[str, set[str]]:
@@ -84,14 +88,25 @@ def parse_method(method: str) -> tuple[str, set[str]]:
     percentile: ``percentile_of`` reads it."""
     base, *mods = method.split("+")
     known = base in BASES or re.fullmatch(r"percentile\d+(\.\d+)?", base)
-    if not known or not set(mods) <= set(MODIFIERS) or len(set(mods)) != len(mods):
+    if (
+        not known
+        or not set(mods) <= set(MODIFIERS)
+        or len(set(mods)) != len(mods)
+        or len(set(mods) & set(CALIBRATIONS)) > 1
+    ):
         raise ValueError(
             f"method {method!r}: expected one of {BASES} (or percentileP, P a number), then "
-            "+signed and/or +mse"
+            f"+signed and/or one calibration of {CALIBRATIONS} (+mse, +threshold)"
         )
     if base.startswith("percentile"):
         percentile_of(base)  # in range
     return base, set(mods)
+
+
+def calibration_of(method: str) -> str | None:
+    """The ``snnconv.calibrate`` method a row is calibrated by for each T ("mse", "threshold"),
+    or None for an uncalibrated row."""
+    return next((m for m in parse_method(method)[1] if m in CALIBRATIONS), None)
 
 
 def percentile_of(base: str) -> float:
@@ -223,7 +238,7 @@ class Bench:
         row.setdefault("ann", self.ann_accuracy(model))
         if parse_method(method)[0] == "bias":
             row["accuracy"] = {t: self.at(snn, t) for t in self.steps}
-        elif method.endswith("+mse"):
+        elif calibration_of(method):
             acc = row.setdefault("accuracy", {})
             cal_s = row.setdefault("calibration_seconds", {})
             for t in self.calibrated_steps:
@@ -231,7 +246,7 @@ class Bench:
                     continue
                 begun = time.perf_counter()
                 calibrated = copy.deepcopy(snn)
-                record = snnconv.calibrate(calibrated, self.cal, t, method="mse")
+                record = snnconv.calibrate(calibrated, self.cal, t, method=calibration_of(method))
                 acc[t], cal_s[t] = self.at(calibrated, t), record.seconds
                 row["seconds"] += time.perf_counter() - begun
                 save(row)
@@ -398,7 +413,8 @@ def main(argv=None) -> int:
     for name, method in [] if args.table_only else wanted:
         partial = done.get((name, method))
         if partial is not None and (
-            not method.endswith("+mse")
+            method.startswith("spikingjelly")
+            or not calibration_of(method)
             or all(t in partial["accuracy"] for t in bench.calibrated_steps)
         ):
             continue
@@ -409,7 +425,7 @@ def main(argv=None) -> int:
             else:
                 rows = [bench.run_row(name, method, partial, save)]
         for row in rows:
-            if not method.endswith("+mse"):
+            if method.startswith("spikingjelly") or not calibration_of(method):
                 save(row)
             done[(name, row["method"])] = row
             accs = ", ".join(f"{t}: {100 * a:.2f}" for t, a in row["accuracy"].items())

@@ -80,7 +80,16 @@ def test_a_method_names_its_percentile_and_bad_ones_are_refused():
     )
     assert low_latency.percentile_of("percentile99.9") == 99.9
     assert low_latency.percentile_of("percentile") == 99.99  # snnconv's default
-    for bad in ("percentile101", "percentile0", "percentileX", "percentile99.9+delay"):
+    assert low_latency.calibration_of("percentile99.9+signed+threshold") == "threshold"
+    assert low_latency.calibration_of("percentile+mse") == "mse"
+    assert low_latency.calibration_of("membrane+signed") is None
+    for bad in (
+        "percentile101",
+        "percentile0",
+        "percentileX",
+        "percentile99.9+delay",
+        "percentile+mse+threshold",  # one calibration at most
+    ):
         try:
             low_latency.parse_method(bad)
         except ValueError as e:
@@ -90,6 +99,10 @@ def test_a_method_names_its_percentile_and_bad_ones_are_refused():
     # the timing of a calibrated row is its uncalibrated network's, percentile kept
     row = {"tool": "snnconv", "model": "m", "method": "percentile99.9+signed+mse"}
     assert time_to_accuracy.Timer.key(row, 12) == ("snnconv", "m", "percentile99.9+signed", 12)
+    # a "+threshold" row's thresholds change the spikes: timed calibrated, its own key
+    row = {**row, "method": "percentile99.9+signed+threshold"}
+    key = ("snnconv", "m", "percentile99.9+signed+threshold", 12)
+    assert time_to_accuracy.Timer.key(row, 12) == key
 
 
 def test_the_percentile_chosen_is_the_one_that_gets_there_first():

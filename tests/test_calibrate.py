@@ -67,6 +67,48 @@ def test_bias_and_mse_leave_the_ann_and_source_model_alone():
     assert not torch.equal(snn(x, 4)[-1], snnconv.convert(model, shift="membrane")(x, 4)[-1])
 
 
+@pytest.mark.parametrize("neuron", ["if", "signed"])
+def test_threshold_scales_each_channel_and_the_fast_path_agrees(neuron):
+    """Method "threshold": every layer's V_th becomes one value per channel, each the
+    conversion's V_th times a factor of THRESHOLD_SCALES; the squared error it fits falls; the
+    compiled kernels (per-channel thresholds in channels_last) and the reference loop simulate
+    the calibrated network alike; its state (thresholds included) reproduces it."""
+    from snnconv.conversion.calibrate import THRESHOLD_SCALES
+
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 16, 3, padding=1), nn.ReLU(),
+        nn.Conv2d(16, 24, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+        nn.Linear(24, 10),
+    ).eval().to(memory_format=torch.channels_last)  # fmt: skip
+    shape = (3, 8, 8)  # channels_last maps: the compiled per-channel kernels run
+    images = 2 * torch.randn(64, *shape).contiguous(memory_format=torch.channels_last)
+    kw = dict(calibration=[images[:32]], threshold="percentile", shift="membrane", neuron=neuron)
+    snn = snnconv.convert(model, **kw)
+    before = {n: m.v_th.clone() for n, m in snn.layers.items()}
+    record = snnconv.calibrate(snn, images, 4, method="threshold")
+    assert record.error("squared", "after") < record.error("squared", "before")
+    first = record.layers[0]  # its input no calibration changes: it cannot end worse
+    assert first.squared_error_after <= first.squared_error_before
+    scaled = [n for n in record.layers]
+    for e in scaled:
+        v_th = snn.layers[e.name].v_th
+        assert v_th.dim() == 1  # one per channel
+        factors = (v_th / before[e.name]).tolist()
+        assert all(min(abs(f - s) for s in THRESHOLD_SCALES) < 1e-6 for f in factors)
+    assert any(snn.layers[e.name].v_th.unique().numel() > 1 for e in scaled), "channels differ"
+    x = torch.randn(8, *shape).contiguous(memory_format=torch.channels_last)
+    # float32 in both, summed in different orders by the kernels and the reference convs
+    torch.testing.assert_close(snn(x, 4), snn.stepwise(x, 4), rtol=1e-5, atol=1e-5)
+    state = snnconv.calibration_state(snn)
+    fresh = snnconv.convert(model, **kw)
+    snnconv.apply_calibration(fresh, state)
+    assert torch.equal(fresh(x, 4), snn(x, 4))
+    with pytest.raises(ConversionError, match="V_th must be finite and > 0"):
+        name = next(iter(snn.layers))
+        snnconv.apply_calibration(fresh, {f"v_th.{name}": -state[f"v_th.{name}"]})
+
+
 def test_bias_is_refused_where_no_conv_feeds_a_layer_and_nothing_changes():
     model, shape = _net("residual")  # its last IF layer is fed by an add of two IF outputs
     snn = snnconv.convert(model, shift="membrane")

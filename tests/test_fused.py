@@ -16,18 +16,18 @@ def no_kernels(monkeypatch):
     monkeypatch.setenv("SNNCONV_FUSED", "0")
 
 
-def scan_both(monkeypatch, shift, current, steps, constant, chunks, v_th=0.7):
+def scan_both(monkeypatch, shift, current, steps, constant, chunks, v_th=0.7, signed=False):
     results = []
     for use_kernel in (True, False):
         if not use_kernel:
             no_kernels(monkeypatch)
-        layer = IFNeurons(v_th, shift).to(current.device)
+        layer = IFNeurons(v_th, shift, signed=signed).to(current.device)
         layer.reset(steps)
         outs, i = [], 0
         for c in chunks:
             outs.append(layer.scan(current if constant else current[i : i + c], c, constant))
             i += c
-        results.append((torch.cat(outs), layer.v, layer.spike_count))
+        results.append((torch.cat(outs), layer.v, layer.spike_count, layer.spike_events))
     monkeypatch.undo()
     return results
 
@@ -52,20 +52,30 @@ def test_fused_equals_pytorch_loop_bitwise(monkeypatch, shift, constant, dtype):
         assert torch.equal(a, b)
 
 
-def test_channels_last_and_per_channel_fall_back_correctly(monkeypatch):
-    current = torch.randn(12, 4, 6, 5, 5, device=DEVICE).contiguous()
-    cl = (
-        torch.randn(48, 6, 5, 5, device=DEVICE)
-        .contiguous(memory_format=torch.channels_last)
-        .view(12, 4, 6, 5, 5)
-    )
-    for cur in (current, cl):
-        fast, slow = scan_both(monkeypatch, "bias", cur, 12, False, [12])
-        assert all(torch.equal(a, b) for a, b in zip(fast, slow))
-    v_th = torch.linspace(0.5, 1.5, 6)
-    assert not cpu.usable(
-        current, False, None, torch.zeros(4, 6, 5, 5), torch.empty(12, 4, 6, 5, 5), v_th
-    )  # per-channel thresholds use the PyTorch loop
+@pytest.mark.parametrize("signed", [False, True])
+@pytest.mark.parametrize("shift", ["bias", "membrane"])
+def test_per_channel_thresholds_equal_the_pytorch_loop(monkeypatch, shift, signed):
+    """One V_th per channel: the kernel where the channels are innermost (channels_last maps,
+    [batch, C] vectors), the PyTorch loop elsewhere (NCHW); the same bits as the loop either way,
+    for both layouts, shifts and kinds of neuron."""
+    calls = []
+    real_kernel = cpu.Kernels.if_scan
+    v_th = torch.linspace(0.5, 1.5, 6, device=DEVICE)
+    nchw = 2 * torch.randn(12, 4, 6, 5, 5, device=DEVICE)
+    cl = nchw.view(48, 6, 5, 5).contiguous(memory_format=torch.channels_last).view(12, 4, 6, 5, 5)
+    flat = 2 * torch.randn(12, 4, 6, device=DEVICE)
+    for cur, kernel in ((cl, True), (flat, True), (nchw, False)):
+        calls.clear()
+        monkeypatch.setattr(  # scan_both undoes it
+            cpu.Kernels,
+            "if_scan",
+            lambda self, *a, **k: calls.append(1) or real_kernel(self, *a, **k),
+        )
+        fast, slow = scan_both(monkeypatch, shift, cur, 12, False, [5, 7], v_th, signed)
+        assert bool(calls) == (kernel and DEVICE.type == "cpu")
+        for a, b in zip(fast, slow):
+            assert (a is None and b is None) or torch.equal(a, b)
+        assert 0 < fast[2].abs().sum() < fast[2].numel() * 12  # neither silent nor saturated
 
 
 def test_snnconv_fused_0_turns_every_kernel_off(monkeypatch):
@@ -181,7 +191,7 @@ def test_kernels_built_without_avx512_agree(
     results = []
     for lib in (cpu.kernel(), cpu.load(isa)):
         monkeypatch.setattr(backend, "_cpp", backend.CppState(kernels=lib))
-        layer = IFNeurons(0.5, "membrane", signed=signed)
+        layer = IFNeurons(torch.linspace(0.3, 0.7, c_out), "membrane", signed=signed)
         layer.reset(8)
         cur = lookup_conv.conv2d(conv, x, amp, negative=signed)
         gb = 4 if four_bit else 8  # the masks of the spikes for a next conv, padding 1
@@ -195,7 +205,7 @@ def test_kernels_built_without_avx512_agree(
         second.reset(8)
         addend = torch.empty_like(fused).view(cur.shape)
         again = second.scan_conv(
-            conv, x, amp, 4, negative=signed, addend=addend, addend_masks=(masks, 0.5)
+            conv, x, amp, 4, negative=signed, addend=addend, addend_masks=(masks, layer.v_th)
         )
         results.append(
             (cur, fused, layer.v, layer.spike_count, layer.spike_events, masks.data, masks.nonzero)
@@ -215,8 +225,8 @@ def test_scan_wrapper_refuses_tensors_that_do_not_fit():
 
     kernels = cpu.kernel()
     v, count, out = torch.zeros(10), torch.zeros(10), torch.empty(3, 10)
-    theta = torch.full((3,), 0.5)
-    kernels.if_scan(torch.full((3, 10), 0.3), False, None, v, theta, 0.5, out, count)
+    theta, v_th = torch.full((3, 1), 0.5), torch.full((1,), 0.5)  # one V_th for the layer
+    kernels.if_scan(torch.full((3, 10), 0.3), False, None, v, theta, v_th, out, count)
     assert torch.equal(count, torch.ones(10))  # v = 0.3, 0.6 (fires), 0.4: one spike each
     for bad in (
         torch.ones(2, 10),  # fewer steps than theta
@@ -225,8 +235,17 @@ def test_scan_wrapper_refuses_tensors_that_do_not_fit():
         torch.ones(3, 20)[:, ::2],  # right shape, gaps
     ):
         with pytest.raises(SimulationError, match="kernel argument current"):
-            kernels.if_scan(bad, False, None, v, theta, 0.5, out, count)
+            kernels.if_scan(bad, False, None, v, theta, v_th, out, count)
     with pytest.raises(SimulationError, match="kernel argument out"):
-        kernels.if_scan(torch.ones(3, 10), False, None, v, theta, 0.5, out[:2], count)
+        kernels.if_scan(torch.ones(3, 10), False, None, v, theta, v_th, out[:2], count)
     with pytest.raises(SimulationError, match="float32 or float64"):
-        kernels.if_scan(torch.ones(3, 10), False, None, v.half(), theta, 0.5, out, count)
+        kernels.if_scan(torch.ones(3, 10), False, None, v.half(), theta, v_th, out, count)
+    # per channel: P values that must divide the neurons, thresholds [steps, P]
+    with pytest.raises(SimulationError, match="do not fit 10 neurons"):
+        kernels.if_scan(
+            torch.ones(3, 10), False, None, v, theta.expand(3, 3), v_th.expand(3), out, count
+        )
+    with pytest.raises(SimulationError, match="do not fit"):
+        kernels.if_scan(torch.ones(3, 10), False, None, v, theta, v_th.expand(2), out, count)
+    with pytest.raises(SimulationError, match="kernel argument v_th"):
+        kernels.if_scan(torch.ones(3, 10), False, None, v, theta, v_th.double(), out, count)

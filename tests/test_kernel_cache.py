@@ -212,7 +212,7 @@ def test_library_reports_the_abi_of_its_mirrors():
     assert kernels.dll.snnconv_abi() == cpu.ABI
     for name, mirror in cpu.MIRRORS.items():
         assert kernels.dll.snnconv_sizeof(name.encode(), None) == ctypes.sizeof(mirror) > 0
-    assert kernels.dll.snnconv_sizeof(b"fire", b"vth") == 4
+    assert kernels.dll.snnconv_sizeof(b"fire", b"vth") == ctypes.sizeof(ctypes.c_void_p)
     assert kernels.dll.snnconv_sizeof(b"nothing", None) == -1
     assert kernels.dll.snnconv_offsetof(b"fire", b"nothing") == -1
 
@@ -230,8 +230,8 @@ class RenamedFire(ctypes.Structure):
     _fields_ = [("spikes" if n == "count" else n, t) for n, t in cpu.Fire._fields_]
 
 
-class DoubleFire(ctypes.Structure):  # vth a double: same size and offsets (padding), wrong field
-    _fields_ = [(n, ctypes.c_double if n == "vth" else t) for n, t in cpu.Fire._fields_]
+class NarrowFire(ctypes.Structure):  # batch an int32: same size and offsets (padding), wrong field
+    _fields_ = [(n, ctypes.c_int32 if n == "batch" else t) for n, t in cpu.Fire._fields_]
 
 
 @pytest.mark.parametrize(
@@ -240,7 +240,7 @@ class DoubleFire(ctypes.Structure):  # vth a double: same size and offsets (padd
         ("conv_geometry", SwappedGeometry, r"has field h at offset 12, 4 bytes .*, at 8, 4 bytes"),
         ("fire", LongerFire, r"snnconv_fire is 136 bytes in the library, 144 in cpu\.LongerFire"),
         ("fire", RenamedFire, r"has field spikes at offset -1, -1 bytes in the library \(-1: abs"),
-        ("fire", DoubleFire, r"has field vth at offset 32, 4 bytes .*, at 32, 8 bytes"),
+        ("fire", NarrowFire, r"has field batch at offset 40, 8 bytes .*, at 40, 4 bytes"),
     ],
 )
 def test_mirror_that_disagrees_with_the_library_is_refused(monkeypatch, struct, mirror, message):

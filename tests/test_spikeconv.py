@@ -272,12 +272,14 @@ def chunks_of_spikes(steps, batch, c_in, size, amp, seed):
 )
 @pytest.mark.parametrize("shift,stream", [("bias", False), ("membrane", False), ("membrane", True)])
 @pytest.mark.parametrize("with_addend", [False, True])
+@pytest.mark.parametrize("per_channel", [False, True])
 def test_conv_and_if_in_one_pass_equal_the_two_apart(
-    monkeypatch, c_in, c_out, size, stride, table_bytes, shift, stream, with_addend
+    monkeypatch, c_in, c_out, size, stride, table_bytes, shift, stream, with_addend, per_channel
 ):
     """IFNeurons.scan_conv (lookup conv + IF update in one kernel) gives bit for bit the spikes,
     membranes and counts of the lookup conv followed by the IF scan, chunk after chunk, whether
-    the spikes go out by streaming stores (the default) or in place of the currents."""
+    the spikes go out by streaming stores (the default) or in place of the currents, with one
+    V_th per layer or one per channel."""
     monkeypatch.setattr(lookup_conv, "STREAM_BYTES", 0 if stream else 1 << 40)
     if table_bytes:
         monkeypatch.setattr(lookup_conv, "TABLE8_BYTES", 0)
@@ -287,7 +289,8 @@ def test_conv_and_if_in_one_pass_equal_the_two_apart(
     with torch.no_grad():
         conv.weight.mul_(3)  # currents of a few V_th: many spikes
     amp, batch, steps = torch.full((c_in,), 0.8), 6, [1, 3, 4]
-    fused_layer, apart = IFNeurons(0.7, shift), IFNeurons(0.7, shift)
+    v_th = torch.linspace(0.4, 1.3, c_out) if per_channel else 0.7
+    fused_layer, apart = IFNeurons(v_th, shift), IFNeurons(v_th, shift)
     fused_layer.reset(sum(steps))
     apart.reset(sum(steps))
     for c, x in zip(steps, chunks_of_spikes(steps, batch, c_in, size, amp, seed=1)):
@@ -372,9 +375,13 @@ def test_handed_off_masks_give_the_reader_the_same_bits(
     [(16, None), (12, None), (70, 9 * 16 * 64 * 5)],  # 8-bit groups; the plain loop; 4-bit
 )
 @pytest.mark.parametrize("signed", [False, True])
-def test_addend_read_from_handed_off_masks_gives_the_same_bits(monkeypatch, c, table_bytes, signed):
+@pytest.mark.parametrize("per_channel", [False, True])
+def test_addend_read_from_handed_off_masks_gives_the_same_bits(
+    monkeypatch, c, table_bytes, signed, per_channel
+):
     """A residual addend that is another IF layer's spike map can be read from the masks that
-    layer handed on (addend_masks): the same spikes, membranes and counts as from its values."""
+    layer handed on (addend_masks): the same spikes, membranes and counts as from its values,
+    with one V_th per layer or one per channel (the amplitudes the masks stand for)."""
     if table_bytes:
         monkeypatch.setattr(lookup_conv, "TABLE8_BYTES", 0)
         monkeypatch.setattr(lookup_conv, "TABLE_BYTES", table_bytes)
@@ -383,7 +390,8 @@ def test_addend_read_from_handed_off_masks_gives_the_same_bits(monkeypatch, c, t
     with torch.no_grad():
         conv.weight.mul_(3)
     amp, batch, steps = torch.full((c,), 0.8), 4, 3
-    layers = [IFNeurons(v, "membrane", signed=signed) for v in (0.8, 0.6, 0.6)]
+    first_v_th = torch.linspace(0.5, 1.1, c) if per_channel else 0.8
+    layers = [IFNeurons(v, "membrane", signed=signed) for v in (first_v_th, 0.6, 0.6)]
     for layer in layers:
         layer.reset(steps)
     masks = masks_for(conv, (steps * batch, c, 7, 7), signed, only=True)  # as conv reads them
@@ -399,7 +407,7 @@ def test_addend_read_from_handed_off_masks_gives_the_same_bits(monkeypatch, c, t
     from_values = layers[1].scan_conv(conv, y, amp, steps, addend=addend)
     from_masks = layers[2].scan_conv(
         conv, y, amp, steps, addend=torch.full_like(addend, float("nan")),
-        addend_masks=(masks, 0.8),
+        addend_masks=(masks, layers[0].v_th),
     )  # fmt: skip
     assert from_values is not None and from_masks is not None
     assert torch.equal(from_values, from_masks)
@@ -412,9 +420,6 @@ def test_scan_conv_declines_without_touching_state(monkeypatch):
     conv = nn.Conv2d(16, 16, 3, padding=1)
     amp = torch.ones(16)
     x = spike_map(2 * 4, 16, 6, 6, amp)
-    per_channel = IFNeurons(torch.linspace(0.5, 1.5, 16))
-    per_channel.reset(4)
-    assert per_channel.scan_conv(conv, x, amp, 2) is None  # the kernel takes one scalar V_th
     recording = IFNeurons(1.0)
     recording.reset(4)
     recording.recorder = []  # recording its input currents
@@ -546,12 +551,15 @@ def test_conv_wrapper_refuses_what_does_not_fit_its_geometry():
         with pytest.raises(SimulationError, match=f"kernel argument {name}"):
             kernels.spike_conv2d(*args, geometry)
     v = torch.zeros(1, 16, 6, 6).contiguous(memory_format=torch.channels_last)
-    fire = cpu.FusedIF(v, v.clone(), torch.ones(2), 1.0, None, 2)  # 2 images = 2 steps x 1
+    theta, v_th = torch.ones(2, 16), torch.ones(16)  # per step and channel; per channel
+    fire = cpu.FusedIF(v, v.clone(), theta, v_th, None, 2)  # 2 images = 2 steps x 1
     assert kernels.spike_conv2d(x, amp, table, bias, out, geometry, fire)
     for bad, message in [
-        (cpu.FusedIF(v, v.clone(), torch.ones(3), 1.0, None, 3), "not steps=3"),
-        (cpu.FusedIF(v[:, :8], v.clone(), torch.ones(2), 1.0, None, 2), "kernel argument v"),
-        (cpu.FusedIF(v, v.clone(), torch.ones(2), 1.0, v, 2), "kernel argument addend"),
+        (cpu.FusedIF(v, v.clone(), torch.ones(3, 16), v_th, None, 3), "not steps=3"),
+        (cpu.FusedIF(v[:, :8], v.clone(), theta, v_th, None, 2), "kernel argument v"),
+        (cpu.FusedIF(v, v.clone(), theta, v_th, v, 2), "kernel argument addend"),
+        (cpu.FusedIF(v, v.clone(), theta[:, :8], v_th, None, 2), "kernel argument theta"),
+        (cpu.FusedIF(v, v.clone(), theta, v_th[:1], None, 2), "kernel argument v_th"),
     ]:
         with pytest.raises(SimulationError, match=message):
             kernels.spike_conv2d(x, amp, table, bias, out, geometry, bad)

@@ -55,20 +55,23 @@ static void conv_case(int c, int cout, int size, int gb, int nv, int gr, int neg
   snnconv_conv_geometry geo{n, c, size, size, cout, k, k, 1, 1, 1, 1, ho, wo, gb, nv, gr,
                             negative, sparse_below};
   const int64_t per = (int64_t)batch * ho * wo * cout;
-  std::vector<float> v(per, 0.25f), count(per, 0.0f), events(per, 0.0f), theta(steps, 0.6f);
+  std::vector<float> v(per, 0.25f), count(per, 0.0f), events(per, 0.0f);
+  std::vector<float> vth(cout), theta((int64_t)steps * cout);  // one V_th per channel
+  for (float& a : vth) a = 0.4f + 0.4f * uniform();
+  for (int64_t i = 0; i < (int64_t)theta.size(); ++i) theta[i] = vth[i % cout] * (1 - 0.05f * (i / cout));
   const int gout = (cout + gb - 1) / gb;
   std::vector<uint8_t> masks((int64_t)n * (ho + 2) * (wo + 2) * (negative ? 2 * gout : gout));
   int64_t nonzero = -1;
-  snnconv_fire fire{nullptr, v.data(), count.data(), theta.data(), 0.6f, batch, steps,
+  snnconv_fire fire{nullptr, v.data(), count.data(), theta.data(), vth.data(), batch, steps,
                     negative ? events.data() : nullptr, masks.data(), gb, 1, 1, &nonzero, 0};
   const int rc = snnconv_spike_conv2d_f32(x.data(), amp.data(), table.data(), bias.data(),
                                           out.data(), &geo, steps > 0 ? &fire : nullptr, 2, 0,
                                           nullptr, 0);
   uint64_t h = digest_bytes(masks, digest(v, digest(count, digest(out))));
   if (steps > 0) {  // again, with those spikes as the addend, read from their masks
-    snnconv_fire again{nullptr, v.data(), count.data(), theta.data(), 0.6f, batch, steps,
+    snnconv_fire again{nullptr, v.data(), count.data(), theta.data(), vth.data(), batch, steps,
                        negative ? events.data() : nullptr, nullptr, 0, 0, 0, nullptr, 0,
-                       masks.data(), gb, 1, 1, negative, 0.6f};
+                       masks.data(), gb, 1, 1, negative, vth.data()};
     snnconv_spike_conv2d_f32(x.data(), amp.data(), table.data(), bias.data(), out.data(), &geo,
                              &again, 2, 0, nullptr, 0);
     h = digest(v, digest(count, digest(out, h)));
@@ -79,21 +82,26 @@ static void conv_case(int c, int cout, int size, int gb, int nv, int gr, int neg
               (unsigned long long)h);
 }
 
-static void scan_case(int signed_neurons) {
-  const int64_t steps = 7, n = 1003;
+// The IF scan with one V_th for all (P = 1) or one per channel (P channels innermost).
+static void scan_case(int signed_neurons, int64_t P) {
+  const int64_t steps = 7, n = 1003;  // 17 x 59
   std::vector<float> cur(steps * n), add(steps * n), v(n, 0.3f), out(steps * n), count(n, 0.0f),
-      events(n, 0.0f), theta(steps, 0.5f);
+      events(n, 0.0f), vth(P), theta(steps * P);
   for (float& c : cur) c = 2.0f * uniform() - 0.6f;
   for (float& a : add) a = uniform() - 0.5f;
-  snnconv_if_scan_f32(cur.data(), 0, add.data(), v.data(), theta.data(), 0.5f, out.data(),
-                      count.data(), signed_neurons ? events.data() : nullptr, steps, n, 2);
-  std::printf("scan signed=%d: %016llx\n", signed_neurons,
+  for (float& a : vth) a = 0.3f + 0.4f * uniform();
+  for (int64_t i = 0; i < steps * P; ++i) theta[i] = vth[i % P] * (1 - 0.05f * (i / P));
+  snnconv_if_scan_f32(cur.data(), 0, add.data(), v.data(), theta.data(), vth.data(), P,
+                      out.data(), count.data(), signed_neurons ? events.data() : nullptr, steps,
+                      n, 2);
+  std::printf("scan signed=%d P=%lld: %016llx\n", signed_neurons, (long long)P,
               (unsigned long long)digest(events, digest(count, digest(v, digest(out)))));
 }
 
 int main() {
   for (int neg = 0; neg <= 1; ++neg) {
-    scan_case(neg);
+    scan_case(neg, 1);
+    scan_case(neg, 17);
     for (float sparse : {0.0f, 2.0f})
       for (int steps : {0, 2}) {
         conv_case(16, 40, 7, 8, 3, 2, neg, sparse, steps);   // 8-bit groups, NV 3

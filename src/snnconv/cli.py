@@ -389,7 +389,8 @@ def _add_calibration_options(p) -> None:
         default="none",
         choices=options.CALIBRATION_CHOICES,
         help="post-conversion calibration (snnconv.calibrate): bias, potential (initial "
-        "membrane) or mse (both, least squared rate error); default none",
+        "membrane), mse (both, least squared rate error) or threshold (each channel's V_th "
+        "scaled to fit, then mse); default none",
     )
     p.add_argument(
         "--calibrate-T",

@@ -19,7 +19,9 @@ Readout = Literal["current", "spikes"]
 MaxPool = Literal["error", "avg"]
 Schedule = Literal["cosine", "step"]  # training LR schedule after the warm-up
 Device = Literal["auto", "cpu", "cuda"]  # training device ("auto": CUDA if there is one)
-CalibrationMethod = Literal["none", "bias", "potential", "mse"]  # see conversion.calibrate
+CalibrationMethod = Literal[
+    "none", "bias", "potential", "mse", "threshold"
+]  # see conversion.calibrate
 CalibrationGranularity = Literal["channel", "neuron"]
 # The widest x86 vector instructions the compiled kernels may use (SNNCONV_ISA in the environment;
 # "native": all the CPU has). A lower one runs a machine's code as on an older CPU.

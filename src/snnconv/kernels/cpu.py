@@ -58,7 +58,7 @@ ISA_FLAGS: dict[str, tuple[str, ...]] = {
     "avx2": ("-mno-avx512f",),  # and every AVX-512 extension, which needs it
     "sse2": ("-mno-avx512f", "-mno-avx2", "-mno-fma", "-mno-avx"),
 }
-ABI = 5  # SNNCONV_ABI in csrc/snnconv_kernels.h
+ABI = 6  # SNNCONV_ABI in csrc/snnconv_kernels.h
 
 _i32, _i64, _ptr = ctypes.c_int32, ctypes.c_int64, ctypes.c_void_p
 
@@ -81,7 +81,7 @@ class Fire(ctypes.Structure):
         ("v", _ptr),
         ("count", _ptr),
         ("theta", _ptr),
-        ("vth", ctypes.c_float),
+        ("vth", _ptr),
         ("batch", _i64),
         ("steps", _i64),
         ("events", _ptr),
@@ -96,16 +96,16 @@ class Fire(ctypes.Structure):
         ("addend_ph", _i32),
         ("addend_pw", _i32),
         ("addend_negative", _i32),
-        ("addend_vth", ctypes.c_float),
+        ("addend_vth", _ptr),
     ]
 
 
 MIRRORS: dict[str, type[ctypes.Structure]] = {"conv_geometry": ConvGeometry, "fire": Fire}
 
 
-def _scan_signature(real):
-    # cur, constant, add, v, theta, vth, out, count, events, steps, n, threads
-    return None, [_ptr, _i32, _ptr, _ptr, _ptr, real, _ptr, _ptr, _ptr, _i64, _i64, _i32]
+def _scan_signature():
+    # cur, constant, add, v, theta, vth, P, out, count, events, steps, n, threads
+    return None, [_ptr, _i32, _ptr, _ptr, _ptr, _ptr, _i64, _ptr, _ptr, _ptr, _i64, _i64, _i32]
 
 
 # Each entry point's (return type, argument types): the one place they are declared.
@@ -113,8 +113,8 @@ SIGNATURES = {
     "snnconv_abi": (_i32, []),
     "snnconv_sizeof": (_i64, [ctypes.c_char_p, ctypes.c_char_p]),
     "snnconv_offsetof": (_i64, [ctypes.c_char_p, ctypes.c_char_p]),
-    "snnconv_if_scan_f32": _scan_signature(ctypes.c_float),
-    "snnconv_if_scan_f64": _scan_signature(ctypes.c_double),
+    "snnconv_if_scan_f32": _scan_signature(),
+    "snnconv_if_scan_f64": _scan_signature(),
     # x, amp, table, bias, out, geometry, fire (or None), threads, stream_bytes, masks (or
     # None), masks_nonzero
     "snnconv_spike_conv2d_f32": (
@@ -219,10 +219,11 @@ class SpikeMasks:
     negative: bool
     only: bool = False
 
-    def spikes_into(self, out: torch.Tensor, v_th: float) -> torch.Tensor:
+    def spikes_into(self, out: torch.Tensor, v_th: torch.Tensor | float) -> torch.Tensor:
         """The spike map these masks were made from, written into ``out`` [n, c, h, w]
-        (channels_last float32): v_th where a +amp bit is set, -v_th where a -amp one is, else
-        +0, as the writer's update makes them (for a reader that needs the values after all)."""
+        (channels_last float32): V_th (0-dim, or [c] per channel) where a +amp bit is set, -V_th
+        where a -amp one is, else +0, as the writer's update makes them (for a reader that needs
+        the values after all)."""
         n, c, h, w = out.shape
         groups = -(-c // self.gb)
         per = 2 * groups if self.negative else groups
@@ -233,7 +234,8 @@ class SpikeMasks:
         fired = bits[..., 0, :].float()
         if self.negative:
             fired -= bits[..., 1, :].float()
-        out.permute(0, 2, 3, 1).copy_(fired.mul_(v_th))  # s * v_th, as the update computes it
+        # s * v_th, as the update computes it
+        out.permute(0, 2, 3, 1).copy_(fired.mul_(torch.as_tensor(v_th, dtype=torch.float32)))
         return out
 
 
@@ -241,23 +243,24 @@ class SpikeMasks:
 class FusedIF:
     """The IF layer that reads a lookup convolution, updated in the same pass: rows of the
     convolution are n = k*B + b (step k < steps, sample b); ``v`` and ``count`` [B, C, H, W]
-    (channels_last, like the output) are updated in place; ``theta`` [steps] holds each step's
-    firing threshold, ``v_th`` the spike amplitude, ``addend`` None or shaped like the output;
+    (channels_last, like the output) are updated in place; ``theta`` [steps, C] holds each
+    step's firing threshold per channel, ``v_th`` [C] the spike amplitudes (a layer's one V_th
+    repeated, or one per channel), ``addend`` None or shaped like the output;
     ``events`` None, or for signed neurons shaped like ``v`` (spikes of either sign); ``masks``
     None, or where the masks of the spikes go for the convolution that reads them next;
-    ``addend_masks``: the addend as the masks another IF layer handed on (its spikes, amplitude
-    ``addend_vth``), read instead of ``addend``'s values."""
+    ``addend_masks``: the addend as the masks another IF layer handed on (its spikes, amplitudes
+    ``addend_vth`` [C]), read instead of ``addend``'s values."""
 
     v: torch.Tensor
     count: torch.Tensor
     theta: torch.Tensor
-    v_th: float
+    v_th: torch.Tensor
     addend: torch.Tensor | None
     steps: int
     events: torch.Tensor | None = None
     masks: SpikeMasks | None = None
     addend_masks: SpikeMasks | None = None
-    addend_vth: float = 0.0
+    addend_vth: torch.Tensor | None = None
 
 
 def check_geometry(g: ConvGeometry) -> None:
@@ -303,29 +306,38 @@ class Kernels:
         addend: torch.Tensor | None,
         v: torch.Tensor,
         theta: torch.Tensor,
-        v_th: float,
+        v_th: torch.Tensor,
         out: torch.Tensor,
         count: torch.Tensor,
         threads: int | None = None,
         events: torch.Tensor | None = None,
     ) -> None:
         """The IF scan in place on ``v``, ``out`` and ``count`` (float32 or float64; flat index
-        i is the same neuron in every tensor, which ``usable`` checks); with ``events`` (shaped
-        like ``v``) the neurons are signed and ``events`` counts spikes of either sign."""
+        i is the same neuron in every tensor, which ``usable`` checks); ``theta`` [steps, P] and
+        ``v_th`` [P] as ``IFParameters.kernel_thresholds`` makes them (P = 1, or one per channel
+        with the channels innermost in ``v``); with ``events`` (shaped like ``v``) the neurons
+        are signed and ``events`` counts spikes of either sign."""
         fn = {
             torch.float32: self.dll.snnconv_if_scan_f32,
             torch.float64: self.dll.snnconv_if_scan_f64,
         }.get(v.dtype)
         if fn is None:
             raise SimulationError(f"if_scan: float32 or float64 only, got {v.dtype}")
-        n, steps, dt = v.numel(), theta.numel(), v.dtype
+        n, steps, dt = v.numel(), theta.shape[0], v.dtype
+        P = v_th.numel()
+        if theta.shape != (steps, P) or n % P:
+            raise SimulationError(
+                f"if_scan: thresholds {tuple(theta.shape)} and amplitudes {tuple(v_th.shape)} do "
+                f"not fit {n} neurons"
+            )
         fn(
             _pointer(current, "current", dt, n if constant else steps * n),
             int(constant),
             None if addend is None else _pointer(addend, "addend", dt, steps * n),
             _pointer(v, "v", dt, n),
-            _pointer(theta, "theta", dt, steps),
-            v_th,
+            _pointer(theta, "theta", dt, steps * P),
+            _pointer(v_th, "v_th", dt, P),
+            P,
             _pointer(out, "out", dt, steps * n),
             _pointer(count, "count", dt, n),
             _pointer(events, "events", dt, n),
@@ -389,8 +401,8 @@ def _fire(fire: FusedIF, g: ConvGeometry) -> Fire:
         None if fire.addend_masks is not None else _pointer(fire.addend, "addend", f32, g.n * opix),
         _pointer(fire.v, "v", f32, batch * opix),
         _pointer(fire.count, "count", f32, batch * opix),
-        _pointer(fire.theta, "theta", f32, fire.steps),
-        fire.v_th,
+        _pointer(fire.theta, "theta", f32, fire.steps * g.cout),
+        _pointer(fire.v_th, "v_th", f32, g.cout),
         batch,
         fire.steps,
         _pointer(fire.events, "events", f32, batch * opix),
@@ -416,11 +428,13 @@ def _masks_out(m: SpikeMasks | None, g: ConvGeometry, signed: bool) -> tuple:
     )
 
 
-def _addend_masks(m: SpikeMasks | None, v_th: float, g: ConvGeometry) -> tuple:
-    """snnconv_fire's addend_masks fields for masks of an addend shaped like the output."""
+def _addend_masks(m: SpikeMasks | None, v_th: torch.Tensor | None, g: ConvGeometry) -> tuple:
+    """snnconv_fire's addend_masks fields for masks of an addend shaped like the output (and its
+    amplitudes [cout])."""
     if m is None:
-        return None, 0, 0, 0, 0, 0.0
-    return _output_masks(m, g, "addend_masks"), m.gb, m.ph, m.pw, int(m.negative), v_th
+        return None, 0, 0, 0, 0, None
+    amp = _pointer(v_th, "addend_vth", torch.float32, g.cout)
+    return _output_masks(m, g, "addend_masks"), m.gb, m.ph, m.pw, int(m.negative), amp
 
 
 def _output_masks(m: SpikeMasks, g: ConvGeometry, name: str) -> int:
@@ -484,17 +498,20 @@ def if_scan(
     count: torch.Tensor,
 ) -> None:
     """Run the device's fused scan (where ``scan_available``) in place on v, out and count;
-    ``theta`` holds each step's firing threshold, ``v_th`` (0-dim) the spike amplitude."""
+    ``theta`` [steps, P] holds each step's firing thresholds, ``v_th`` [P] the spike amplitudes
+    (``IFParameters.kernel_thresholds``; on CUDA P = 1)."""
     from snnconv.kernels import backend
 
     which = backend.scan_backend(v.device)
     if which == "triton":
         from snnconv.kernels import triton_scan  # imports triton
 
-        return triton_scan.if_scan(current, constant, addend, v, theta, v_th, out, count)
+        return triton_scan.if_scan(
+            current, constant, addend, v, theta.reshape(-1), v_th.reshape(()), out, count
+        )
     if which != "cpp":
         raise SimulationError(f"no fused IF scan on {v.device} (check scan_available first)")
-    kernel().if_scan(current, constant, addend, v, theta.contiguous(), v_th.item(), out, count)
+    kernel().if_scan(current, constant, addend, v, theta, v_th, out, count)
 
 
 def _dense(t: torch.Tensor) -> bool:
@@ -511,10 +528,20 @@ def usable(
     out: torch.Tensor,
     v_th: torch.Tensor,
 ) -> bool:
-    """A fused scan applies (where scan_available): float tensors, one scalar V_th, dense tensors
-    in which flat index i is the same neuron in the current (each step), the addend, the membrane
-    and the output."""
-    if v.dtype not in (torch.float32, torch.float64) or v_th.dim():
+    """A fused scan applies (where scan_available): float tensors, dense tensors in which flat
+    index i is the same neuron in the current (each step), the addend, the membrane and the
+    output, and one V_th per layer, or one per channel (on the CPU, channels innermost: [B, C] or
+    channels_last [B, C, H, W]). ``v_th`` is as ``threshold_like`` shapes it."""
+    if v.dtype not in (torch.float32, torch.float64):
+        return False
+    if v_th.numel() > 1 and not (
+        v.device.type == "cpu"
+        and v.dim() in (2, 4)
+        and v.shape[1] == v_th.numel()
+        and v.is_contiguous(
+            memory_format=torch.channels_last if v.dim() == 4 else torch.contiguous_format
+        )
+    ):
         return False
     if addend is not None and (
         constant

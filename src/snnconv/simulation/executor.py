@@ -297,7 +297,7 @@ def _neuron(ch: Chunk, node: fx.Node) -> torch.Tensor:
         elif masks_out is not None:
             ch.masks[node] = (masks_out, out.data_ptr(), out._version)
             if masks_out.only:
-                ch.unwritten[node] = (masks_out, layer.v_th.item(), out)
+                ch.unwritten[node] = (masks_out, layer.v_th, out)
     if spikes is None:
         for n in nodes:  # the scan reads their values
             if n in ch.unwritten:

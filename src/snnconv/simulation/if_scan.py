@@ -15,6 +15,8 @@ tests/test_neurons.py and tests/test_fused.py hold these against ``if_step``.
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 from torch import nn
 
@@ -75,9 +77,9 @@ def scan(
     if p.signed:
         return _scan_signed(layer, current, steps, constant, out, addend)
     if cpu.usable(current, constant, addend, v, out, v_th) and cpu.scan_available(v.device):
-        theta = p.thresholds(v_th, layer.steps, state.t, steps)
+        theta, amp = p.kernel_thresholds(v.dtype, layer.steps, state.t, steps)
         with torch.profiler.record_function("snnconv::if_scan (fused)"):
-            cpu.if_scan(current, constant, addend, v, theta, v_th, out, state.count)
+            cpu.if_scan(current, constant, addend, v, theta, amp, out, state.count)
         state.t += steps
         return out
     b = p.bias(v_th, layer.steps)
@@ -107,10 +109,10 @@ def _scan_signed(
         and state.events.stride() == count.stride() == v.stride()
         and backend.scan_backend(v.device) == "cpp"
     ):
-        theta = p.thresholds(v_th, layer.steps, state.t, steps).contiguous()
+        theta, amp = p.kernel_thresholds(v.dtype, layer.steps, state.t, steps)
         with torch.profiler.record_function("snnconv::if_scan (signed, fused)"):
             cpu.kernel().if_scan(
-                current, constant, addend, v, theta, v_th.item(), out, count, events=state.events
+                current, constant, addend, v, theta, amp, out, count, events=state.events
             )
         state.t += steps
         return out
@@ -142,7 +144,7 @@ def scan_conv(
     negative: bool = False,
     masks: cpu.SpikeMasks | None = None,
     masks_out: cpu.SpikeMasks | None = None,
-    addend_masks: tuple[cpu.SpikeMasks, float] | None = None,
+    addend_masks: tuple[cpu.SpikeMasks, torch.Tensor | float] | None = None,
 ) -> torch.Tensor | None:
     """``scan(layer, conv(spikes) viewed [steps, B, ...], steps, out=out, addend=addend)`` with
     the lookup convolution and the update in one pass: ``spikes`` [steps*B, C, H, W] are the
@@ -150,13 +152,12 @@ def scan_conv(
     channels_last. The same numbers, bit for bit, as the conv, then ``scan``. ``masks``: the
     masks of ``spikes`` that layer handed on (read instead of the values); ``masks_out``: where
     this layer's spikes' masks go for the next conv (written only when the result is not None);
-    ``addend_masks``: (masks, amplitude) of the spikes ``addend`` holds, read instead of it.
+    ``addend_masks``: (masks, V_th) of the spikes ``addend`` holds, read instead of it.
     Returns None, having changed nothing, where the fused kernel does not apply (recording,
-    per-channel V_th, fewer samples than threads, layouts it does not take, not a spike map)."""
+    fewer samples than threads, layouts it does not take, not a spike map)."""
     n = spikes.shape[0] if spikes.dim() == 4 else 0
     if (
         layer.recorder is not None
-        or layer.v_th.dim()
         or n == 0
         or n % steps
         or n // steps < torch.get_num_threads()
@@ -167,7 +168,7 @@ def scan_conv(
     one = (n // steps, *shape[1:])
     if layer.state is None:
         layer.start(torch.empty(one, memory_format=torch.channels_last))
-    state, p = layer.state, layer.params
+    state = layer.state
     v, v_th = state.v, layer.threshold_like(state.v)
     if out is None or out.shape != (steps, *one) or out.stride()[1:] != v.stride():
         out = torch.empty(shape, memory_format=torch.channels_last).view(steps, *one)
@@ -177,13 +178,11 @@ def scan_conv(
         addend = addend.view(steps, *one)
     if not cpu.usable(out, False, addend, v, out, v_th):
         return None
-    theta = p.thresholds(v_th, layer.steps, state.t, steps)
     if state.events is not None and state.events.stride() != v.stride():
         return None
     if masks_out is not None and masks_out.negative != (state.events is not None):
         return None  # masks made for the other kind of neuron: they would stay unwritten
-    fire = (v, state.count, theta, v_th.item(), addend, steps, state.events, masks_out)
-    fire += addend_masks or ()
+    fire = _fire(layer, steps, shape[1], addend, masks_out, addend_masks)
     done = lookup_conv.conv2d(
         conv, spikes, amp, out=out.view(shape), fire=fire, negative=negative, masks=masks
     )
@@ -191,3 +190,26 @@ def scan_conv(
         return None
     state.t += steps
     return done.view(steps, *one)
+
+
+def _fire(layer, steps: int, channels: int, addend, masks_out, addend_masks) -> cpu.FusedIF:
+    """The fused update's arguments: the kernel takes one threshold per step and channel and
+    one amplitude per channel (a layer's one V_th repeated), also for the addend's masks."""
+    state = layer.state
+    theta, v_th = layer.params.kernel_thresholds(torch.float32, layer.steps, state.t, steps)
+    per_channel = (channels,)
+    fire = cpu.FusedIF(
+        state.v,
+        state.count,
+        theta.expand(steps, channels).contiguous(),
+        v_th.expand(per_channel).contiguous(),
+        addend,
+        steps,
+        state.events,
+        masks_out,
+    )
+    if addend_masks is None:
+        return fire
+    held, amplitude = addend_masks
+    amplitude = torch.as_tensor(amplitude, dtype=torch.float32).expand(per_channel).contiguous()
+    return dataclasses.replace(fire, addend_masks=held, addend_vth=amplitude)

@@ -85,10 +85,15 @@ class IFParameters:
         """b, the shift added every step (0 unless shift "bias")."""
         return v_th * (self.bias_fraction / steps) if self.shift == "bias" else 0.0
 
-    def thresholds(self, v_th: torch.Tensor, steps: int, done: int, n: int) -> torch.Tensor:
-        """Firing thresholds of steps done+1 .. done+n, V_th - t*b (see the module docstring)."""
-        t = torch.arange(done + 1, done + n + 1, dtype=v_th.dtype, device=v_th.device)
-        return v_th - t * self.bias(v_th, steps)
+    def kernel_thresholds(
+        self, dtype: torch.dtype, steps: int, done: int, n: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """For the fused kernels: the firing thresholds V_th - t*b of steps done+1 .. done+n as
+        [n, P] and the amplitudes V_th as [P] (P = 1 for one V_th per layer, else one per
+        channel), computed with the same float operations as ``if_step``."""
+        v_th = self.v_th.to(dtype).reshape(-1).contiguous()
+        t = torch.arange(done + 1, done + n + 1, dtype=dtype, device=v_th.device).unsqueeze(1)
+        return (v_th - t * self.bias(v_th, steps)).contiguous(), v_th
 
 
 @dataclass
@@ -277,7 +282,7 @@ class IFNeurons(nn.Module):
         negative: bool = False,
         masks: SpikeMasks | None = None,
         masks_out: SpikeMasks | None = None,
-        addend_masks: tuple[SpikeMasks, float] | None = None,
+        addend_masks: tuple[SpikeMasks, torch.Tensor] | None = None,
     ) -> torch.Tensor | None:
         """``scan(conv(spikes))`` in one compiled pass (``simulation.if_scan.scan_conv``), or None
         where that kernel does not apply (nothing changed then); ``negative``: ``spikes`` come

@@ -1,11 +1,12 @@
 // The fused IF scan: per step k, v += I[k]; s = v >= theta[k]; v -= s * vth; out[k] = s * vth;
 // count += s, with the same float operations in the same order as IFNeurons.scan's PyTorch loop
 // (tests/test_fused.py compares them bit for bit). With events (not null) the neurons are signed
-// (if_update.h's signed_block) and events counts spikes of either sign.
+// (if_update.h) and events counts spikes of either sign.
 //
 // current: [steps, n] or [n] (constant), addend: [steps, n] or null, v/count/events: [n], theta:
-// [steps] firing thresholds, out: [steps, n]. Tensors are dense with identical element order
-// (any memory format).
+// [steps][P] firing thresholds and vth [P] spike amplitudes: P = 1, one per layer, or one per
+// channel with the channels innermost (neuron i is channel i % P; n a multiple of P); out:
+// [steps, n]. Tensors are dense with identical element order (any memory format when P = 1).
 #include <algorithm>
 #include <cstdint>
 
@@ -15,9 +16,10 @@
 namespace snnconv {
 
 template <typename T>
-static void scan(const T* cur, int constant, const T* add, T* v, const T* theta, T vth, T* out,
-                 T* count, T* events, int64_t steps, int64_t n, int threads) {
-  const int64_t B = 4096;  // neurons whose membranes stay in L1/L2 across the chunk's steps
+static void scan(const T* cur, int constant, const T* add, T* v, const T* theta, const T* vth,
+                 int64_t P, T* out, T* count, T* events, int64_t steps, int64_t n, int threads) {
+  // neurons whose membranes stay in L1/L2 across the chunk's steps: about 4096, whole channel rows
+  const int64_t B = std::max<int64_t>(4096 / P, 1) * P;
   const int64_t blocks = (n + B - 1) / B;
   // OpenMP shares PyTorch's thread team (the same libgomp), so no second pool competes with it
 #pragma omp parallel for schedule(static) num_threads(threads) if (blocks > 1)
@@ -25,16 +27,8 @@ static void scan(const T* cur, int constant, const T* add, T* v, const T* theta,
     const int64_t lo = b * B, len = std::min(n, lo + B) - lo;
     for (int64_t k = 0; k < steps; ++k) {
       const T* in = cur + (constant ? 0 : k * n) + lo;
-      if (events && add)
-        signed_block<T, true>(in, add + k * n + lo, v + lo, out + k * n + lo, count + lo,
-                              events + lo, theta[k], vth, len);
-      else if (events)
-        signed_block<T, false>(in, nullptr, v + lo, out + k * n + lo, count + lo, events + lo,
-                               theta[k], vth, len);
-      else if (add)
-        block<T, true>(in, add + k * n + lo, v + lo, out + k * n + lo, count + lo, theta[k], vth, len);
-      else
-        block<T, false>(in, nullptr, v + lo, out + k * n + lo, count + lo, theta[k], vth, len);
+      block_any<T>(in, add ? add + k * n + lo : nullptr, v + lo, out + k * n + lo, count + lo,
+                   events ? events + lo : nullptr, theta + k * P, vth, P, len);
     }
   }
 }
@@ -44,15 +38,18 @@ static void scan(const T* cur, int constant, const T* add, T* v, const T* theta,
 extern "C" {
 
 void snnconv_if_scan_f32(const float* cur, int32_t constant, const float* add, float* v,
-                         const float* theta, float vth, float* out, float* count, float* events,
-                         int64_t steps, int64_t n, int32_t threads) {
-  snnconv::scan<float>(cur, constant, add, v, theta, vth, out, count, events, steps, n, threads);
+                         const float* theta, const float* vth, int64_t P, float* out,
+                         float* count, float* events, int64_t steps, int64_t n, int32_t threads) {
+  snnconv::scan<float>(cur, constant, add, v, theta, vth, P, out, count, events, steps, n,
+                       threads);
 }
 
 void snnconv_if_scan_f64(const double* cur, int32_t constant, const double* add, double* v,
-                         const double* theta, double vth, double* out, double* count,
-                         double* events, int64_t steps, int64_t n, int32_t threads) {
-  snnconv::scan<double>(cur, constant, add, v, theta, vth, out, count, events, steps, n, threads);
+                         const double* theta, const double* vth, int64_t P, double* out,
+                         double* count, double* events, int64_t steps, int64_t n,
+                         int32_t threads) {
+  snnconv::scan<double>(cur, constant, add, v, theta, vth, P, out, count, events, steps, n,
+                        threads);
 }
 
 }

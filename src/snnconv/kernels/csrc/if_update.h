@@ -6,37 +6,55 @@
 
 namespace snnconv {
 
-// Per neuron i, with I = in[i] (+ ad[i], rounded first, as a separate add would):
-// v += I; s = v >= th; v -= s * vth; o = s * vth; count += s.
+// Neuron i, with I = in[i] (+ ad[i], rounded first, as a separate add would), firing threshold
+// th and spike amplitude vth: v += I; s = v >= th; v -= s * vth; o = s * vth; count += s.
+// Signed neurons (events not null; simulation/neuron.py): a spike of -1 where v < th - vth (the
+// membrane below 0) and the net count is positive: s = (v >= th) - (v < th - vth && count > 0);
+// the same reset; events += |s| (as s * s, exact for s in {-1, 0, 1}).
 // in and o may be the same buffer (the lookup convolution's epilogue overwrites its current).
-template <typename T, bool ADD>
-static void block(const T* in, const T* __restrict__ ad, T* __restrict__ v, T* o,
-                  T* __restrict__ count, T th, T vth, int64_t len) {
-  for (int64_t i = 0; i < len; ++i) {  // branch-free, so it vectorises
-    T x = ADD ? v[i] + (in[i] + ad[i]) : v[i] + in[i];
-    T s = static_cast<T>(x >= th);
-    v[i] = x - s * vth;
-    o[i] = s * vth;
+// len neurons with th[0] and vth[0] for all, or (PER) th[i] and vth[i] for neuron i. A
+// branch-free loop over contiguous neurons, so it vectorises.
+template <typename T, bool ADD, bool SIGNED, bool PER>
+static void run(const T* in, const T* __restrict__ ad, T* __restrict__ v, T* o,
+                T* __restrict__ count, T* __restrict__ events, const T* __restrict__ th,
+                const T* __restrict__ vth, int64_t len) {
+  const T th0 = th[0], vth0 = vth[0];
+  for (int64_t i = 0; i < len; ++i) {
+    const T t = PER ? th[i] : th0, a = PER ? vth[i] : vth0;
+    const T x = ADD ? v[i] + (in[i] + ad[i]) : v[i] + in[i];
+    const T s = SIGNED ? static_cast<T>(x >= t) - static_cast<T>((x < t - a) & (count[i] > T(0)))
+                       : static_cast<T>(x >= t);
+    v[i] = x - s * a;
+    o[i] = s * a;
     count[i] += s;
+    if (SIGNED) events[i] += s * s;
   }
 }
 
-// Signed neurons (simulation/neuron.py): a spike of -1 where v < th - vth (the membrane below 0)
-// and the net count is positive: s = (v >= th) - (v < th - vth && count > 0); the same reset;
-// events += |s| (as s * s, exact for s in {-1, 0, 1}).
-template <typename T, bool ADD>
-static void signed_block(const T* in, const T* __restrict__ ad, T* __restrict__ v, T* o,
-                         T* __restrict__ count, T* __restrict__ events, T th, T vth,
-                         int64_t len) {
-  const T lo = th - vth;
-  for (int64_t i = 0; i < len; ++i) {
-    T x = ADD ? v[i] + (in[i] + ad[i]) : v[i] + in[i];
-    T s = static_cast<T>(x >= th) - static_cast<T>((x < lo) & (count[i] > T(0)));
-    v[i] = x - s * vth;
-    o[i] = s * vth;
-    count[i] += s;
-    events[i] += s * s;
-  }
+// run() over len neurons for one step. Their thresholds and amplitudes: with P = 1 th[0] and
+// vth[0] for all (one per layer); else th[c] and vth[c] for neuron r * P + c (one per channel,
+// channels innermost: len a multiple of P, the block starting at a channel 0).
+template <typename T, bool ADD, bool SIGNED>
+static void block(const T* in, const T* ad, T* v, T* o, T* count, T* events, const T* th,
+                  const T* vth, int64_t P, int64_t len) {
+  if (P == 1) return run<T, ADD, SIGNED, false>(in, ad, v, o, count, events, th, vth, len);
+  for (int64_t r = 0; r < len; r += P)
+    run<T, ADD, SIGNED, true>(in + r, ADD ? ad + r : ad, v + r, o + r, count + r,
+                              SIGNED ? events + r : events, th, vth, P);
+}
+
+// block() with its variant chosen at run time (ad, events: null or not).
+template <typename T>
+static void block_any(const T* in, const T* ad, T* v, T* o, T* count, T* events, const T* th,
+                      const T* vth, int64_t P, int64_t len) {
+  if (events && ad)
+    block<T, true, true>(in, ad, v, o, count, events, th, vth, P, len);
+  else if (events)
+    block<T, false, true>(in, nullptr, v, o, count, events, th, vth, P, len);
+  else if (ad)
+    block<T, true, false>(in, ad, v, o, count, nullptr, th, vth, P, len);
+  else
+    block<T, false, false>(in, nullptr, v, o, count, nullptr, th, vth, P, len);
 }
 
 }  // namespace snnconv

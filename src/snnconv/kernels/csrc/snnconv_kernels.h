@@ -9,7 +9,7 @@
 #include <cstddef>
 #include <cstdint>
 
-#define SNNCONV_ABI 5
+#define SNNCONV_ABI 6
 
 extern "C" {
 
@@ -30,8 +30,9 @@ struct snnconv_conv_geometry {
 };
 
 // The IF layer that reads the convolution, updated in the same pass: images are n = k*batch + b
-// (step k < steps, sample b); v and count are [batch][ho][wo][cout], theta [steps] each step's
-// firing threshold, vth the spike amplitude, addend null or shaped like the output; events null
+// (step k < steps, sample b); v and count are [batch][ho][wo][cout], theta [steps][cout] each
+// step's firing threshold per channel, vth [cout] the spike amplitudes (a layer's one V_th
+// repeated, or one per channel), addend null or shaped like the output; events null
 // (ordinary neurons) or shaped like v (signed neurons: spikes of either sign counted there).
 // masks null, or where the masks of the spikes go for the lookup convolution that reads them,
 // made while the spikes are in cache: [n][ho + 2 masks_ph][wo + 2 masks_pw][MS] bytes in that
@@ -39,15 +40,15 @@ struct snnconv_conv_geometry {
 // own mask pass would make them; *masks_nonzero is set to the number of non-zero masks.
 // masks_only: 1 (with masks) if the spikes are read only through those masks: out is then not
 // written (the update's state is); else 0. addend_masks null, or the addend given as the masks
-// another layer's update made of its spikes (amplitude addend_vth) for a convolution of its own
-// (groups of addend_gb channels, border (addend_ph, addend_pw), addend_negative: signed), one
-// image per output image: read instead of addend (which is then null).
+// another layer's update made of its spikes for a convolution of its own
+// (groups of addend_gb channels, border (addend_ph, addend_pw), addend_negative: signed; amplitudes
+// addend_vth [cout]), one image per output image: read instead of addend (which is then null).
 struct snnconv_fire {
   const float* addend;
   float* v;
   float* count;
   const float* theta;
-  float vth;
+  const float* vth;
   int64_t batch, steps;
   float* events;
   uint8_t* masks;
@@ -56,7 +57,7 @@ struct snnconv_fire {
   int32_t masks_only;
   const uint8_t* addend_masks;
   int32_t addend_gb, addend_ph, addend_pw, addend_negative;
-  float addend_vth;
+  const float* addend_vth;
 };
 
 // The ABI version (SNNCONV_ABI); the size of a struct (field null) or of one of its fields, and
@@ -66,14 +67,16 @@ int64_t snnconv_sizeof(const char* type, const char* field);
 int64_t snnconv_offsetof(const char* type, const char* field);
 
 // The IF scan (if_scan.cpp), in place on v, out and count (and events). cur is [steps][n], or
-// [n] when constant; add null or [steps][n]; theta [steps]; events null (binary neurons) or [n]
-// (signed neurons: spikes of either sign counted there).
+// [n] when constant; add null or [steps][n]; theta [steps][P] and vth [P]: P = 1 (one V_th per
+// layer) or one per channel, channels innermost (neuron i is channel i % P); events null (binary
+// neurons) or [n] (signed neurons: spikes of either sign counted there).
 void snnconv_if_scan_f32(const float* cur, int32_t constant, const float* add, float* v,
-                         const float* theta, float vth, float* out, float* count, float* events,
-                         int64_t steps, int64_t n, int32_t threads);
+                         const float* theta, const float* vth, int64_t P, float* out,
+                         float* count, float* events, int64_t steps, int64_t n, int32_t threads);
 void snnconv_if_scan_f64(const double* cur, int32_t constant, const double* add, double* v,
-                         const double* theta, double vth, double* out, double* count,
-                         double* events, int64_t steps, int64_t n, int32_t threads);
+                         const double* theta, const double* vth, int64_t P, double* out,
+                         double* count, double* events, int64_t steps, int64_t n,
+                         int32_t threads);
 
 // The lookup convolution (spike_conv.cpp), with the IF update when fire is not null. Returns 0;
 // 1 if x holds a value that is neither 0 nor its channel's amplitude (nor minus it, with

@@ -265,24 +265,23 @@ struct MaskLayout {
   }
 };
 
-// The masks of n consecutive pixels' C spikes o each (values 0 or vth; signed: also -vth) into
-// m, MS bytes per pixel, made by this layer's update: exactly what spike_masks / signed_masks
-// with amp[c] = vth would make of them, without their check (the values are the update's own).
+// The masks of n consecutive pixels' C spikes o each (values 0 or the channel's amplitude a[c] >
+// 0; signed: also -a[c]) into m, MS bytes per pixel, made by this layer's update: exactly what
+// spike_masks / signed_masks with amp = a would make of them, without their check (the values
+// are the update's own, so their sign tells them apart).
 template <int GB, bool NEG>
-static inline void own_masks(const float* o, int64_t n, float vth, int C, int G, uint8_t* m) {
+static inline void own_masks(const float* o, int64_t n, int C, int G, uint8_t* m) {
   const int MS = NEG ? 2 * G : G;
 #ifdef __AVX2__
   if (C % 8 == 0) {  // whole vectors: one compare and one movemask per 8 spikes
-    const __m256 zero = _mm256_setzero_ps(), a8 = _mm256_set1_ps(vth);
-    const __m256 na8 = _mm256_set1_ps(-vth);
+    const __m256 zero = _mm256_setzero_ps();
     for (int64_t q = 0; q < n; ++q, o += C, m += MS)
       for (int c = 0; c < C; c += 8) {
         const __m256 v = _mm256_loadu_ps(o + c);
-        const int k = _mm256_movemask_ps(_mm256_cmp_ps(v, NEG ? a8 : zero,
-                                                       NEG ? _CMP_EQ_OQ : _CMP_NEQ_UQ));
+        const int k = _mm256_movemask_ps(_mm256_cmp_ps(v, zero, NEG ? _CMP_GT_OQ : _CMP_NEQ_UQ));
         if (GB == 8) m[c / 8] = k; else { m[c / 4] = k & 15; m[c / 4 + 1] = k >> 4; }
         if (NEG) {
-          const int kn = _mm256_movemask_ps(_mm256_cmp_ps(v, na8, _CMP_EQ_OQ));
+          const int kn = _mm256_movemask_ps(_mm256_cmp_ps(v, zero, _CMP_LT_OQ));
           if (GB == 8) {
             m[G + c / 8] = kn;
           } else {
@@ -299,8 +298,8 @@ static inline void own_masks(const float* o, int64_t n, float vth, int C, int G,
       int kp = 0, kn = 0;
       for (int b = 0; b < GB && c + b < C; ++b) {
         const float v = o[c + b];
-        kp |= (NEG ? v == vth : v != 0.f) << b;
-        kn |= (v == -vth) << b;
+        kp |= (NEG ? v > 0.f : v != 0.f) << b;
+        kn |= (v < 0.f) << b;
       }
       m[c / GB] = kp;
       if (NEG) m[G + c / GB] = kn;
@@ -309,29 +308,29 @@ static inline void own_masks(const float* o, int64_t n, float vth, int C, int G,
 
 // own_masks of output pixels [px, px + np) of one image (spikes o, masks m of the image).
 template <int GB, bool NEG>
-static void piece_masks(const float* o, int64_t px, int64_t np, int C, float vth,
-                        const MaskLayout& h, uint8_t* m) {
+static void piece_masks(const float* o, int64_t px, int64_t np, int C, const MaskLayout& h,
+                        uint8_t* m) {
   h.runs(px, np, [&](int64_t q, int64_t n, int64_t at) {
-    own_masks<GB, NEG>(o + (px + q) * C, n, vth, C, h.G, m + at);
+    own_masks<GB, NEG>(o + (px + q) * C, n, C, h.G, m + at);
   });
 }
 
-typedef void (*piece_masks_fn)(const float*, int64_t, int64_t, int, float, const MaskLayout&,
-                               uint8_t*);
+typedef void (*piece_masks_fn)(const float*, int64_t, int64_t, int, const MaskLayout&, uint8_t*);
 
-// The spikes of n consecutive pixels of C channels each (vth where a bit of the first G mask
-// bytes of a pixel is set, -vth with NEG where one of the next G is, else +0: the values the
-// update that made the masks computed, s * vth) into o, from their masks m (MS bytes per pixel).
+// The spikes of n consecutive pixels of C channels each (vth[c] where a bit of the first G mask
+// bytes of a pixel is set, -vth[c] with NEG where one of the next G is, else +0: the values the
+// update that made the masks computed, s * vth[c]) into o, from their masks m (MS bytes/pixel).
 template <int GB, bool NEG>
-static inline void spikes_of_masks(const uint8_t* m, int64_t n, float vth, int C, int G,
+static inline void spikes_of_masks(const uint8_t* m, int64_t n, const float* vth, int C, int G,
                                    float* o) {
   const int MS = NEG ? 2 * G : G;
 #ifdef __AVX2__
   if (C % 8 == 0) {  // 8 channels at a time: their bits broadcast, tested, selecting vth
     const __m256i bit = _mm256_setr_epi32(1, 2, 4, 8, 16, 32, 64, 128);
-    const __m256 a8 = _mm256_set1_ps(vth), na8 = _mm256_set1_ps(-vth);
+    const __m256 sign = _mm256_set1_ps(-0.f);
     for (int64_t q = 0; q < n; ++q, o += C, m += MS)
       for (int c = 0; c < C; c += 8) {
+        const __m256 a8 = _mm256_loadu_ps(vth + c);
         const int k = GB == 8 ? m[c / 8] : m[c / 4] | m[c / 4 + 1] << 4;
         const __m256 pos = _mm256_castsi256_ps(
             _mm256_cmpeq_epi32(_mm256_and_si256(_mm256_set1_epi32(k), bit), bit));
@@ -340,7 +339,7 @@ static inline void spikes_of_masks(const uint8_t* m, int64_t n, float vth, int C
           const int kn = GB == 8 ? m[G + c / 8] : m[G + c / 4] | m[G + c / 4 + 1] << 4;
           const __m256 neg = _mm256_castsi256_ps(
               _mm256_cmpeq_epi32(_mm256_and_si256(_mm256_set1_epi32(kn), bit), bit));
-          v = _mm256_or_ps(v, _mm256_and_ps(neg, na8));
+          v = _mm256_or_ps(v, _mm256_and_ps(neg, _mm256_xor_ps(a8, sign)));
         }
         _mm256_storeu_ps(o + c, v);
       }
@@ -352,21 +351,21 @@ static inline void spikes_of_masks(const uint8_t* m, int64_t n, float vth, int C
       const int b = c % GB;
       const float pos = (m[c / GB] >> b) & 1, neg = NEG ? (m[G + c / GB] >> b) & 1 : 0;
       const float s = pos - neg;
-      o[c] = s * vth;
+      o[c] = s * vth[c];
     }
 }
 
 // spikes_of_masks of output pixels [px, px + np) of one image (masks m of the image) into o.
 template <int GB, bool NEG>
-static void piece_spikes(const uint8_t* m, int64_t px, int64_t np, int C, float vth,
+static void piece_spikes(const uint8_t* m, int64_t px, int64_t np, int C, const float* vth,
                          const MaskLayout& a, float* o) {
   a.runs(px, np, [&](int64_t q, int64_t n, int64_t at) {
     spikes_of_masks<GB, NEG>(m + at, n, vth, C, a.G, o + q * C);
   });
 }
 
-typedef void (*piece_spikes_fn)(const uint8_t*, int64_t, int64_t, int, float, const MaskLayout&,
-                                float*);
+typedef void (*piece_spikes_fn)(const uint8_t*, int64_t, int64_t, int, const float*,
+                                const MaskLayout&, float*);
 
 // Output pixels per piece of fire_image: about 4 KiB of spikes, still in L1 (32 KiB or more,
 // beside the pieces of v, count, addend and events) when their masks are made and they are
@@ -406,19 +405,9 @@ static void fire_image(const Conv& p, const snnconv_fire* fire, const MaskLayout
              expanded.data());
       ad = expanded.data();
     }
-    if (ev && ad)
-      signed_block<float, true>(oi, ad, fire->v + at, oi, fire->count + at, ev, fire->theta[k],
-                                fire->vth, len);
-    else if (ev)
-      signed_block<float, false>(oi, nullptr, fire->v + at, oi, fire->count + at, ev,
-                                 fire->theta[k], fire->vth, len);
-    else if (ad)
-      block<float, true>(oi, ad, fire->v + at, oi, fire->count + at, fire->theta[k], fire->vth,
-                         len);
-    else
-      block<float, false>(oi, nullptr, fire->v + at, oi, fire->count + at, fire->theta[k],
-                          fire->vth, len);
-    if (h) masks(o, px, np, p.Cout, fire->vth, *h, m);
+    block_any<float>(oi, ad, fire->v + at, oi, fire->count + at, ev, fire->theta + k * p.Cout,
+                     fire->vth, p.Cout, len);
+    if (h) masks(o, px, np, p.Cout, *h, m);
     if (scratch && !(h && fire->masks_only)) copy_streaming(out + n * p.opix + i, oi, len);
   }
   if (h) {
