@@ -394,6 +394,11 @@ static void fire_image(const Conv& p, const snnconv_fire* fire, const MaskLayout
     spikes = neg ? (am->gb == 8 ? piece_spikes<8, true> : piece_spikes<4, true>)
                  : (am->gb == 8 ? piece_spikes<8, false> : piece_spikes<4, false>);
   }
+  // One threshold and amplitude for every channel (a layer's one V_th): the flat loop (P = 1)
+  const float* th = fire->theta + k * p.Cout;
+  int64_t P = 1;
+  for (int c = 1; c < p.Cout && P == 1; ++c)
+    if (th[c] != th[0] || fire->vth[c] != fire->vth[0]) P = p.Cout;
   for (int64_t px = 0; px < pixels; px += piece) {
     const int64_t np = std::min(piece, pixels - px), i = px * p.Cout, len = np * p.Cout;
     const int64_t at = s * p.opix + i;
@@ -405,8 +410,7 @@ static void fire_image(const Conv& p, const snnconv_fire* fire, const MaskLayout
              expanded.data());
       ad = expanded.data();
     }
-    block_any<float>(oi, ad, fire->v + at, oi, fire->count + at, ev, fire->theta + k * p.Cout,
-                     fire->vth, p.Cout, len);
+    block_any<float>(oi, ad, fire->v + at, oi, fire->count + at, ev, th, fire->vth, P, len);
     if (h) masks(o, px, np, p.Cout, *h, m);
     if (scratch && !(h && fire->masks_only)) copy_streaming(out + n * p.opix + i, oi, len);
   }
