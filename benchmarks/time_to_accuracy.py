@@ -206,11 +206,11 @@ def measure(rows: list[dict], timer: Timer, passes: int) -> list[dict]:
         res["last_T"] = max(row["accuracy"])  # a calibrated row's grid may end before T=64
         res["accuracy"] = row["accuracy"][timed_at or max(row["accuracy"])]
         if timed_at:
-            res.update(timed_T=timed_at, **best_pass(runs[timer.key(row, timed_at)]))
-            cal = row.get("calibration_seconds", {}).get(steps) if steps else None
             key = timer.key(row, timed_at)
+            res.update(timed_T=timed_at, **best_pass(runs[key]))
+            cal = row.get("calibration_seconds", {}).get(steps) if steps else None
             res["calibration_seconds"] = timer.calibration_seconds.get(key, cal)
-            res["conversion_seconds"] = timer.conversion_seconds[timer.key(row, timed_at)[:3]]
+            res["conversion_seconds"] = timer.conversion_seconds[key[:3]]
         out.append(res)
     return out
 

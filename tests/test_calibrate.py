@@ -90,13 +90,14 @@ def test_threshold_scales_each_channel_and_the_fast_path_agrees(neuron):
     assert record.error("squared", "after") < record.error("squared", "before")
     first = record.layers[0]  # its input no calibration changes: it cannot end worse
     assert first.squared_error_after <= first.squared_error_before
-    scaled = [n for n in record.layers]
-    for e in scaled:
+    for e in record.layers:
         v_th = snn.layers[e.name].v_th
         assert v_th.dim() == 1  # one per channel
         factors = (v_th / before[e.name]).tolist()
         assert all(min(abs(f - s) for s in THRESHOLD_SCALES) < 1e-6 for f in factors)
-    assert any(snn.layers[e.name].v_th.unique().numel() > 1 for e in scaled), "channels differ"
+    assert any(snn.layers[e.name].v_th.unique().numel() > 1 for e in record.layers), (
+        "channels differ"
+    )
     x = torch.randn(8, *shape).contiguous(memory_format=torch.channels_last)
     # float32 in both, summed in different orders by the kernels and the reference convs
     torch.testing.assert_close(snn(x, 4), snn.stepwise(x, 4), rtol=1e-5, atol=1e-5)

@@ -371,7 +371,7 @@ def _fit_threshold(layer: _Layer) -> None:
     THRESHOLD_SCALES whose rate at T has the least squared error (the first of equals)."""
     neurons = layer.neurons
     channels = layer.currents[0].shape[2]
-    base = neurons.v_th.detach().clone().expand(channels).clone()
+    base = neurons.v_th.detach().expand(channels).clone()
     best = best_scale = None
     for scale in THRESHOLD_SCALES:
         neurons.v_th = base * scale
