@@ -10,6 +10,9 @@ from snnconv import IFNeurons, options
 from snnconv.kernels import backend, cpu, lookup_conv
 from snnconv.zoo import models
 
+# small batches: the fused kernels need as many samples per step as threads
+pytestmark = pytest.mark.usefixtures("two_threads")
+
 
 def no_kernels(monkeypatch):
     """Every compiled path off: the PyTorch loop and module convolutions run."""

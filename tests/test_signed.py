@@ -136,6 +136,7 @@ def test_signed_network_equals_the_stepwise_oracle(name, shift):
 
 
 @pytest.mark.slow  # 1.5 s; the quick subset keeps the kernel-level signed tests
+@pytest.mark.usefixtures("two_threads")  # a small batch: the fused kernels need 1 sample/thread
 def test_channels_last_resnet_signed_matches_the_oracle_through_the_signed_lookup_conv():
     """Signed spike maps hold -V_th: the convolutions reading them take the lookup kernel's
     signed masks, fused with the signed IF update that reads them; the result matches the oracle

@@ -116,6 +116,48 @@ def test_memory_follows_chunk_not_T():
     assert torch.allclose(a, b, atol=1e-6)
 
 
+@pytest.mark.usefixtures("two_threads")  # the fused kernel takes the 4 samples
+def test_a_step_is_charged_the_memory_it_writes(monkeypatch):
+    """Chunks are sized by the bytes one step writes: a conv fused into its IF layer's update and
+    a spike map that only its masks carry to the next conv are never written, so not charged;
+    with the fused kernel declining (the conv, then the scan) both are written and charged.
+    CPU: the lookup kernels."""
+    from snnconv.simulation import executor
+    from snnconv.simulation.neuron import IFNeurons
+
+    cl = torch.channels_last
+    conv = lambda: nn.Conv2d(16, 16, 3, padding=1)  # noqa: E731
+    relu = lambda: snnconv.ThresholdReLU(1.0)  # noqa: E731
+    model = nn.Sequential(
+        nn.Conv2d(3, 16, 3, padding=1), relu(), conv(), relu(), conv(), relu(),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 10),
+    ).eval()  # fmt: skip
+    snn = snnconv.convert(model.to(memory_format=cl))
+    x = torch.rand(4, 3, 16, 16).contiguous(memory_format=cl)
+    chunks, real = [], executor.run_chunk
+
+    def run_chunk(ch, x):
+        y = real(ch, x)
+        chunks.append((ch.c, ch.step_bytes, [m.data.numel() for m, _, _ in ch.masks.values()]))
+        return y
+
+    monkeypatch.setattr(executor, "run_chunk", run_chunk)
+    spike_map, head = 4 * 16 * 16 * 16 * 4, 4 * (16 + 16 + 10) * 4  # float32 bytes per step
+    fused = snn(x, 8)
+    (c1, first, masks), (c2, _, _) = chunks
+    assert (c1, c2) == (1, 7) and len(masks) == 1, "the probe, then the rest; one hand-off"
+    # written: the first layer's map (its scan), the last one's (the pooling reads it), the head
+    # and the masks the middle layer hands to the last conv; not the two convs' outputs
+    assert first == 2 * spike_map + head + masks[0]
+    chunks.clear()
+    snn(x, 8, max_chunk_bytes=3 * first)
+    assert [c for c, _, _ in chunks] == [1, 3, 3, 1], "chunks of the budget over the charge"
+    chunks.clear()
+    monkeypatch.setattr(IFNeurons, "scan_conv", lambda self, *a, **k: None)
+    torch.testing.assert_close(snn(x, 8), fused, rtol=0, atol=1e-6)
+    assert chunks[0][1] == 5 * spike_map + head, "three maps and two conv outputs written"
+
+
 def test_workspace_is_reused_and_never_goes_stale():
     """Output buffers kept between calls: a second call reuses them and gives the same result;
     a new batch size, a new dtype or a copy never reads a stale buffer (float64 result checked

@@ -14,6 +14,9 @@ from snnconv.kernels import cpu, lookup_conv
 from snnconv.simulation.neuron import IFNeurons
 from snnconv.zoo import models
 
+# small batches: the fused kernels need as many samples per step as threads
+pytestmark = pytest.mark.usefixtures("two_threads")
+
 EPS = torch.finfo(torch.float32).eps
 
 

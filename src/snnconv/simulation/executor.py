@@ -217,6 +217,11 @@ class Chunk:
         the values after all)."""
         masks, v_th, spikes = self.unwritten.pop(a)
         masks.spikes_into(spikes, v_th)
+        self.count(spikes)
+
+    def count(self, t: torch.Tensor) -> None:
+        """Add the bytes per step of ``t``, a tensor of this chunk's c steps, to ``step_bytes``."""
+        self.step_bytes += t.numel() * t.element_size() // self.c
 
     def lookup(self, node: fx.Node, x: torch.Tensor) -> torch.Tensor:
         """conv(x) for a conv reading spikes: the lookup kernel into a kept buffer where it
@@ -232,10 +237,13 @@ class Chunk:
                 conv, x, amp, out=out, negative=node in self.plan.negative, masks=masks
             )
             if result is not None:
+                self.count(result)
                 return result
         if source in self.unwritten:  # the module reads the values
             self.write(source)
-        return execute(node, (x,), {}, self.modules)
+        result = execute(node, (x,), {}, self.modules)
+        self.count(result)
+        return result
 
 
 def _scan_sum(ch: Chunk, node: fx.Node):
@@ -295,6 +303,7 @@ def _neuron(ch: Chunk, node: fx.Node) -> torch.Tensor:
         if spikes is None:  # the kernel declined: the conv, then the scan
             current = ch.lookup(current.node, current.x)
         elif masks_out is not None:
+            ch.count(masks_out.data)
             ch.masks[node] = (masks_out, out.data_ptr(), out._version)
             if masks_out.only:
                 ch.unwritten[node] = (masks_out, layer.v_th, out)
@@ -372,10 +381,10 @@ def _call(ch: Chunk, node: fx.Node, dyn: bool) -> Value:
 
 
 def _account(ch: Chunk, node: fx.Node, result: Value) -> None:
-    """Check a time-varying result kept the folded batch; add its bytes per step."""
-    if isinstance(result, PendingConv):
-        ch.step_bytes += 4 * torch.Size(result.shape).numel() // ch.c
-    elif torch.is_tensor(result):
+    """Check a time-varying result kept the folded batch; add its bytes per step. A pending conv
+    and a spike map that only its masks hold take no memory until they are written (counted
+    then, by ``Chunk.lookup`` and ``Chunk.write``): the conv fused into its IF layer never is."""
+    if torch.is_tensor(result):
         if result.dim() == 0 or result.shape[0] != ch.c * ch.batch:
             raise SimulationError(
                 f"node '{node.name}' changed the batch dimension (got shape "
@@ -383,7 +392,8 @@ def _account(ch: Chunk, node: fx.Node, result: Value) -> None:
                 f"{ch.batch} samples); reshape with x.flatten(1) or x.view(x.size(0), -1), never "
                 f"with a fixed batch size"
             )
-        ch.step_bytes += result.numel() * result.element_size() // ch.c
+        if node not in ch.unwritten:
+            ch.count(result)
 
 
 def run_chunk(ch: Chunk, x: torch.Tensor) -> torch.Tensor:
