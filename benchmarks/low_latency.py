@@ -61,6 +61,8 @@ from snnconv.options import DEFAULT_PERCENTILE, check_percentile
 from snnconv.zoo import shipped
 
 STEPS = (1, 2, 4, 8, 16, 32, 64)
+DEFAULT_CACHE = "benchmarks/results/low_latency.jsonl"  # the rows the README's tables quote
+DEFAULT_PLOT = "docs/low_latency.png"  # the figure of that cache
 ROWS = (
     ("resnet20-cifar10", "bias"),
     ("resnet20-cifar10", "membrane"),
@@ -143,8 +145,13 @@ def parse_args(argv):
     )
     p.add_argument("--sj-modes", default=",".join(SJ_MODES))
     p.add_argument("--sj-calibration-images", type=int, default=50000)
-    p.add_argument("--cache", default="benchmarks/results/low_latency.jsonl")
-    p.add_argument("--plot", default="docs/low_latency.png", help="PNG to write (accuracy vs T)")
+    p.add_argument("--cache", default=DEFAULT_CACHE)
+    p.add_argument(
+        "--plot",
+        default=None,
+        help=f"PNG to write (accuracy vs T; default: {DEFAULT_PLOT} with the default --cache, "
+        "else none, so that a scratch cache leaves the docs' figure alone)",
+    )
     p.add_argument("--threads", type=int, default=None)
     p.add_argument(
         "--table-only",
@@ -435,9 +442,10 @@ def main(argv=None) -> int:
     order += [r for r in done if r not in order]  # other models given with --rows
     rows = [done[r] for r in order if r in done]  # every row measured so far
     print(table(rows, bench.steps))
-    if args.plot:
-        plot(rows, bench.steps, args.plot)
-        print(f"wrote {args.plot}")
+    path = args.plot or (DEFAULT_PLOT if args.cache == DEFAULT_CACHE else None)
+    if path:
+        plot(rows, bench.steps, path)
+        print(f"wrote {path}")
     return 0
 
 

@@ -66,7 +66,7 @@ TARGETS = (0.01, 0.005)  # within 1 point, within 0.5 point of the ANN
 def parse_args(argv):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data-root", default=None)
-    p.add_argument("--cache", default="benchmarks/results/low_latency.jsonl")
+    p.add_argument("--cache", default=low_latency.DEFAULT_CACHE)
     p.add_argument("--time-images", type=int, default=1000, help="test images timed per row")
     p.add_argument("--batch", type=int, default=250)
     p.add_argument("--calibration-images", type=int, default=1024)
