@@ -238,7 +238,12 @@ class NarrowFire(ctypes.Structure):  # batch an int32: same size and offsets (pa
     "struct,mirror,message",
     [
         ("conv_geometry", SwappedGeometry, r"has field h at offset 12, 4 bytes .*, at 8, 4 bytes"),
-        ("fire", LongerFire, r"snnconv_fire is 136 bytes in the library, 144 in cpu\.LongerFire"),
+        (
+            "fire",
+            LongerFire,
+            rf"snnconv_fire is {ctypes.sizeof(cpu.Fire)} bytes in the library, "
+            rf"{ctypes.sizeof(LongerFire)} in cpu\.LongerFire",
+        ),
         ("fire", RenamedFire, r"has field spikes at offset -1, -1 bytes in the library \(-1: abs"),
         ("fire", NarrowFire, r"has field batch at offset 40, 8 bytes .*, at 40, 4 bytes"),
     ],

@@ -419,6 +419,50 @@ def test_addend_read_from_handed_off_masks_gives_the_same_bits(
     assert 0 < layers[1].spike_count.abs().sum()
 
 
+@pytest.mark.parametrize("signed", [False, True])
+@pytest.mark.parametrize("fused_conv", [False, True])
+def test_first_step_writes_the_counts_whatever_they_held(fused_conv, signed):
+    """A simulation's state starts ``unset``: the compiled kernels write the counts (and events)
+    at its first step instead of adding to them. Unset counts full of NaN give the bits that
+    zeroed ones give through the kernels' ordinary add, here and in the chunk after."""
+    from snnconv.simulation import neuron
+
+    conv = nn.Conv2d(16, 16, 3, padding=1)
+    with torch.no_grad():
+        conv.weight.mul_(3)  # currents of a few V_th, both signs: spikes of both signs
+    amp, batch, chunks = torch.full((16,), 0.8), 4, [3, 2]
+    layers = [IFNeurons(0.7, "membrane", signed=signed) for _ in range(2)]
+    got = []
+    for layer, garbage in zip(layers, (True, False)):
+        layer.reset(sum(chunks))
+        outs = []
+        for i, c in enumerate(chunks):
+            x = spike_map(c * batch, 16, 6, 6, amp, seed=i)
+            if layer.state is None:
+                cur = lookup_conv.conv2d(conv, x, amp).view(c, batch, 16, 6, 6)
+                state = layer.start(cur[0])
+                assert state.unset
+                if garbage:
+                    state.count.fill_(float("nan"))
+                    if signed:
+                        state.events.fill_(float("nan"))
+                else:
+                    neuron.settle(state)  # zeros, read and added to by the kernel
+            if fused_conv:
+                out = layer.scan_conv(conv, x, amp, c)
+                assert out is not None, "the fused kernel applies"
+            else:
+                out = layer.scan(lookup_conv.conv2d(conv, x, amp).view(c, batch, 16, 6, 6), c)
+            outs.append(out.clone())
+        assert not layer.state.unset
+        got.append((torch.cat(outs), layer.v, layer.spike_count, layer.spike_events))
+    for a, b in zip(*got):
+        assert torch.equal(a, b)
+    if signed:
+        assert (got[0][0] < 0).any() and (got[0][0] > 0).any()
+    assert got[0][2].isfinite().all() and got[0][2].abs().sum() > 0
+
+
 def test_scan_conv_declines_without_touching_state(monkeypatch):
     conv = nn.Conv2d(16, 16, 3, padding=1)
     amp = torch.ones(16)

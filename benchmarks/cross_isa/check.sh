@@ -5,7 +5,8 @@
 # at AVX2 and at SSE2 (cpu.ISA_FLAGS), and, where a cross
 # compiler and qemu-user are installed (Debian: g++-aarch64-linux-gnu qemu-user), for aarch64
 # (NEON) and run under emulation. Also checks, in the native build, that the sparse lookups give
-# the dense ones' bits. Prints each agreement; exit 1 on a mismatch.
+# the dense ones' bits and that a first step writing the counts (fresh) gives the bits of one
+# adding to zeroed counts. Prints each agreement; exit 1 on a mismatch.
 #
 #     bash benchmarks/cross_isa/check.sh
 set -euo pipefail
@@ -34,6 +35,12 @@ if grep conv "$out/native.txt" | sed 's/sparse=[0-9.]* //' | sort | uniq -c | aw
   echo "native: the sparse lookups give the dense lookups' bits in every case"
 else
   echo "native: sparse and dense lookups DIFFER"
+  status=1
+fi
+if grep scan "$out/native.txt" | sed 's/ fresh=[01]//' | sort | uniq -c | awk '$1 != 2 {bad = 1} END {exit bad}'; then
+  echo "native: a first step that writes the counts gives the bits of zeroed counts"
+else
+  echo "native: first steps with and without zeroed counts DIFFER"
   status=1
 fi
 compare() {  # name file

@@ -32,9 +32,10 @@ static uint64_t digest(const std::vector<float>& v, uint64_t h = 0xcbf29ce484222
   return h;
 }
 
-// One lookup convolution (with the fused IF update when steps > 0, which also hands on the masks
-// of its spikes for a next 3x3 convolution with groups of gb channels, then once more with those
-// spikes as the addend, read from the masks) of random spike maps.
+// One lookup convolution (with the fused IF update when steps > 0, a simulation's first steps:
+// fresh, the counts NaN and not read, which also hands on the masks of its spikes for a next 3x3
+// convolution with groups of gb channels, then once more with those spikes as the addend, read
+// from the masks) of random spike maps.
 static void conv_case(int c, int cout, int size, int gb, int nv, int gr, int negative,
                       float sparse_below, int steps) {
   state = 0x9E3779B97F4A7C15ull ^ ((uint64_t)c << 40 | (uint64_t)cout << 24 | size << 12 | steps);
@@ -55,7 +56,7 @@ static void conv_case(int c, int cout, int size, int gb, int nv, int gr, int neg
   snnconv_conv_geometry geo{n, c, size, size, cout, k, k, 1, 1, 1, 1, ho, wo, gb, nv, gr,
                             negative, sparse_below};
   const int64_t per = (int64_t)batch * ho * wo * cout;
-  std::vector<float> v(per, 0.25f), count(per, 0.0f), events(per, 0.0f);
+  std::vector<float> v(per, 0.25f), count(per, __builtin_nanf("")), events(per, __builtin_nanf(""));
   std::vector<float> vth(cout), theta((int64_t)steps * cout);  // one V_th per channel
   for (float& a : vth) a = 0.4f + 0.4f * uniform();
   for (int64_t i = 0; i < (int64_t)theta.size(); ++i) theta[i] = vth[i % cout] * (1 - 0.05f * (i / cout));
@@ -63,7 +64,8 @@ static void conv_case(int c, int cout, int size, int gb, int nv, int gr, int neg
   std::vector<uint8_t> masks((int64_t)n * (ho + 2) * (wo + 2) * (negative ? 2 * gout : gout));
   int64_t nonzero = -1;
   snnconv_fire fire{nullptr, v.data(), count.data(), theta.data(), vth.data(), batch, steps,
-                    negative ? events.data() : nullptr, masks.data(), gb, 1, 1, &nonzero, 0};
+                    negative ? events.data() : nullptr, masks.data(), gb, 1, 1, &nonzero, 0,
+                    nullptr, 0, 0, 0, 0, nullptr, 1};
   const int rc = snnconv_spike_conv2d_f32(x.data(), amp.data(), table.data(), bias.data(),
                                           out.data(), &geo, steps > 0 ? &fire : nullptr, 2, 0,
                                           nullptr, 0);
@@ -82,26 +84,31 @@ static void conv_case(int c, int cout, int size, int gb, int nv, int gr, int neg
               (unsigned long long)h);
 }
 
-// The IF scan with one V_th for all (P = 1) or one per channel (P channels innermost).
-static void scan_case(int signed_neurons, int64_t P) {
+// The IF scan with one V_th for all (P = 1) or one per channel (P channels innermost); fresh:
+// the simulation's first steps, the counts NaN and not read (else zeros, read).
+static void scan_case(int signed_neurons, int64_t P, int fresh) {
+  state = 0x9E3779B97F4A7C15ull ^ ((uint64_t)signed_neurons << 32 | (uint64_t)P);
   const int64_t steps = 7, n = 1003;  // 17 x 59
-  std::vector<float> cur(steps * n), add(steps * n), v(n, 0.3f), out(steps * n), count(n, 0.0f),
-      events(n, 0.0f), vth(P), theta(steps * P);
+  const float c0 = fresh ? __builtin_nanf("") : 0.0f;
+  std::vector<float> cur(steps * n), add(steps * n), v(n, 0.3f), out(steps * n), count(n, c0),
+      events(n, signed_neurons ? c0 : 0.0f), vth(P), theta(steps * P);
   for (float& c : cur) c = 2.0f * uniform() - 0.6f;
   for (float& a : add) a = uniform() - 0.5f;
   for (float& a : vth) a = 0.3f + 0.4f * uniform();
   for (int64_t i = 0; i < steps * P; ++i) theta[i] = vth[i % P] * (1 - 0.05f * (i / P));
   snnconv_if_scan_f32(cur.data(), 0, add.data(), v.data(), theta.data(), vth.data(), P,
                       out.data(), count.data(), signed_neurons ? events.data() : nullptr, steps,
-                      n, 2);
-  std::printf("scan signed=%d P=%lld: %016llx\n", signed_neurons, (long long)P,
+                      n, fresh, 2);
+  std::printf("scan signed=%d P=%lld fresh=%d: %016llx\n", signed_neurons, (long long)P, fresh,
               (unsigned long long)digest(events, digest(count, digest(v, digest(out)))));
 }
 
 int main() {
   for (int neg = 0; neg <= 1; ++neg) {
-    scan_case(neg, 1);
-    scan_case(neg, 17);
+    for (int fresh = 0; fresh <= 1; ++fresh) {  // the same inputs, the same digests: 0 + s is s
+      scan_case(neg, 1, fresh);
+      scan_case(neg, 17, fresh);
+    }
     for (float sparse : {0.0f, 2.0f})
       for (int steps : {0, 2}) {
         conv_case(16, 40, 7, 8, 3, 2, neg, sparse, steps);   // 8-bit groups, NV 3

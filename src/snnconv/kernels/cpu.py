@@ -58,7 +58,7 @@ ISA_FLAGS: dict[str, tuple[str, ...]] = {
     "avx2": ("-mno-avx512f",),  # and every AVX-512 extension, which needs it
     "sse2": ("-mno-avx512f", "-mno-avx2", "-mno-fma", "-mno-avx"),
 }
-ABI = 6  # SNNCONV_ABI in csrc/snnconv_kernels.h
+ABI = 7  # SNNCONV_ABI in csrc/snnconv_kernels.h
 
 _i32, _i64, _ptr = ctypes.c_int32, ctypes.c_int64, ctypes.c_void_p
 
@@ -97,6 +97,7 @@ class Fire(ctypes.Structure):
         ("addend_pw", _i32),
         ("addend_negative", _i32),
         ("addend_vth", _ptr),
+        ("fresh", _i32),
     ]
 
 
@@ -104,8 +105,23 @@ MIRRORS: dict[str, type[ctypes.Structure]] = {"conv_geometry": ConvGeometry, "fi
 
 
 def _scan_signature():
-    # cur, constant, add, v, theta, vth, P, out, count, events, steps, n, threads
-    return None, [_ptr, _i32, _ptr, _ptr, _ptr, _ptr, _i64, _ptr, _ptr, _ptr, _i64, _i64, _i32]
+    # cur, constant, add, v, theta, vth, P, out, count, events, steps, n, fresh, threads
+    return None, [
+        _ptr,
+        _i32,
+        _ptr,
+        _ptr,
+        _ptr,
+        _ptr,
+        _i64,
+        _ptr,
+        _ptr,
+        _ptr,
+        _i64,
+        _i64,
+        _i32,
+        _i32,
+    ]
 
 
 # Each entry point's (return type, argument types): the one place they are declared.
@@ -249,7 +265,9 @@ class FusedIF:
     ``events`` None, or for signed neurons shaped like ``v`` (spikes of either sign); ``masks``
     None, or where the masks of the spikes go for the convolution that reads them next;
     ``addend_masks``: the addend as the masks another IF layer handed on (its spikes, amplitudes
-    ``addend_vth`` [C]), read instead of ``addend``'s values."""
+    ``addend_vth`` [C]), read instead of ``addend``'s values. ``fresh``: step 0 is the
+    simulation's first, so ``count`` and ``events`` are written there, not read (``IFState``'s
+    ``unset``)."""
 
     v: torch.Tensor
     count: torch.Tensor
@@ -261,6 +279,7 @@ class FusedIF:
     masks: SpikeMasks | None = None
     addend_masks: SpikeMasks | None = None
     addend_vth: torch.Tensor | None = None
+    fresh: bool = False
 
 
 def check_geometry(g: ConvGeometry) -> None:
@@ -311,12 +330,14 @@ class Kernels:
         count: torch.Tensor,
         threads: int | None = None,
         events: torch.Tensor | None = None,
+        fresh: bool = False,
     ) -> None:
         """The IF scan in place on ``v``, ``out`` and ``count`` (float32 or float64; flat index
         i is the same neuron in every tensor, which ``usable`` checks); ``theta`` [steps, P] and
         ``v_th`` [P] as ``IFParameters.kernel_thresholds`` makes them (P = 1, or one per channel
         with the channels innermost in ``v``); with ``events`` (shaped like ``v``) the neurons
-        are signed and ``events`` counts spikes of either sign."""
+        are signed and ``events`` counts spikes of either sign; ``fresh``: the first step is
+        the simulation's first, ``count`` and ``events`` are written there, not read."""
         fn = {
             torch.float32: self.dll.snnconv_if_scan_f32,
             torch.float64: self.dll.snnconv_if_scan_f64,
@@ -343,6 +364,7 @@ class Kernels:
             _pointer(events, "events", dt, n),
             steps,
             n,
+            int(fresh),
             torch.get_num_threads() if threads is None else threads,
         )
 
@@ -408,6 +430,7 @@ def _fire(fire: FusedIF, g: ConvGeometry) -> Fire:
         _pointer(fire.events, "events", f32, batch * opix),
         *_masks_out(fire.masks, g, fire.events is not None),
         *_addend_masks(fire.addend_masks, fire.addend_vth, g),
+        int(fire.fresh),
     )
 
 
@@ -496,22 +519,26 @@ def if_scan(
     v_th: torch.Tensor,
     out: torch.Tensor,
     count: torch.Tensor,
+    fresh: bool = False,
 ) -> None:
     """Run the device's fused scan (where ``scan_available``) in place on v, out and count;
     ``theta`` [steps, P] holds each step's firing thresholds, ``v_th`` [P] the spike amplitudes
-    (``IFParameters.kernel_thresholds``; on CUDA P = 1)."""
+    (``IFParameters.kernel_thresholds``; on CUDA P = 1); ``fresh``: the first step is the
+    simulation's first, ``count``'s contents do not matter."""
     from snnconv.kernels import backend
 
     which = backend.scan_backend(v.device)
     if which == "triton":
         from snnconv.kernels import triton_scan  # imports triton
 
+        if fresh:
+            count.zero_()
         return triton_scan.if_scan(
             current, constant, addend, v, theta.reshape(-1), v_th.reshape(()), out, count
         )
     if which != "cpp":
         raise SimulationError(f"no fused IF scan on {v.device} (check scan_available first)")
-    kernel().if_scan(current, constant, addend, v, theta, v_th, out, count)
+    kernel().if_scan(current, constant, addend, v, theta, v_th, out, count, fresh=fresh)
 
 
 def _dense(t: torch.Tensor) -> bool:

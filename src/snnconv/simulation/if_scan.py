@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from snnconv.kernels import backend, cpu, lookup_conv
-from snnconv.simulation.neuron import IFNeurons
+from snnconv.simulation.neuron import IFNeurons, settle
 
 
 def empty_steps(one: torch.Tensor, steps: int) -> torch.Tensor:
@@ -79,9 +79,10 @@ def scan(
     if cpu.usable(current, constant, addend, v, out, v_th) and cpu.scan_available(v.device):
         theta, amp = p.kernel_thresholds(v.dtype, layer.steps, state.t, steps)
         with torch.profiler.record_function("snnconv::if_scan (fused)"):
-            cpu.if_scan(current, constant, addend, v, theta, amp, out, state.count)
-        state.t += steps
+            cpu.if_scan(current, constant, addend, v, theta, amp, out, state.count, state.unset)
+        state.t, state.unset = state.t + steps, False
         return out
+    settle(state)
     b = p.bias(v_th, layer.steps)
     for k in range(steps):  # three in-place passes per step; out[k] holds 0/1 spikes first
         v.add_(current if constant else current[k] if addend is None else current[k] + addend[k])
@@ -112,10 +113,20 @@ def _scan_signed(
         theta, amp = p.kernel_thresholds(v.dtype, layer.steps, state.t, steps)
         with torch.profiler.record_function("snnconv::if_scan (signed, fused)"):
             cpu.kernel().if_scan(
-                current, constant, addend, v, theta, amp, out, count, events=state.events
+                current,
+                constant,
+                addend,
+                v,
+                theta,
+                amp,
+                out,
+                count,
+                events=state.events,
+                fresh=state.unset,
             )
-        state.t += steps
+        state.t, state.unset = state.t + steps, False
         return out
+    settle(state)
     b = p.bias(v_th, layer.steps)
     negative = torch.empty(v.shape, dtype=torch.bool, device=v.device)
     for k in range(steps):
@@ -188,7 +199,7 @@ def scan_conv(
     )
     if done is None:
         return None
-    state.t += steps
+    state.t, state.unset = state.t + steps, False
     return done.view(steps, *one)
 
 
@@ -207,6 +218,7 @@ def _fire(layer, steps: int, channels: int, addend, masks_out, addend_masks) -> 
         steps,
         state.events,
         masks_out,
+        fresh=state.unset,
     )
     if addend_masks is None:
         return fire

@@ -100,20 +100,35 @@ class IFParameters:
 class IFState:
     """A layer's state during a simulation of ``steps`` steps: ``v`` = membrane minus t*b and
     ``count`` = net spikes so far, both [batch, ...]; ``t`` = steps done; ``events`` = spikes of
-    either sign so far (signed neurons only, else None: ``count`` is that)."""
+    either sign so far (signed neurons only, else None: ``count`` is that). ``unset``: before
+    the first step, ``count`` and ``events`` are not written yet and stand for zeros (the
+    compiled kernels write them at the first step instead of adding to them, one pass over
+    memory less than zeroing them first; ``settle`` zeroes them for everything else)."""
 
     v: torch.Tensor
     count: torch.Tensor
     t: int = 0
     events: torch.Tensor | None = None
+    unset: bool = False
+
+
+def settle(state: IFState) -> IFState:
+    """``state`` with ``count`` and ``events`` holding their values (zeros where ``unset``)."""
+    if state.unset:
+        state.count.zero_()
+        if state.events is not None:
+            state.events.zero_()
+        state.unset = False
+    return state
 
 
 def initial_state(
     p: IFParameters, like: torch.Tensor, spare: torch.Tensor | None = None
 ) -> IFState:
-    """v[0] (V_th/2 for shift "membrane", else 0, plus ``v_init``) and zero counts shaped like
-    ``like`` (one step's current). ``spare``, a membrane tensor of the same shape, layout and
-    dtype, is reused: its memory is already mapped (fresh memory costs page faults)."""
+    """v[0] (V_th/2 for shift "membrane", else 0, plus ``v_init``) and zero counts (``unset``:
+    not written yet) shaped like ``like`` (one step's current). ``spare``, a membrane tensor of
+    the same shape, layout and dtype, is reused: its memory is already mapped (fresh memory
+    costs page faults)."""
     v_th = p.threshold_like(like)
     start = v_th / 2 if p.shift == "membrane" else torch.zeros((), dtype=like.dtype)
     if (
@@ -124,10 +139,13 @@ def initial_state(
         or spare.device != like.device
     ):
         spare = torch.empty_like(like)
-    v = spare.zero_().add_(start)
-    if p.v_init is not None:
-        v.add_(p.v_init.to(like.dtype))
-    return IFState(v, torch.zeros_like(like), events=torch.zeros_like(like) if p.signed else None)
+    start = start.to(like.dtype).expand_as(like)
+    if p.v_init is None:
+        v = spare.copy_(start)
+    else:  # one pass; start + v_init is (0 + start) + v_init exactly (0 + start is start)
+        v = torch.add(start, p.v_init.to(like.dtype).expand_as(like), out=spare)
+    events = torch.empty_like(like) if p.signed else None
+    return IFState(v, torch.empty_like(like), events=events, unset=True)
 
 
 def if_step(
@@ -136,6 +154,9 @@ def if_step(
     """The reference update, one step of a simulation of ``steps`` steps: returns the spikes
     (amplitude V_th) and the next state; ``state`` is not modified."""
     v_th = p.threshold_like(current)
+    if state.unset:
+        zero = torch.zeros_like(state.v)
+        state = IFState(state.v, zero, state.t, None if state.events is None else zero)
     t = state.t + 1
     v = state.v + current
     theta = v_th - t * p.bias(v_th, steps)
@@ -224,14 +245,15 @@ class IFNeurons(nn.Module):
     @property
     def spike_count(self) -> torch.Tensor | None:
         """Net spikes per neuron since ``reset`` (positive minus negative), [batch, ...]."""
-        return None if self.state is None else self.state.count
+        return None if self.state is None else settle(self.state).count
 
     @property
     def spike_events(self) -> torch.Tensor | None:
         """Spikes of either sign per neuron since ``reset`` (``spike_count`` unless signed)."""
         if self.state is None:
             return None
-        return self.state.count if self.state.events is None else self.state.events
+        state = settle(self.state)
+        return state.count if state.events is None else state.events
 
     @property
     def t(self) -> int:

@@ -33,6 +33,7 @@ const Field fields[] = {
     SNNCONV_FIELD(fire, addend_masks),  SNNCONV_FIELD(fire, addend_gb),
     SNNCONV_FIELD(fire, addend_ph),     SNNCONV_FIELD(fire, addend_pw),
     SNNCONV_FIELD(fire, addend_negative), SNNCONV_FIELD(fire, addend_vth),
+    SNNCONV_FIELD(fire, fresh),
 };
 #undef SNNCONV_FIELD
 

@@ -9,7 +9,7 @@
 #include <cstddef>
 #include <cstdint>
 
-#define SNNCONV_ABI 6
+#define SNNCONV_ABI 7
 
 extern "C" {
 
@@ -43,6 +43,8 @@ struct snnconv_conv_geometry {
 // another layer's update made of its spikes for a convolution of its own
 // (groups of addend_gb channels, border (addend_ph, addend_pw), addend_negative: signed; amplitudes
 // addend_vth [cout]), one image per output image: read instead of addend (which is then null).
+// fresh: 1 if step 0 is the simulation's first: count and events are then written, not read
+// (if_update.h), so they need not be zeroed; else 0.
 struct snnconv_fire {
   const float* addend;
   float* v;
@@ -58,6 +60,7 @@ struct snnconv_fire {
   const uint8_t* addend_masks;
   int32_t addend_gb, addend_ph, addend_pw, addend_negative;
   const float* addend_vth;
+  int32_t fresh;
 };
 
 // The ABI version (SNNCONV_ABI); the size of a struct (field null) or of one of its fields, and
@@ -69,14 +72,16 @@ int64_t snnconv_offsetof(const char* type, const char* field);
 // The IF scan (if_scan.cpp), in place on v, out and count (and events). cur is [steps][n], or
 // [n] when constant; add null or [steps][n]; theta [steps][P] and vth [P]: P = 1 (one V_th per
 // layer) or one per channel, channels innermost (neuron i is channel i % P); events null (binary
-// neurons) or [n] (signed neurons: spikes of either sign counted there).
+// neurons) or [n] (signed neurons: spikes of either sign counted there); fresh: 1 if step 0 is
+// the simulation's first (count and events written there, not read), else 0.
 void snnconv_if_scan_f32(const float* cur, int32_t constant, const float* add, float* v,
                          const float* theta, const float* vth, int64_t P, float* out,
-                         float* count, float* events, int64_t steps, int64_t n, int32_t threads);
+                         float* count, float* events, int64_t steps, int64_t n, int32_t fresh,
+                         int32_t threads);
 void snnconv_if_scan_f64(const double* cur, int32_t constant, const double* add, double* v,
                          const double* theta, const double* vth, int64_t P, double* out,
                          double* count, double* events, int64_t steps, int64_t n,
-                         int32_t threads);
+                         int32_t fresh, int32_t threads);
 
 // The lookup convolution (spike_conv.cpp), with the IF update when fire is not null. Returns 0;
 // 1 if x holds a value that is neither 0 nor its channel's amplitude (nor minus it, with

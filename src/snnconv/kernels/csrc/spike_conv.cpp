@@ -410,7 +410,8 @@ static void fire_image(const Conv& p, const snnconv_fire* fire, const MaskLayout
              expanded.data());
       ad = expanded.data();
     }
-    block_any<float>(oi, ad, fire->v + at, oi, fire->count + at, ev, th, fire->vth, P, len);
+    block_any<float>(oi, ad, fire->v + at, oi, fire->count + at, ev, th, fire->vth, P, len,
+                     fire->fresh && k == 0);
     if (h) masks(o, px, np, p.Cout, *h, m);
     if (scratch && !(h && fire->masks_only)) copy_streaming(out + n * p.opix + i, oi, len);
   }
