@@ -106,22 +106,7 @@ MIRRORS: dict[str, type[ctypes.Structure]] = {"conv_geometry": ConvGeometry, "fi
 
 def _scan_signature():
     # cur, constant, add, v, theta, vth, P, out, count, events, steps, n, fresh, threads
-    return None, [
-        _ptr,
-        _i32,
-        _ptr,
-        _ptr,
-        _ptr,
-        _ptr,
-        _i64,
-        _ptr,
-        _ptr,
-        _ptr,
-        _i64,
-        _i64,
-        _i32,
-        _i32,
-    ]
+    return None, [_ptr, _i32, *[_ptr] * 4, _i64, *[_ptr] * 3, _i64, _i64, _i32, _i32]
 
 
 # Each entry point's (return type, argument types): the one place they are declared.
