@@ -317,13 +317,16 @@ def test_regime_notes_name_the_two_mobilenet_regimes_and_spare_the_others():
     output hardly depends on its input. inspect() with calibration data notes each (V_th = 6
     from ReLU6 here: no threshold search); the small test networks get no such note."""
     model, x = tiny_mobilenet("data")
-    cov = snnconv.inspect(model, calibration=[x])
+    with pytest.warns(UserWarning, match="amplifies small errors"):  # said at conversion too
+        cov = snnconv.inspect(model, calibration=[x])
     (note,) = [n for n in cov.notes if not n.startswith("BatchNorm")]
     assert note.startswith("this network amplifies small errors from layer to layer")
     assert "T=1024" in note and "rounding alone needs T >= " in note
     assert f"note: {note}" in str(cov)
     model, x = tiny_mobilenet("random")
-    (note,) = [n for n in snnconv.inspect(model, calibration=x).notes if "BatchNorm" not in n]
+    with pytest.warns(UserWarning, match="hardly depends on the input"):
+        cov = snnconv.inspect(model, calibration=x)
+    (note,) = [n for n in cov.notes if "BatchNorm" not in n]
     assert note.startswith("the output hardly depends on the input")
     for name, model, shape in NETS:
         x = torch.rand(16, *shape) * 2 - 0.5
@@ -339,7 +342,8 @@ def test_the_amplifying_regime_is_real_in_the_snn():
     fire early spikes, and the network amplifies those too; a chaotic network, so the figure
     moves with float rounding: bounds 1x-8x), while the fast path equals the oracle (float64)."""
     model, x = tiny_mobilenet("data")
-    snn = snnconv.convert(model, calibration=[x], threshold="percentile", shift="membrane")
+    with pytest.warns(UserWarning, match="amplifies small errors"):
+        snn = snnconv.convert(model, calibration=[x], threshold="percentile", shift="membrane")
     v_th = {k: m.v_th for k, m in snn.layers.items()}
     x = x[:4]
     predicted = quantisation_error(snn.ann, v_th, x, 1024)
