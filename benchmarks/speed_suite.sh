@@ -12,6 +12,7 @@
 # 3. sim_speed.txt: benchmarks/sim_speed.py --models resnet20,vgg16-paper --T 16,32.
 # 4. spikingjelly_compare.txt: benchmarks/spikingjelly_compare.py --images 256 --repeats 3.
 # 5. time_to_accuracy.txt (+ .json): benchmarks/time_to_accuracy.py, snnconv and SpikingJelly.
+# Then benchmarks/suite_report.py OUT_DIR prints the README's rows and issue 14's targets.
 # Steps 4 and 5 need .venv-sj (bash benchmarks/spikingjelly_setup.sh; or SJ_PYTHON); without it
 # they are reported as not run and the script exits 1 at the end. The outputs are written into
 # OUT_DIR.partial and take OUT_DIR's place only when every step has ended: a failed or stopped
@@ -66,4 +67,6 @@ if [ -e "$final" ]; then mv "$final" "$out.old"; fi
 mv "$out" "$final"
 rm -rf "$out.old"
 echo "speed_suite.sh: figures in $final"
+# the README's rows and issue 14's targets, met or missed (needs every step's output)
+if [ $missing -eq 0 ]; then "$PY" benchmarks/suite_report.py "$final"; fi
 exit $missing
