@@ -12,6 +12,7 @@ import snnconv
 from conftest import DEVICE
 from nets import random_nets
 from snnconv.simulation.executor import is_zero_pad
+from snnconv.simulation.neuron import recording
 from snnconv.simulation.workspace import pad_into
 
 NETS = random_nets()
@@ -151,11 +152,56 @@ def test_a_step_is_charged_the_memory_it_writes(monkeypatch):
     assert first == 2 * spike_map + head + masks[0]
     chunks.clear()
     snn(x, 8, max_chunk_bytes=3 * first)
-    assert [c for c, _, _ in chunks] == [1, 3, 3, 1], "chunks of the budget over the charge"
+    assert [c for c, _, _ in chunks] == [3, 3, 2], "chunks of the budget over the first charge"
     chunks.clear()
     monkeypatch.setattr(IFNeurons, "scan_conv", lambda self, *a, **k: None)
-    torch.testing.assert_close(snn(x, 8), fused, rtol=0, atol=1e-6)
+    torch.testing.assert_close(snn(x, 8, max_chunk_bytes=3 * first), fused, rtol=0, atol=1e-6)
     assert chunks[0][1] == 5 * spike_map + head, "three maps and two conv outputs written"
+    # the kept charge was too low for this run: after its first chunk the rest are sized anew
+    assert [c for c, _, _ in chunks] == [3, 1, 1, 1, 1, 1], "the larger charge: one step each"
+
+
+def test_later_runs_size_their_chunks_from_the_first_ones_measure(monkeypatch):
+    """The first run of a signature probes one step alone; later runs with it start with full
+    chunks, and the same numbers (within float rounding: the dense ops run on differently shaped
+    batches); a new batch size, a recording or changed weights probe again."""
+    from snnconv.simulation import executor
+    from snnconv.simulation.plan import plan_for
+
+    name, model, shape = NETS[0]
+    snn = snnconv.convert(model)
+    x = torch.rand(5, *shape) * 2 - 0.5
+    chunks, real = [], executor.run_chunk
+
+    def run_chunk(ch, x):
+        chunks.append(ch.c)
+        return real(ch, x)
+
+    def runs(*args) -> list[int]:
+        chunks.clear()
+        snn(*args)
+        return list(chunks)
+
+    monkeypatch.setattr(executor, "run_chunk", run_chunk)
+    first = snn(x, 12)
+    assert chunks == [1, 11]
+    chunks.clear()
+    torch.testing.assert_close(snn(x, 12), first, rtol=0, atol=1e-6)
+    assert chunks == [12]
+    assert runs(x[:3], 12) == [1, 11] and runs(x[:3], 12) == [12]  # another batch size
+    with pytest.raises(snnconv.SimulationError, match="T=1000000000000 needs"):
+        runs(x, 10**12)  # more readout than any machine here holds
+    assert chunks == [], "refused before any chunk ran"
+    with recording(snn.layers.values()):
+        assert runs(x, 12) == [1, 11] and runs(x, 12) == [12]
+    assert runs(x, 12) == [12]  # the signature without recording is still kept
+    with torch.no_grad():
+        next(snn.parameters()).mul_(1.0)  # a new version of a weight
+    assert runs(x, 12) == [1, 11]
+    memo = plan_for(snn.graph).probes
+    for batch in range(1, 12):
+        snn(x[:1].expand(batch, *shape), 2)
+    assert len(memo) == executor.SIGNATURES_KEPT
 
 
 def test_workspace_is_reused_and_never_goes_stale():

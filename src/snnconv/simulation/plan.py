@@ -27,7 +27,8 @@ from __future__ import annotations
 import enum
 import operator
 import weakref
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -49,6 +50,14 @@ class Kind(enum.Enum):
     OP = "op"
 
 
+class Probe(NamedTuple):
+    """What a first step alone measured: the bytes a step writes, one step's output."""
+
+    step_bytes: int
+    out_shape: tuple[int, ...]
+    out_dtype: torch.dtype
+
+
 @dataclass(frozen=True)
 class Plan:
     nodes: tuple[fx.Node, ...]
@@ -62,6 +71,9 @@ class Plan:
     free_after: dict[fx.Node, tuple[fx.Node, ...]]
     output: fx.Node  # the value the graph returns
     signed: frozenset[fx.Node]  # the IF layers with signed neurons when the plan was made
+    # per run signature (executor.signature), what the first run with it measured on its first
+    # step: later runs size their chunks from the start instead of probing one step alone
+    probes: dict[tuple, Probe] = field(default_factory=dict, compare=False)
 
     @property
     def neurons(self) -> list[fx.Node]:
