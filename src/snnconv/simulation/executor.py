@@ -15,7 +15,7 @@ Memory grows with the chunk length c, not with T: c is chosen to fit ``max_chunk
 ``signature`` (input shape, dtype and layout, threads, backend, recording, the parameters'
 memory) runs its first step alone to measure them and keeps the figure in the plan
 (``Plan.probes``); later runs with that signature size every chunk from the start (a step
-alone costs a chunk's fixed work: ab_speed new/old 0.94 at T=8, 0.97 at T=32, ResNet-20). A
+alone costs a chunk's fixed work; docs/design.md, "Chunk length", has the measurements). A
 chunk that writes more than the figure says raises it for the chunks after.
 
 Readout after step t: out[t-1] = (1/t) * sum_{s<=t} y[s], where y[s] is the network output at step
@@ -480,13 +480,14 @@ def simulate(
         modules[n.target].reset(steps)
     static: dict = {}
     ws = {} if workspace is None else workspace
+    steps_in = lambda step_bytes: max(1, max_chunk_bytes // max(step_bytes, 1))  # noqa: E731
     key = signature(gm, plan, modules, x)
-    probe = plan.probes.get(key)  # None: the first chunk is one step, which measures it
-    known = None if probe is None else probe.step_bytes
+    probe = plan.probes.get(key)
+    known, chunk = None, 1  # no probe yet: the first chunk is one step, which measures it
     if probe is not None:  # a readout that cannot fit is refused before anything runs
         one = torch.empty(probe.out_shape, dtype=probe.out_dtype, device="meta")
         check_readout_fits(steps, one, memory_bytes(x.device))
-    chunk = 1 if known is None else max(1, max_chunk_bytes // max(known, 1))
+        known, chunk = probe.step_bytes, steps_in(probe.step_bytes)
     result, done = Readout(steps), 0
     with torch.no_grad():
         while done < steps:
@@ -500,5 +501,5 @@ def simulate(
                 known = ch.step_bytes
                 out = result.out
                 _remember(plan.probes, key, Probe(known, tuple(out.shape[1:]), out.dtype))
-                chunk = max(1, max_chunk_bytes // max(known, 1))
+                chunk = steps_in(known)
     return result.out
